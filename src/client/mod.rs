@@ -1,0 +1,289 @@
+//! The `dfget` side: command-line arguments, asking the daemon over its Unix socket for a download,
+//! spawning a daemon when none answers, and showing progress.
+//!
+//! Invariant: the client never leaves a partial OUT: the daemon writes OUT atomically, and on any
+//! failure the client reports one line and exits non-zero.
+
+pub mod socket;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::daemon::api::{DownloadRequest, Event};
+
+pub const EXIT_OK: u8 = 0;
+/// The download failed (origin error, digest mismatch, disk error in the daemon).
+pub const EXIT_DOWNLOAD: u8 = 1;
+/// Bad arguments or request.
+pub const EXIT_USAGE: u8 = 2;
+/// No daemon could be reached or started.
+pub const EXIT_DAEMON: u8 = 3;
+/// `--timeout` elapsed.
+pub const EXIT_TIMEOUT: u8 = 4;
+
+const AFTER_HELP: &str = "\
+Exit codes: 0 success; 1 download failed (origin, digest, disk); 2 bad arguments or request;
+3 no daemon reachable or the daemon failed to start; 4 --timeout elapsed.
+
+Examples:
+  dfget daemon                                   run the daemon (config /etc/dragonfly/dfget.yaml)
+  dfget -u https://example.com/f.iso -O f.iso    download through the daemon";
+
+#[derive(Debug, Parser)]
+#[command(name = "dfget", version, about = "Dragonfly-compatible downloader: dfget and its daemon", after_help = AFTER_HELP)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub download: DownloadArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the download daemon in the foreground.
+    Daemon(DaemonArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Config file (default: /etc/dragonfly/dfget.yaml for root, $XDG_CONFIG_HOME/dragonfly/dfget.yaml otherwise).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Number of cores (one io_uring runtime each); default: all.
+    #[arg(long)]
+    pub cores: Option<usize>,
+    /// Also log to stderr.
+    #[arg(long)]
+    pub console: bool,
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+    /// Shortcut for --log-level debug.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// Override the socket path of the config.
+    #[arg(long)]
+    pub daemon_sock: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct DownloadArgs {
+    /// URL to download (http://, https://).
+    #[arg(short = 'u', long = "url")]
+    pub url: Option<String>,
+    /// URL, as a positional argument.
+    #[arg(value_name = "URL", conflicts_with = "url")]
+    pub positional_url: Option<String>,
+    /// Output file.
+    #[arg(short = 'O', long = "output")]
+    pub output: Option<PathBuf>,
+    /// Expected digest, `sha256:<hex>`; a mismatch fails the download and leaves no output.
+    #[arg(long)]
+    pub digest: Option<String>,
+    /// Extra request header, `'Key: Value'` (repeatable).
+    #[arg(short = 'H', long = "header")]
+    pub headers: Vec<String>,
+    /// Tag: downloads of one URL with different tags are different tasks.
+    #[arg(long, default_value = "")]
+    pub tag: String,
+    /// Application name, part of the task id.
+    #[arg(long, default_value = "")]
+    pub application: String,
+    /// Query keys dropped from the URL when computing the task id, `'k1&k2'`.
+    #[arg(long, default_value = "")]
+    pub filter: String,
+    /// Give up after this long (e.g. `30s`, `10m`); default: no limit.
+    #[arg(long)]
+    pub timeout: Option<String>,
+    /// The daemon's socket (default: from --config, else the per-user default).
+    #[arg(long)]
+    pub daemon_sock: Option<PathBuf>,
+    /// Config file used to find the daemon's socket.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Show a progress bar.
+    #[arg(short = 'b', long)]
+    pub show_progress: bool,
+    /// Never start a daemon: fail when none is running.
+    #[arg(long)]
+    pub no_spawn: bool,
+}
+
+pub fn run_daemon(args: DaemonArgs) -> anyhow::Result<()> {
+    let (path, required) = match &args.config {
+        Some(p) => (p.clone(), true),
+        None => (Config::default_path(), false),
+    };
+    let loaded = Config::load_path(&path, required).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut config = loaded.config;
+    if let Some(sock) = args.daemon_sock {
+        config.socket_path = sock;
+    }
+    let n_cores = args
+        .cores
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        })
+        .clamp(1, crate::limits::MAX_CORES);
+    let level = if args.verbose || config.verbose {
+        "debug".to_string()
+    } else {
+        args.log_level
+    };
+    crate::daemon::run(config, n_cores, loaded.warnings, args.console, &level)
+}
+
+pub fn run_download(args: DownloadArgs) -> ExitCode {
+    match download(&args) {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err((code, msg)) => {
+            eprintln!("dfget: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+type Failure = (u8, String);
+
+fn usage(msg: impl Into<String>) -> Failure {
+    (EXIT_USAGE, msg.into())
+}
+
+fn download(args: &DownloadArgs) -> Result<(), Failure> {
+    let url = args
+        .url
+        .clone()
+        .or_else(|| args.positional_url.clone())
+        .ok_or_else(|| usage("no URL given (-u URL)"))?;
+    let output = args
+        .output
+        .as_ref()
+        .ok_or_else(|| usage("no output given (-O FILE)"))?;
+    let output = absolute(output).map_err(usage)?;
+    let timeout = args
+        .timeout
+        .as_deref()
+        .map(crate::config::units::parse_duration)
+        .transpose()
+        .map_err(|e| usage(format!("--timeout: {e}")))?;
+    let mut headers = Vec::new();
+    for h in &args.headers {
+        let (k, v) = h
+            .split_once(':')
+            .ok_or_else(|| usage(format!("header `{h}` is not `Key: Value`")))?;
+        headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    let req = DownloadRequest {
+        url,
+        output: output.to_string_lossy().into_owned(),
+        digest: args.digest.clone(),
+        tag: args.tag.clone(),
+        application: args.application.clone(),
+        filter: crate::storage::task_id::parse_filter(&args.filter),
+        headers,
+    };
+    let sock = socket_path(args).map_err(usage)?;
+    let stream = socket::connect_or_spawn(&sock, args.config.as_deref(), !args.no_spawn)
+        .map_err(|e| (EXIT_DAEMON, e))?;
+    let mut progress = Progress::new(args.show_progress);
+    let result = socket::download(stream, &req, timeout, &mut |ev| progress.on_event(ev));
+    progress.finish();
+    match result {
+        Ok(Event::Done { .. }) => Ok(()),
+        Ok(Event::Error {
+            source, message, ..
+        }) => {
+            let code = if source == "client" {
+                EXIT_USAGE
+            } else {
+                EXIT_DOWNLOAD
+            };
+            Err((code, message))
+        }
+        Ok(other) => Err((
+            EXIT_DAEMON,
+            format!("daemon ended the stream unexpectedly with {other:?}"),
+        )),
+        Err(socket::StreamError::Timeout(d)) => {
+            Err((EXIT_TIMEOUT, format!("timed out after {d:?} (--timeout)")))
+        }
+        Err(socket::StreamError::Other(e)) => Err((EXIT_DAEMON, e)),
+    }
+}
+
+fn absolute(p: &Path) -> Result<PathBuf, String> {
+    if p.is_absolute() {
+        return Ok(p.to_path_buf());
+    }
+    let cwd =
+        std::env::current_dir().map_err(|e| format!("cannot resolve {}: {e}", p.display()))?;
+    Ok(cwd.join(p))
+}
+
+fn socket_path(args: &DownloadArgs) -> Result<PathBuf, String> {
+    if let Some(s) = &args.daemon_sock {
+        return Ok(s.clone());
+    }
+    let (path, required) = match &args.config {
+        Some(p) => (p.clone(), true),
+        None => (Config::default_path(), false),
+    };
+    Config::load_path(&path, required)
+        .map(|l| l.config.socket_path)
+        .map_err(|e| e.to_string())
+}
+
+/// Progress shown on stderr with `-b`: a bar when the length is known, a byte counter otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn new(show: bool) -> Progress {
+        let bar = show.then(|| {
+            let b = indicatif::ProgressBar::new(0);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bytes}/{total_bytes} [{bar:40}] {bytes_per_sec} eta {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b.enable_steady_tick(Duration::from_millis(200));
+            b
+        });
+        Progress { bar }
+    }
+
+    fn on_event(&mut self, ev: &Event) {
+        let Some(bar) = &self.bar else { return };
+        match ev {
+            Event::Progress {
+                completed_bytes,
+                total_bytes,
+            } => {
+                if let Some(t) = total_bytes {
+                    bar.set_length(*t);
+                }
+                bar.set_position(*completed_bytes);
+            }
+            Event::Done { len_bytes, .. } => {
+                bar.set_length(*len_bytes);
+                bar.set_position(*len_bytes);
+            }
+            _ => {}
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish();
+        }
+    }
+}

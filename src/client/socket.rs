@@ -1,0 +1,207 @@
+//! Talking to the daemon from `dfget`: connect (spawning a daemon when none answers), send one
+//! request, read the NDJSON event stream. Plain blocking std sockets: the client does one thing at a
+//! time and gains nothing from a runtime.
+//!
+//! Invariant: a spawned daemon is detached (own session, stdio to /dev/null) so it outlives this
+//! process, and only one client spawns at a time (a lock file beside the socket).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::daemon::api::{DownloadRequest, Event};
+use crate::limits;
+
+pub enum StreamError {
+    Timeout(Duration),
+    Other(String),
+}
+
+/// Connects to `sock`; when nothing answers and `spawn` is set, starts `dfget daemon` and polls its
+/// health for a few seconds.
+pub fn connect_or_spawn(
+    sock: &Path,
+    config: Option<&Path>,
+    spawn: bool,
+) -> Result<UnixStream, String> {
+    if let Ok(s) = UnixStream::connect(sock) {
+        return Ok(s);
+    }
+    if !spawn {
+        return Err(format!(
+            "no daemon is listening on {} (start one with `dfget daemon`)",
+            sock.display()
+        ));
+    }
+    let _lock = SpawnLock::take(sock)?;
+    // Another client may have spawned one while we waited for the lock.
+    if let Ok(s) = UnixStream::connect(sock) {
+        return Ok(s);
+    }
+    spawn_daemon(sock, config)?;
+    let deadline = Instant::now() + limits::SPAWN_WAIT;
+    while Instant::now() < deadline {
+        if healthy(sock) {
+            return UnixStream::connect(sock)
+                .map_err(|e| format!("daemon started but {}: {e}", sock.display()));
+        }
+        std::thread::sleep(limits::SPAWN_POLL);
+    }
+    Err(format!(
+        "started a daemon but it did not answer on {} within {:?}; see its log (logDir/daemon/core.log)",
+        sock.display(),
+        limits::SPAWN_WAIT
+    ))
+}
+
+fn spawn_daemon(sock: &Path, config: Option<&Path>) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the dfget binary: {e}"))?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("daemon")
+        .arg("--daemon-sock")
+        .arg(sock)
+        .env("DFGET_SPAWNED", "1");
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: setsid is async-signal-safe; it detaches the daemon from our terminal and process group.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .map(|_| ())
+        .map_err(|e| format!("cannot start `dfget daemon`: {e}"))
+}
+
+/// An exclusive lock file beside the socket, held while spawning.
+struct SpawnLock(#[allow(dead_code)] std::fs::File);
+
+impl SpawnLock {
+    fn take(sock: &Path) -> Result<SpawnLock, String> {
+        if let Some(dir) = sock.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let path = sock.with_extension("spawn.lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| format!("cannot lock {}: {e}", path.display()))?;
+        Ok(SpawnLock(f))
+    }
+}
+
+pub fn healthy(sock: &Path) -> bool {
+    let Ok(mut s) = UnixStream::connect(sock) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /healthy HTTP/1.1\r\nHost: dfdaemon\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    matches!(s.read(&mut buf), Ok(n) if n >= 12 && &buf[..12] == b"HTTP/1.1 200")
+}
+
+/// Sends the download request and reads events until `done` or `error`, which is returned.
+pub fn download(
+    mut stream: UnixStream,
+    req: &DownloadRequest,
+    timeout: Option<Duration>,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<Event, StreamError> {
+    let other = |e: String| StreamError::Other(e);
+    let body = serde_json::to_vec(req).map_err(|e| other(e.to_string()))?;
+    let head = format!(
+        "POST /download HTTP/1.1\r\nHost: dfdaemon\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let deadline = timeout.map(|t| Instant::now() + t);
+    stream
+        .write_all(head.as_bytes())
+        .and_then(|_| stream.write_all(&body))
+        .map_err(|e| other(format!("sending to the daemon: {e}")))?;
+    let mut reader = BufReader::new(stream);
+    let status = read_status(&mut reader).map_err(other)?;
+    if status != 200 {
+        let mut rest = String::new();
+        let _ = reader.take(64 * 1024).read_to_string(&mut rest);
+        return Err(other(format!(
+            "daemon refused the request ({status}): {}",
+            rest.trim()
+        )));
+    }
+    loop {
+        if let Some(d) = deadline {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(StreamError::Timeout(timeout.unwrap_or_default()));
+            }
+            let _ = reader.get_ref().set_read_timeout(Some(left));
+        }
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) => {
+                return Err(other(
+                    "the daemon closed the connection mid-download (did it crash? see core.log)"
+                        .into(),
+                ))
+            }
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(StreamError::Timeout(timeout.unwrap_or_default()))
+            }
+            Err(e) => return Err(other(format!("reading from the daemon: {e}"))),
+        }
+        let ev: Event = serde_json::from_str(line.trim())
+            .map_err(|e| other(format!("bad event from the daemon: {e}")))?;
+        on_event(&ev);
+        if matches!(ev, Event::Done { .. } | Event::Error { .. }) {
+            return Ok(ev);
+        }
+    }
+}
+
+fn read_status(reader: &mut impl BufRead) -> Result<u16, String> {
+    let mut status_line = String::new();
+    reader
+        .read_line(&mut status_line)
+        .map_err(|e| format!("reading from the daemon: {e}"))?;
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| {
+            format!(
+                "not an HTTP answer from the daemon socket: {:?}",
+                status_line.trim()
+            )
+        })?;
+    loop {
+        let mut line = String::new();
+        let n = reader
+            .read_line(&mut line)
+            .map_err(|e| format!("reading from the daemon: {e}"))?;
+        if n == 0 || line == "\r\n" || line == "\n" {
+            return Ok(status);
+        }
+    }
+}

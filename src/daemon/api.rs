@@ -1,0 +1,427 @@
+//! The socket API: HTTP/1.1 + JSON over the daemon's Unix socket, one request per connection,
+//! served by our own small request parser (httparse) on the core that owns the connection.
+//!
+//! Routes: `GET /healthy`, `POST /download` (NDJSON progress stream: `started`, `progress`*, then one
+//! `done` or `error`), `GET /tasks`. Invariant: a bad request gets a 4xx with a JSON error and
+//! touches no task; a failing download ends its own stream and nothing else.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use compio::buf::{BufResult, IntoInner, IoBufMut};
+use compio::io::{AsyncRead, AsyncWriteExt};
+use compio::net::UnixStream;
+use serde::{Deserialize, Serialize};
+
+use crate::daemon::task::{State, Task};
+use crate::daemon::{engine, Shared};
+use crate::error::{Error, Result};
+use crate::limits;
+
+/// What `dfget` sends to start a download.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DownloadRequest {
+    pub url: String,
+    /// Absolute path; the client resolves it against its working directory.
+    pub output: String,
+    #[serde(default)]
+    pub digest: Option<String>,
+    #[serde(default)]
+    pub tag: String,
+    #[serde(default)]
+    pub application: String,
+    #[serde(default)]
+    pub filter: Vec<String>,
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+}
+
+/// One NDJSON line of a download's progress stream.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Started {
+        task: String,
+        peer: String,
+    },
+    Progress {
+        completed_bytes: u64,
+        total_bytes: Option<u64>,
+    },
+    Done {
+        task: String,
+        output: String,
+        reused: bool,
+        export: String,
+        len_bytes: u64,
+        cost_ms: u64,
+    },
+    Error {
+        source: String,
+        retryable: bool,
+        message: String,
+    },
+}
+
+struct HttpReq {
+    method: String,
+    path: String,
+    body: Vec<u8>,
+}
+
+pub async fn serve(shared: Arc<Shared>, mut stream: UnixStream) {
+    let req = match read_request(&mut stream).await {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = respond_json(&mut stream, 400, &serde_json::json!({"error": e.message})).await;
+            return;
+        }
+    };
+    let result = match (req.method.as_str(), req.path.as_str()) {
+        ("GET", "/healthy") => {
+            let body = serde_json::json!({"ok": true, "driver": shared.driver, "cores": shared.cores.len(), "tasks": shared.index.len()});
+            respond_json(&mut stream, 200, &body).await
+        }
+        ("GET", "/tasks") => {
+            respond_json(&mut stream, 200, &crate::daemon::gc::list_tasks(&shared)).await
+        }
+        ("POST", "/download") => download(&shared, &mut stream, &req.body).await,
+        _ => {
+            respond_json(
+                &mut stream,
+                404,
+                &serde_json::json!({"error": format!("no route {} {}", req.method, req.path)}),
+            )
+            .await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!("client connection ended: {e}");
+    }
+}
+
+async fn read_request(stream: &mut UnixStream) -> Result<HttpReq> {
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; limits::MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(head_len)) => {
+                let method = req.method.unwrap_or("").to_string();
+                let path = req.path.unwrap_or("").to_string();
+                let len = content_length(req.headers)?;
+                let mut body = buf[head_len..].to_vec();
+                read_body(stream, &mut body, len).await?;
+                return Ok(HttpReq { method, path, body });
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(e) => return Err(Error::client(format!("malformed request: {e}"))),
+        }
+        if buf.len() >= limits::MAX_HEAD_BYTES {
+            return Err(Error::client("request head too large"));
+        }
+        buf.reserve(4096);
+        let BufResult(res, b) = stream.read(buf.uninit()).await;
+        buf = b.into_inner();
+        match res {
+            Ok(0) => return Err(Error::client("connection closed mid-request")),
+            Ok(_) => {}
+            Err(e) => return Err(Error::client(format!("read: {e}"))),
+        }
+    }
+}
+
+fn content_length(headers: &[httparse::Header<'_>]) -> Result<usize> {
+    let Some(h) = headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+    else {
+        return Ok(0);
+    };
+    let len: usize = std::str::from_utf8(h.value)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| Error::client("bad Content-Length"))?;
+    if len > limits::MAX_API_BODY_BYTES {
+        return Err(Error::client(format!(
+            "request body over {} bytes",
+            limits::MAX_API_BODY_BYTES
+        )));
+    }
+    Ok(len)
+}
+
+async fn read_body(stream: &mut UnixStream, body: &mut Vec<u8>, len: usize) -> Result<()> {
+    while body.len() < len {
+        body.reserve(len - body.len());
+        let BufResult(res, b) = stream.read(std::mem::take(body).uninit()).await;
+        *body = b.into_inner();
+        match res {
+            Ok(0) => return Err(Error::client("connection closed mid-body")),
+            Ok(_) => {}
+            Err(e) => return Err(Error::client(format!("read: {e}"))),
+        }
+    }
+    body.truncate(len);
+    Ok(())
+}
+
+async fn respond_json(stream: &mut UnixStream, status: u16, body: &impl Serialize) -> Result<()> {
+    let body = serde_json::to_vec(body).map_err(|e| Error::internal(e.to_string()))?;
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        _ => "Error",
+    };
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    write(stream, out).await
+}
+
+async fn write(stream: &mut UnixStream, bytes: Vec<u8>) -> Result<()> {
+    let BufResult(res, _) = stream.write_all(bytes).await;
+    res.map_err(|e| Error::client(format!("client went away: {e}")))
+}
+
+async fn send_event(stream: &mut UnixStream, ev: &Event) -> Result<()> {
+    let mut line = serde_json::to_vec(ev).map_err(|e| Error::internal(e.to_string()))?;
+    line.push(b'\n');
+    write(stream, line).await
+}
+
+async fn download(shared: &Arc<Shared>, stream: &mut UnixStream, body: &[u8]) -> Result<()> {
+    let req: DownloadRequest = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return respond_json(
+                stream,
+                400,
+                &serde_json::json!({"error": format!("bad download request: {e}")}),
+            )
+            .await
+        }
+    };
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nConnection: close\r\n\r\n";
+    write(stream, head.as_bytes().to_vec()).await?;
+    let outcome = run_download(shared, stream, &req).await;
+    let ev = match outcome {
+        Ok(ev) => ev,
+        Err(e) => Event::Error {
+            source: e.source.as_str().into(),
+            retryable: e.retryable,
+            message: e.message,
+        },
+    };
+    send_event(stream, &ev).await
+}
+
+async fn run_download(
+    shared: &Arc<Shared>,
+    stream: &mut UnixStream,
+    req: &DownloadRequest,
+) -> Result<Event> {
+    let started = Instant::now();
+    let spec = validate(req)?;
+    let id = crate::storage::task_id::task_id(
+        req.url.as_str(),
+        &req.filter,
+        spec.digest.as_deref().unwrap_or(""),
+        &req.tag,
+        &req.application,
+    );
+    let (task, reused) = obtain_task(shared, &id, spec).await?;
+    task.touch();
+    send_event(
+        stream,
+        &Event::Started {
+            task: task.id.clone(),
+            peer: task.peer_id.clone(),
+        },
+    )
+    .await?;
+    if !reused {
+        follow(&task, stream).await?;
+    }
+    let out = std::path::PathBuf::from(&req.output);
+    task.n_readers.fetch_add(1, Ordering::AcqRel);
+    let src = task.data_path.clone();
+    let exported = engine::blocking(move || crate::storage::export::export(&src, &out, true)).await;
+    task.n_readers.fetch_sub(1, Ordering::AcqRel);
+    let method = exported?;
+    let len_bytes = task
+        .geometry()
+        .map(|g| g.layout.content_len_bytes)
+        .unwrap_or(0);
+    let cost_ms = started.elapsed().as_millis() as u64;
+    if reused {
+        tracing::info!(target: "PeerTask", peer = %task.peer_id, task = %task.id, component = "PeerTask", "reuse file peer task done, cost: {cost_ms}ms");
+    }
+    Ok(Event::Done {
+        task: task.id.clone(),
+        output: req.output.clone(),
+        reused,
+        export: method.as_str().into(),
+        len_bytes,
+        cost_ms,
+    })
+}
+
+/// Finds or creates the task for `id`. Returns (task, reused) where reused = a finished task served
+/// from the cache (its file re-verified).
+async fn obtain_task(
+    shared: &Arc<Shared>,
+    id: &str,
+    spec: crate::daemon::task::Spec,
+) -> Result<(Arc<Task>, bool)> {
+    for _ in 0..limits::MAX_TASK_RESOLVE_ROUNDS {
+        let (task, created) = shared.index.get_or_create(id, || {
+            Arc::new(Task::new(
+                id.to_string(),
+                shared.new_peer_id(),
+                spec.clone(),
+                shared.store.data_path(id),
+            ))
+        });
+        if created {
+            compio::runtime::spawn(engine::drive(shared.clone(), task.clone())).detach();
+            return Ok((task, false));
+        }
+        match task.state() {
+            State::Running => return Ok((task, false)),
+            State::Done if shared.config.storage.multiplex => {
+                if reusable(&task).await {
+                    return Ok((task, true));
+                }
+                drop_task(shared, &task);
+            }
+            // multiplex off, failed, or corrupt: start over with a fresh task under the same id.
+            _ => drop_task(shared, &task),
+        }
+    }
+    Err(Error::internal(
+        "task index kept changing under this request",
+    ))
+}
+
+/// A finished task may be linked again only if its file still has the right length and crcs:
+/// a hard-linked OUT edited in place would otherwise poison every later download.
+async fn reusable(task: &Arc<Task>) -> bool {
+    let Some(g) = task.geometry() else {
+        return false;
+    };
+    let (path, crcs) = (task.data_path.clone(), task.crcs());
+    let check = engine::blocking(move || {
+        crate::storage::verify_pieces(
+            &path,
+            g.layout.content_len_bytes,
+            g.layout.piece_len_bytes,
+            &crcs,
+        )
+    })
+    .await;
+    match check {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(task = %task.id, "cached task failed verification, downloading again: {e}");
+            false
+        }
+    }
+}
+
+fn drop_task(shared: &Shared, task: &Arc<Task>) {
+    if task.n_readers.load(Ordering::Acquire) == 0 {
+        let _ = shared.store.remove_task(&task.id);
+    }
+    shared.index.remove_if_same(&task.id, task);
+}
+
+/// Streams progress until the task is done (Ok) or failed (Err with the task's error).
+async fn follow(task: &Arc<Task>, stream: &mut UnixStream) -> Result<()> {
+    let mut last_sent = Instant::now() - Duration::from_secs(1);
+    let mut last_bytes = u64::MAX;
+    loop {
+        let listener = task.event.listen();
+        match task.state() {
+            State::Done => return Ok(()),
+            State::Failed => {
+                return Err(task
+                    .failure()
+                    .cloned()
+                    .unwrap_or_else(|| Error::internal("task failed")));
+            }
+            State::Running => {}
+        }
+        let done_bytes = task.completed_bytes();
+        if done_bytes != last_bytes && last_sent.elapsed() >= limits::PROGRESS_INTERVAL {
+            let total = task.geometry().map(|g| g.layout.content_len_bytes);
+            send_event(
+                stream,
+                &Event::Progress {
+                    completed_bytes: done_bytes,
+                    total_bytes: total,
+                },
+            )
+            .await?;
+            last_sent = Instant::now();
+            last_bytes = done_bytes;
+        }
+        let _ = compio::time::timeout(limits::PROGRESS_INTERVAL, listener).await;
+    }
+}
+
+/// Checks a download request before any task exists: URL scheme, header syntax, digest syntax.
+fn validate(req: &DownloadRequest) -> Result<crate::daemon::task::Spec> {
+    let url = url::Url::parse(&req.url)
+        .map_err(|e| Error::client(format!("invalid URL `{}`: {e}", req.url)))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(Error::client(format!(
+            "unsupported URL scheme `{}` (http, https)",
+            url.scheme()
+        )));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(Error::client(format!("URL has no host: {}", req.url)));
+    }
+    for (k, v) in &req.headers {
+        if !crate::http::codec::valid_header(k, v) {
+            return Err(Error::client(format!("invalid header `{k}`")));
+        }
+    }
+    let digest = req.digest.as_deref().map(parse_digest).transpose()?;
+    if !std::path::Path::new(&req.output).is_absolute() {
+        return Err(Error::client(format!(
+            "output path must be absolute: {}",
+            req.output
+        )));
+    }
+    Ok(crate::daemon::task::Spec {
+        url,
+        headers: req.headers.clone(),
+        digest,
+    })
+}
+
+/// `sha256:<64 hex>` (case-insensitive hex, normalised to lowercase).
+pub fn parse_digest(d: &str) -> Result<String> {
+    let (algo, hex_part) = d
+        .split_once(':')
+        .ok_or_else(|| Error::client(format!("digest `{d}` is not algo:hex")))?;
+    if !algo.eq_ignore_ascii_case("sha256") {
+        return Err(Error::client(format!(
+            "unsupported digest algorithm `{algo}` (sha256)"
+        )));
+    }
+    if hex_part.len() != 64 || !hex_part.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::client(format!(
+            "digest `{d}`: expected 64 hex digits"
+        )));
+    }
+    Ok(format!("sha256:{}", hex_part.to_ascii_lowercase()))
+}

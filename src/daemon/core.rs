@@ -1,0 +1,188 @@
+//! Cores: one OS thread per core, each running its own compio runtime (io_uring, or the polling
+//! driver where io_uring is unavailable), fed through its own inbox. No work-stealing: a future
+//! spawned on a core stays there, so per-core state (connection pool, file handles) needs no lock.
+//!
+//! Invariant: core 0 owns the listening socket and hands each accepted connection to one core,
+//! round-robin; shutdown reaches every core through its inbox.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::{UnixListener as StdListener, UnixStream as StdStream};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use anyhow::Context;
+use compio::driver::{DriverType, ProactorBuilder};
+use compio::runtime::Runtime;
+
+use crate::daemon::task::Task;
+use crate::daemon::{api, engine, Shared};
+
+pub enum CoreMsg {
+    /// A client connection accepted by core 0.
+    Conn(StdStream),
+    /// Start `n_workers` piece workers for this task.
+    Work {
+        task: Arc<Task>,
+        n_workers: usize,
+    },
+    Shutdown,
+}
+
+/// `DFGET_DRIVER=polling|io_uring` forces a driver (tests run both paths); default: io_uring when the
+/// kernel allows it, else polling.
+fn proactor() -> ProactorBuilder {
+    let mut pb = ProactorBuilder::new();
+    match std::env::var("DFGET_DRIVER").as_deref() {
+        Ok("polling") => {
+            pb.driver_type(DriverType::Poll);
+        }
+        Ok("io_uring") => {
+            pb.driver_type(DriverType::IoUring);
+        }
+        _ => {}
+    }
+    pb
+}
+
+/// Says which driver the cores will run, and why when it is not io_uring.
+pub fn probe_driver() -> String {
+    let rt = match Runtime::builder().with_proactor(proactor()).build() {
+        Ok(rt) => rt,
+        Err(e) => return format!("unavailable ({e})"),
+    };
+    match rt.driver_type() {
+        DriverType::IoUring => "io_uring".to_string(),
+        other => {
+            let mut pb = ProactorBuilder::new();
+            pb.driver_type(DriverType::IoUring);
+            let why = match Runtime::builder().with_proactor(pb).build() {
+                Err(e) => {
+                    format!("io_uring unavailable ({e}; seccomp or kernel.io_uring_disabled?)")
+                }
+                Ok(_) if std::env::var("DFGET_DRIVER").is_ok() => {
+                    "forced by DFGET_DRIVER".to_string()
+                }
+                Ok(_) => "io_uring lacks an opcode this runtime needs".to_string(),
+            };
+            format!("{other:?} — {why}").to_lowercase()
+        }
+    }
+}
+
+/// Runs all cores; returns after a shutdown signal once every core has stopped.
+pub fn run_cores(
+    shared: Arc<Shared>,
+    inboxes: Vec<flume::Receiver<CoreMsg>>,
+    listener: StdListener,
+) -> anyhow::Result<()> {
+    let mut threads = Vec::new();
+    let mut listener = Some(listener);
+    for (idx, inbox) in inboxes.into_iter().enumerate() {
+        let shared = shared.clone();
+        let listener = if idx == 0 { listener.take() } else { None };
+        let t = std::thread::Builder::new()
+            .name(format!("core-{idx}"))
+            .spawn(move || core_main(idx, shared, inbox, listener))
+            .context("cannot start a core thread")?;
+        threads.push(t);
+    }
+    wait_for_stop_signal();
+    tracing::info!("stop signal received, shutting down");
+    shared.shutting_down.store(true, Ordering::Release);
+    for core in &shared.cores {
+        let _ = core.send(CoreMsg::Shutdown);
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    Ok(())
+}
+
+fn core_main(
+    idx: usize,
+    shared: Arc<Shared>,
+    inbox: flume::Receiver<CoreMsg>,
+    listener: Option<StdListener>,
+) {
+    let rt = match Runtime::builder().with_proactor(proactor()).build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(core = idx, "cannot start the core's runtime: {e}");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        if let Some(l) = listener {
+            compio::runtime::spawn(accept_loop(shared.clone(), l)).detach();
+            compio::runtime::spawn(crate::daemon::gc::run_loop(shared.clone())).detach();
+        }
+        while let Ok(msg) = inbox.recv_async().await {
+            match msg {
+                CoreMsg::Conn(s) => match compio::net::UnixStream::from_std(s) {
+                    Ok(s) => compio::runtime::spawn(api::serve(shared.clone(), s)).detach(),
+                    Err(e) => tracing::warn!(core = idx, "cannot adopt a client connection: {e}"),
+                },
+                CoreMsg::Work { task, n_workers } => {
+                    for _ in 0..n_workers {
+                        compio::runtime::spawn(engine::piece_worker(shared.clone(), task.clone()))
+                            .detach();
+                    }
+                }
+                CoreMsg::Shutdown => break,
+            }
+        }
+    });
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: StdListener) {
+    let listener = match compio::net::UnixListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("cannot adopt the API socket: {e}");
+            return;
+        }
+    };
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                // The fd moves to another core's runtime: hand it over as a plain std socket.
+                match stream.as_fd().try_clone_to_owned() {
+                    Ok(fd) => {
+                        let std_stream = StdStream::from(OwnedFd::from(fd));
+                        let _ = shared.pick_core().send(CoreMsg::Conn(std_stream));
+                    }
+                    Err(e) => tracing::warn!("cannot hand over a client connection: {e}"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                compio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// SIGTERM/SIGINT are blocked in every thread and taken synchronously by `sigwait` on the main
+/// thread, so no core is interrupted mid-syscall and no async signal handler is needed.
+pub fn block_stop_signals() {
+    // SAFETY: plain libc signal-mask calls on a zero-initialised sigset_t.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+fn wait_for_stop_signal() {
+    // SAFETY: as above; sigwait only reads the set and writes the signal number.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        let mut sig: libc::c_int = 0;
+        libc::sigwait(&set, &mut sig);
+    }
+}

@@ -1,0 +1,305 @@
+//! The download engine: `drive` (home core: first request, layout, finalize) and `piece_worker`
+//! (every core: fetch ranged pieces until the cursor runs out).
+//!
+//! Invariant: exactly one `drive` runs per task (the request that created the task's index entry
+//! spawns it); piece workers never finalize, they only fill pieces and report failures.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use compio::fs::OpenOptions;
+
+use crate::daemon::task::{self, FirstResponse, Geometry, State, Task};
+use crate::daemon::Shared;
+use crate::error::{Error, Result};
+use crate::http::client;
+use crate::limits;
+use crate::piece::{Layout, DEFAULT_PIECE_LEN_BYTES};
+
+/// Runs a task to completion on the home core. Never panics on bad input: every failure ends in
+/// `task.fail` plus cleanup, and the index entry is dropped so the next request starts afresh.
+pub async fn drive(shared: Arc<Shared>, task: Arc<Task>) {
+    let result = match download(&shared, &task).await {
+        Ok(()) => finalize(&shared, &task).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => {
+            task.mark_done();
+            tracing::info!(
+                target: "PeerTask",
+                peer = %task.peer_id,
+                task = %task.id,
+                component = "PeerTask",
+                "peer task done, cost: {}ms",
+                task.started.elapsed().as_millis()
+            );
+        }
+        Err(e) => {
+            tracing::error!(
+                target: "PeerTask",
+                peer = %task.peer_id,
+                task = %task.id,
+                component = "PeerTask",
+                source = e.source.as_str(),
+                "peer task failed: {e}"
+            );
+            task.fail(e);
+            // Files first, then the index entry: a new task for the same id can only appear after
+            // the old files are gone, so this cleanup never deletes the new task's file.
+            let _ = shared.store.remove_task(&task.id);
+            shared.index.remove_if_same(&task.id, &task);
+        }
+    }
+}
+
+async fn download(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
+    let opts = shared.http_opts.clone();
+    let first = with_retries(|| task::first_request(task, &opts)).await?;
+    match first {
+        FirstResponse::Empty => {
+            shared.store.create_task_file(&task.id, Some(0))?;
+        }
+        FirstResponse::Ranged { mut resp, piece0 } => {
+            let g = task
+                .geometry()
+                .ok_or_else(|| Error::internal("ranged response without geometry"))?;
+            shared
+                .store
+                .create_task_file(&task.id, Some(g.layout.content_len_bytes))?;
+            let n_pieces = g.layout.n_pieces();
+            if n_pieces > 1 || !piece0 {
+                shared.broadcast_work(task, n_pieces);
+            }
+            if piece0 {
+                let file = open_task_file(task).await?;
+                let len = g.layout.piece_range(0).map(|(s, e)| e - s).unwrap_or(0);
+                let got = task::write_body(
+                    task,
+                    &mut resp,
+                    &file,
+                    0,
+                    g.layout.piece_len_bytes,
+                    Some(len),
+                )
+                .await;
+                if let Err(e) = got {
+                    if !e.retryable {
+                        return Err(e);
+                    }
+                    // The first response broke mid-body: fetch piece 0 again like any other piece.
+                    drop(resp);
+                    fetch_piece_with_retries(task, &file, g.layout, 0, &opts).await?;
+                }
+            }
+        }
+        FirstResponse::Stream {
+            mut resp,
+            len_bytes,
+        } => {
+            stream_whole(shared, task, &mut resp, len_bytes).await?;
+        }
+    }
+    wait_all_pieces(task).await
+}
+
+/// Single-stream mode: the home core reads the whole body and cuts it into pieces.
+async fn stream_whole(
+    shared: &Arc<Shared>,
+    task: &Arc<Task>,
+    resp: &mut client::Response,
+    len_bytes: Option<u64>,
+) -> Result<()> {
+    shared.store.create_task_file(&task.id, len_bytes)?;
+    let file = open_task_file(task).await?;
+    let piece_len = task
+        .geometry()
+        .map(|g| g.layout.piece_len_bytes)
+        .unwrap_or(DEFAULT_PIECE_LEN_BYTES);
+    let (written, unrecorded) =
+        task::write_body(task, resp, &file, 0, piece_len, len_bytes).await?;
+    if task.geometry().is_none() {
+        // Unknown length: now it is known. Bigger files get Dragonfly's larger pieces only when the
+        // length is known up front; a streamed one keeps 4 MiB pieces (the crcs were cut that way).
+        task.set_streamed_geometry(
+            Layout {
+                content_len_bytes: written,
+                piece_len_bytes: piece_len,
+            },
+            &unrecorded,
+        );
+    }
+    Ok(())
+}
+
+async fn wait_all_pieces(task: &Task) -> Result<()> {
+    loop {
+        let listener = task.event.listen();
+        if let Some(e) = task.failure() {
+            return Err(e.clone());
+        }
+        if task.all_pieces_done() {
+            return Ok(());
+        }
+        listener.await;
+    }
+}
+
+/// Digest check (when asked for) and metadata, off the IO path.
+async fn finalize(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
+    let g = task
+        .geometry()
+        .ok_or_else(|| Error::internal("finalize without geometry"))?;
+    if let Some(want) = task.spec.digest.clone() {
+        let path = task.data_path.clone();
+        let len = g.layout.content_len_bytes;
+        blocking(move || crate::storage::verify_sha256(&path, len, &want)).await?;
+    }
+    let meta = task.to_meta();
+    let meta_path = shared.store.meta_path(&task.id);
+    blocking(move || {
+        crate::storage::meta::write_atomic(&meta_path, &meta.encode())
+            .map_err(|e| crate::storage::disk_err(e, &meta_path, "write task metadata"))
+    })
+    .await
+}
+
+/// Runs blocking work (hashing, fsync) on compio's blocking pool so the core keeps serving IO.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    compio::runtime::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|_| Err(Error::internal("blocking job panicked")))
+}
+
+/// Piece worker: one of several per core per task. Takes piece indexes from the task's shared
+/// cursor until none remain, or the task failed.
+pub async fn piece_worker(shared: Arc<Shared>, task: Arc<Task>) {
+    let Some(Geometry { layout, .. }) = task.geometry() else {
+        return;
+    };
+    let file = match open_task_file(&task).await {
+        Ok(f) => f,
+        Err(e) => return task.fail(e),
+    };
+    let opts = shared_opts(&shared);
+    while let Some(piece_idx) = task.take_piece() {
+        if let Err(e) = fetch_piece_with_retries(&task, &file, layout, piece_idx, &opts).await {
+            task.fail(e.context(format_args!("piece {piece_idx}")));
+            return;
+        }
+    }
+}
+
+fn shared_opts(shared: &Shared) -> client::Options {
+    shared.http_opts.clone()
+}
+
+async fn fetch_piece_with_retries(
+    task: &Task,
+    file: &compio::fs::File,
+    layout: Layout,
+    piece_idx: u64,
+    opts: &client::Options,
+) -> Result<()> {
+    with_retries(|| fetch_piece(task, file, layout, piece_idx, opts)).await
+}
+
+async fn fetch_piece(
+    task: &Task,
+    file: &compio::fs::File,
+    layout: Layout,
+    piece_idx: u64,
+    opts: &client::Options,
+) -> Result<()> {
+    if task.state() != State::Running {
+        return Ok(());
+    }
+    let (start, end) = layout
+        .piece_range(piece_idx)
+        .ok_or_else(|| Error::internal("piece index past the end"))?;
+    let mut resp = client::get(
+        &task.spec.url,
+        &task.spec.headers,
+        Some((start, end - 1)),
+        opts,
+    )
+    .await?;
+    match resp.status() {
+        206 => {
+            let cr = resp.head.header("content-range").unwrap_or(b"");
+            crate::http::range::check_partial(cr, start, end - 1, Some(layout.content_len_bytes))
+                .map_err(|e| {
+                Error::origin(false, format!("{}: piece {piece_idx}: {e}", task.spec.url))
+            })?;
+        }
+        200 => {
+            return Err(Error::origin(
+                false,
+                format!(
+                    "{}: origin ignored Range on piece {piece_idx} after honouring it",
+                    task.spec.url
+                ),
+            ))
+        }
+        s => {
+            let retryable = s >= 500 || s == 429;
+            return Err(Error::origin(
+                retryable,
+                format!(
+                    "{} returned {s} {} for piece {piece_idx}",
+                    task.spec.url, resp.head.reason
+                ),
+            ));
+        }
+    }
+    task::write_body(
+        task,
+        &mut resp,
+        file,
+        piece_idx,
+        layout.piece_len_bytes,
+        Some(end - start),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Retries retryable failures with a short linear backoff; a non-retryable error returns at once.
+async fn with_retries<T, F, Fut>(mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut attempt = 0u32;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.retryable && attempt + 1 < limits::MAX_ATTEMPTS => {
+                attempt += 1;
+                tracing::debug!(error = %e, attempt, "retrying");
+                compio::time::sleep(Duration::from_millis(
+                    limits::RETRY_BACKOFF_MS * attempt as u64,
+                ))
+                .await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn open_task_file(task: &Task) -> Result<compio::fs::File> {
+    OpenOptions::new()
+        .write(true)
+        .open(&task.data_path)
+        .await
+        .map_err(|e| crate::storage::disk_err(e, &task.data_path, "open task file"))
+}
+
+/// How many piece workers a core should start for a task with `n_pieces` pieces on `n_cores` cores.
+pub fn workers_per_core(n_pieces: u64, n_cores: usize) -> usize {
+    let per_core = limits::PIECE_WORKERS_PER_CORE as u64;
+    let want = n_pieces.div_ceil(n_cores.max(1) as u64).min(per_core);
+    want.max(1) as usize
+}

@@ -1,0 +1,193 @@
+//! Logs in Dragonfly's JSON line format, so operators' greps keep working:
+//! `{"level":"info","ts":"2022-09-07 12:04:26.485","caller":"daemon/engine.rs:30","msg":"peer task done, cost: 1ms","peer":"..","task":"..","component":"PeerTask"}`
+//! written to `<logDir>/daemon/core.log` (and stderr when asked).
+//!
+//! Invariant: one event = one line = one JSON object with `level`, `ts`, `caller`, `msg` first, then
+//! the event's fields in the order they were recorded. Timestamps are UTC.
+
+use std::fmt::Write as _;
+use std::io::Write;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context as LayerCtx, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
+
+pub struct Guards(#[allow(dead_code)] Vec<tracing_appender::non_blocking::WorkerGuard>);
+
+/// Installs the global subscriber. Keep the returned guards alive until exit (they flush the file).
+pub fn init(log_dir: &Path, to_stderr: bool, level: &str) -> anyhow::Result<Guards> {
+    let dir = log_dir.join("daemon");
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create log dir {}", dir.display()))?;
+    let level: Level = level.parse().map_err(|_| {
+        anyhow::anyhow!("unknown log level `{level}` (error, warn, info, debug, trace)")
+    })?;
+    let (file, g1) =
+        tracing_appender::non_blocking(tracing_appender::rolling::never(&dir, "core.log"));
+    let mut guards = vec![g1];
+    let stderr = if to_stderr {
+        let (w, g) = tracing_appender::non_blocking(std::io::stderr());
+        guards.push(g);
+        Some(JsonLines {
+            writer: w,
+            max_level: level,
+        })
+    } else {
+        None
+    };
+    tracing_subscriber::registry()
+        .with(JsonLines {
+            writer: file,
+            max_level: level,
+        })
+        .with(stderr)
+        .try_init()
+        .context("cannot install the logger")?;
+    Ok(Guards(guards))
+}
+
+struct JsonLines<W> {
+    writer: W,
+    max_level: Level,
+}
+
+impl<S, W> Layer<S> for JsonLines<W>
+where
+    S: Subscriber,
+    W: for<'a> tracing_subscriber::fmt::MakeWriter<'a> + 'static,
+{
+    fn enabled(&self, meta: &tracing::Metadata<'_>, _: LayerCtx<'_, S>) -> bool {
+        // Dependencies (rustls, compio) only speak up at warn and above unless we are tracing.
+        let ours = meta.target().starts_with("dfget") || meta.target() == "PeerTask";
+        *meta.level() <= self.max_level
+            && (ours || *meta.level() <= Level::WARN || self.max_level == Level::TRACE)
+    }
+
+    fn on_event(&self, event: &Event<'_>, _: LayerCtx<'_, S>) {
+        let line = format_event(event, SystemTime::now());
+        let _ = self.writer.make_writer().write_all(line.as_bytes());
+    }
+}
+
+fn format_event(event: &Event<'_>, now: SystemTime) -> String {
+    let meta = event.metadata();
+    let mut v = Fields::default();
+    event.record(&mut v);
+    let caller = match (meta.file(), meta.line()) {
+        (Some(f), Some(l)) => format!("{}:{l}", f.trim_start_matches("src/")),
+        _ => meta.target().to_string(),
+    };
+    let mut out = String::with_capacity(256);
+    out.push_str("{\"level\":");
+    out.push_str(&json_str(&meta.level().as_str().to_ascii_lowercase()));
+    let _ = write!(
+        out,
+        ",\"ts\":{},\"caller\":{},\"msg\":{}",
+        json_str(&timestamp(now)),
+        json_str(&caller),
+        json_str(&v.msg)
+    );
+    for (k, val) in v.fields {
+        let _ = write!(out, ",{}:{}", json_str(&k), val);
+    }
+    out.push_str("}\n");
+    out
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+#[derive(Default)]
+struct Fields {
+    msg: String,
+    /// (name, JSON-encoded value)
+    fields: Vec<(String, String)>,
+}
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let text = format!("{value:?}");
+        if field.name() == "message" {
+            self.msg = text;
+        } else {
+            self.fields
+                .push((field.name().to_string(), json_str(&text)));
+        }
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.msg = value.to_string();
+        } else {
+            self.fields
+                .push((field.name().to_string(), json_str(value)));
+        }
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.fields
+            .push((field.name().to_string(), value.to_string()));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.fields
+            .push((field.name().to_string(), value.to_string()));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.fields
+            .push((field.name().to_string(), value.to_string()));
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SS.mmm` in UTC (zap's console-friendly layout Dragonfly uses).
+pub fn timestamp(now: SystemTime) -> String {
+    let d = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    let (y, m, day) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{day:02} {:02}:{:02}:{:02}.{:03}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn check_ts(unix_ms: u64, expected: &str) {
+        assert_eq!(
+            timestamp(UNIX_EPOCH + Duration::from_millis(unix_ms)),
+            expected
+        );
+    }
+
+    #[test]
+    fn timestamps_match_dragonfly_layout() {
+        check_ts(0, "1970-01-01 00:00:00.000");
+        check_ts(1_662_552_266_485, "2022-09-07 12:04:26.485");
+        check_ts(951_782_400_000, "2000-02-29 00:00:00.000");
+        check_ts(4_102_444_799_999, "2099-12-31 23:59:59.999");
+    }
+}

@@ -1,0 +1,83 @@
+//! The daemon's error: where a failure came from and whether retrying can help (Pingora's shape).
+//!
+//! Invariant: retries and back-to-source decisions read `source` and `retryable`, never the message;
+//! the message is for people and never contains credentials.
+
+use std::fmt;
+
+/// Where a failure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The origin server or registry (bad status, malformed response, connection trouble).
+    Origin,
+    /// The request itself (bad URL, bad header, bad digest syntax).
+    Client,
+    /// Local storage (ENOSPC, permissions, a corrupt task file).
+    Disk,
+    /// A bug or an exhausted internal resource.
+    Internal,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Origin => "origin",
+            Source::Client => "client",
+            Source::Disk => "disk",
+            Source::Internal => "internal",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    pub source: Source,
+    pub retryable: bool,
+    pub message: String,
+}
+
+impl Error {
+    pub fn origin(retryable: bool, message: impl Into<String>) -> Error {
+        Error {
+            source: Source::Origin,
+            retryable,
+            message: message.into(),
+        }
+    }
+    pub fn client(message: impl Into<String>) -> Error {
+        Error {
+            source: Source::Client,
+            retryable: false,
+            message: message.into(),
+        }
+    }
+    pub fn disk(message: impl Into<String>) -> Error {
+        Error {
+            source: Source::Disk,
+            retryable: false,
+            message: message.into(),
+        }
+    }
+    pub fn internal(message: impl Into<String>) -> Error {
+        Error {
+            source: Source::Internal,
+            retryable: false,
+            message: message.into(),
+        }
+    }
+    /// Prefixes the message with what was being done.
+    pub fn context(mut self, what: impl fmt::Display) -> Error {
+        self.message = format!("{what}: {}", self.message);
+        self
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,283 @@
+//! Requests on top of `conn` and `pool`: one GET (with an optional closed Range) that reuses this
+//! core's keep-alive connections, retries once on a stale pooled connection, and follows redirects.
+//!
+//! Invariant: a `Response` owns its connection until the body has been read to the end; only then
+//! does the connection return to the pool (dropping a `Response` early closes the connection, which
+//! is how a caller abandons a body it does not want).
+
+use std::time::Duration;
+
+use url::Url;
+
+use crate::error::{Error, Result};
+use crate::http::body::{BodyDecoder, Step};
+use crate::http::codec::{self, Framing, Request, ResponseHead};
+use crate::http::conn::{io_error, Conn, PoolKey};
+use crate::http::pool::{self, PoolLimits};
+use crate::limits;
+
+/// What a request needs from the transport config (resolved once per task, cheap to clone).
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub dial_timeout: Duration,
+    pub keep_alive: Duration,
+    pub response_header_timeout: Duration,
+    /// Longest silence allowed while a body streams.
+    pub body_idle_timeout: Duration,
+    pub pool: PoolLimits,
+}
+
+impl Options {
+    pub fn from_transport(t: &crate::config::TransportConfig) -> Options {
+        Options {
+            dial_timeout: t.dial_timeout,
+            keep_alive: t.keep_alive,
+            response_header_timeout: t.response_header_timeout,
+            body_idle_timeout: t.response_header_timeout.max(Duration::from_secs(30)),
+            pool: PoolLimits {
+                max_idle_total: t.max_idle_conns,
+                max_idle_per_host: t.max_idle_conns_per_host,
+                idle_timeout: t.idle_conn_timeout,
+            },
+        }
+    }
+}
+
+pub struct Response {
+    pub head: ResponseHead,
+    /// The URL that answered (after redirects).
+    pub url: Url,
+    conn: Option<Conn>,
+    decoder: BodyDecoder,
+    keep_alive: bool,
+    opts: Options,
+}
+
+pub fn pool_key(url: &Url) -> Result<PoolKey> {
+    let tls = match url.scheme() {
+        "http" => false,
+        "https" => true,
+        other => {
+            return Err(Error::client(format!(
+                "unsupported URL scheme `{other}` in {url}"
+            )))
+        }
+    };
+    let host = url
+        .host_str()
+        .ok_or_else(|| Error::client(format!("URL has no host: {url}")))?;
+    let port = url
+        .port_or_known_default()
+        .unwrap_or(if tls { 443 } else { 80 });
+    Ok(PoolKey {
+        tls,
+        host: host.to_string(),
+        port,
+    })
+}
+
+fn host_header(url: &Url) -> String {
+    let host = url.host_str().unwrap_or("");
+    match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_string(),
+    }
+}
+
+fn target(url: &Url) -> String {
+    match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_string(),
+    }
+}
+
+/// GET `url`, following up to `MAX_REDIRECTS` redirects. `range` is an inclusive byte range.
+/// `Authorization` is dropped when a redirect leaves the original host or port.
+pub async fn get(
+    url: &Url,
+    headers: &[(String, String)],
+    range: Option<(u64, u64)>,
+    opts: &Options,
+) -> Result<Response> {
+    let mut url = url.clone();
+    let mut headers = headers.to_vec();
+    if let Some((first, last)) = range {
+        headers.push((
+            "Range".into(),
+            crate::http::range::range_header(first, last),
+        ));
+    }
+    for _ in 0..=limits::MAX_REDIRECTS {
+        let resp = send(&url, &headers, opts).await?;
+        let status = resp.head.status;
+        if !matches!(status, 301 | 302 | 303 | 307 | 308) {
+            return Ok(resp);
+        }
+        let location = resp.head.header_str("location").ok_or_else(|| {
+            Error::origin(false, format!("{url}: {status} redirect without Location"))
+        })?;
+        let next = url.join(location).map_err(|e| {
+            Error::origin(
+                false,
+                format!("{url}: bad redirect Location `{location}`: {e}"),
+            )
+        })?;
+        drop(resp);
+        if next.host_str() != url.host_str()
+            || next.port_or_known_default() != url.port_or_known_default()
+        {
+            headers.retain(|(k, _)| !k.eq_ignore_ascii_case("authorization"));
+        }
+        url = next;
+    }
+    Err(Error::origin(
+        false,
+        format!("too many redirects (more than {})", limits::MAX_REDIRECTS),
+    ))
+}
+
+/// One request/response exchange, retried once on a fresh connection when a pooled one turns out
+/// to be stale (the server closed it while idle): GET is idempotent, so this is safe.
+async fn send(url: &Url, headers: &[(String, String)], opts: &Options) -> Result<Response> {
+    let key = pool_key(url)?;
+    let mut req_bytes = Vec::with_capacity(512);
+    let target = target(url);
+    let host = host_header(url);
+    let req = Request {
+        method: "GET",
+        target: &target,
+        host: &host,
+        headers,
+        keep_alive: true,
+    };
+    codec::write_request(&req, &mut req_bytes);
+
+    if let Some(conn) = pool::take(&key, &opts.pool) {
+        match exchange(conn, req_bytes.clone(), url, opts).await {
+            Ok(resp) => return Ok(resp),
+            Err(e) if e.retryable => {
+                tracing::debug!(url = %url, error = %e, "stale pooled connection, retrying on a new one");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let conn = Conn::connect(&key, opts.dial_timeout, opts.keep_alive).await?;
+    exchange(conn, req_bytes, url, opts).await
+}
+
+async fn exchange(mut conn: Conn, req: Vec<u8>, url: &Url, opts: &Options) -> Result<Response> {
+    let key = conn.key.clone();
+    conn.n_requests += 1;
+    let fut = async {
+        conn.write_all(req).await.map_err(|e| io_error(&key, e))?;
+        conn.read_head().await
+    };
+    let head = match compio::time::timeout(opts.response_header_timeout, fut).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(Error::origin(
+                true,
+                format!(
+                    "{url}: responseHeaderTimeout ({:?}) elapsed",
+                    opts.response_header_timeout
+                ),
+            ))
+        }
+    };
+    let framing =
+        codec::framing(&head, false).map_err(|e| Error::origin(false, format!("{url}: {e}")))?;
+    let keep_alive = head.keep_alive() && !matches!(framing, Framing::Close);
+    Ok(Response {
+        head,
+        url: url.clone(),
+        conn: Some(conn),
+        decoder: BodyDecoder::new(framing),
+        keep_alive,
+        opts: opts.clone(),
+    })
+}
+
+impl Response {
+    pub fn status(&self) -> u16 {
+        self.head.status
+    }
+
+    /// Appends body bytes to `out` until it holds at least `want_bytes` or the body ends.
+    /// Returns false once the body is complete (the connection is then back in the pool).
+    pub async fn read_into(&mut self, out: &mut Vec<u8>, want_bytes: usize) -> Result<bool> {
+        loop {
+            if self.decoder.is_done() {
+                self.release();
+                return Ok(false);
+            }
+            if out.len() >= want_bytes {
+                return Ok(true);
+            }
+            let conn = self
+                .conn
+                .as_mut()
+                .ok_or_else(|| Error::internal("body read after release"))?;
+            let (consumed, step) = self
+                .decoder
+                .decode(conn.buffered())
+                .map_err(|e| Error::origin(false, format!("{}: {e}", self.url)))?;
+            match step {
+                Some(Step::Data { start, end }) => {
+                    out.extend_from_slice(&conn.buffered()[start..end])
+                }
+                Some(Step::Done) => {}
+                None => {}
+            }
+            conn.consume(consumed);
+            if step.is_none() {
+                self.fill_more().await?;
+            }
+        }
+    }
+
+    async fn fill_more(&mut self) -> Result<()> {
+        let conn = self
+            .conn
+            .as_mut()
+            .ok_or_else(|| Error::internal("body read after release"))?;
+        let key = conn.key.clone();
+        let n = match compio::time::timeout(self.opts.body_idle_timeout, conn.fill()).await {
+            Ok(r) => r.map_err(|e| io_error(&key, e))?,
+            Err(_) => {
+                return Err(Error::origin(
+                    true,
+                    format!(
+                        "{}: no body data for {:?} (idle read timeout)",
+                        self.url, self.opts.body_idle_timeout
+                    ),
+                ))
+            }
+        };
+        if n == 0 {
+            self.keep_alive = false;
+            self.decoder
+                .on_eof()
+                .map_err(|e| Error::origin(true, format!("{}: {e}", self.url)))?;
+        }
+        Ok(())
+    }
+
+    /// Reads and drops the rest of a (small) body, e.g. an error page, so the connection can be reused.
+    pub async fn discard(mut self, max_bytes: usize) {
+        let mut sink = Vec::new();
+        while let Ok(true) = self.read_into(&mut sink, 1).await {
+            if sink.len() > max_bytes {
+                return;
+            }
+            sink.clear();
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            if self.keep_alive && !conn.has_leftover() {
+                pool::put(conn, &self.opts.pool);
+            }
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! dfget: a Dragonfly-compatible download daemon and its CLI, thread-per-core on io_uring.
+//!
+//! The crate is the architecture: `config` (YAML → typed config), `http` (our HTTP/1.1 client: sans-IO
+//! codec + IO shell), `piece` (piece math, shared bitmap), `storage` (task files, metadata, export,
+//! the lock-free index), `gc` (the pure eviction planner), `daemon` (cores, socket API, engine, GC
+//! loop, logs) and `client` (the `dfget` side). See ARCHITECTURE.md for a URL's trip through them.
+
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod error;
+pub mod gc;
+pub mod http;
+pub mod limits;
+pub mod piece;
+pub mod storage;

@@ -1,0 +1,95 @@
+//! Every size and count limit of the project, in one place, each with the reason it has that value.
+//!
+//! Invariant: no other module hard-codes a bound on what a peer (origin, registry, proxy, local
+//! client) can make us buffer or repeat; it names a constant here instead, so the whole set can be
+//! reviewed together. Relations between limits are checked at compile time below.
+
+// ---- HTTP client (src/http) -------------------------------------------------------------------
+
+/// Bytes of response head (status line + headers, including any skipped 1xx interim heads) we
+/// buffer before giving up. 64 KiB is well above what real servers send (nginx and Go default to
+/// 8 KiB-1 MiB for *request* heads; response heads are typically < 2 KiB) and bounds the memory a
+/// hostile origin can pin per connection.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Header fields in one response head. httparse needs a fixed slot array; 100 is the figure
+/// hyper and Go's textproto use in practice and far above a registry's or CDN's ~30.
+pub const MAX_HEADERS: usize = 100;
+
+/// 1xx interim responses (100 Continue, 103 Early Hints) skipped before the final head. The byte
+/// budget already bounds them; the count makes a "103 flood" a clear error instead of a long loop.
+pub const MAX_INTERIM_RESPONSES: usize = 16;
+
+/// Bytes of one chunk-size line (hex size + chunk extensions, without the line ending). A size
+/// needs at most 16 hex digits; the rest is for extensions, which nobody we talk to sends.
+pub const MAX_CHUNK_LINE_BYTES: usize = 1024;
+
+/// Bytes of the trailer section after the last chunk (we skip trailers; this only bounds the
+/// skipping so a peer cannot keep a body "open" forever with an endless trailer).
+pub const MAX_TRAILER_BYTES: usize = 16 * 1024;
+
+/// Redirects followed for one request. Go's net/http stops at 10, and so does curl's default
+/// `--max-redirs` in practice for registries (blob 307 to storage is one hop).
+pub const MAX_REDIRECTS: usize = 10;
+
+/// Bytes of one user-supplied request header line (`name: value`). nginx rejects a request line
+/// or header longer than its default `large_client_header_buffers` buffer of 8 KiB with 400/494,
+/// so a longer header could never work anyway: reject it at input with a clear message.
+pub const MAX_REQUEST_HEADER_BYTES: usize = 8 * 1024;
+
+/// User-supplied request headers (`-H`) per request. A handful is normal (auth, cookies, a
+/// custom token); 64 leaves room for scripts while bounding the request head we build.
+pub const MAX_REQUEST_HEADERS: usize = 64;
+
+// A chunk-size line must at least hold the 16 hex digits of a u64 size.
+const _: () = assert!(MAX_CHUNK_LINE_BYTES >= 16);
+// A chunk line or the trailer section is never a bigger buffer than the head we already accept.
+const _: () = assert!(MAX_CHUNK_LINE_BYTES <= MAX_HEAD_BYTES);
+const _: () = assert!(MAX_TRAILER_BYTES <= MAX_HEAD_BYTES);
+// The smallest header line is "a:\r\n" (4 bytes): the count limit must be the one that bites
+// before the byte limit for a flood of tiny headers, else MAX_HEADERS would be dead code.
+const _: () = assert!(MAX_HEADERS * 4 < MAX_HEAD_BYTES);
+// RFC 9110 §15.4 notes clients should detect cycles; the old RFC 2068 advice was 5 hops, and
+// registry → storage redirects need at least 2.
+const _: () = assert!(MAX_REDIRECTS >= 5);
+
+// ---- Daemon (src/daemon, src/client) -------------------------------------------------------------
+
+/// Socket read buffer per HTTP connection. 256 KiB lets one io_uring read drain a fast loopback or
+/// LAN socket's receive queue in a few calls without pinning much memory per pooled connection.
+pub const READ_BUF_BYTES: usize = 256 * 1024;
+
+/// Body bytes gathered before one positional write into the task file: big enough that a 4 MiB
+/// piece is four writes, small enough that every worker's buffer together stays in the tens of MiB.
+pub const WRITE_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// Concurrent piece workers per core per task. Each owns one connection, so a task uses at most
+/// cores × this many origin connections; 4 hides origin latency without hammering small origins.
+pub const PIECE_WORKERS_PER_CORE: usize = 4;
+
+/// Attempts per request (first try + retries) for retryable failures (reset, timeout, 5xx).
+pub const MAX_ATTEMPTS: u32 = 3;
+
+/// Linear backoff step between attempts, in milliseconds.
+pub const RETRY_BACKOFF_MS: u64 = 100;
+
+/// Body of one socket API request (a download request is a URL, a path and a few headers).
+pub const MAX_API_BODY_BYTES: usize = 1024 * 1024;
+
+/// Times one request may find its task replaced (failed, evicted, corrupt) before giving up; more
+/// than two means something keeps destroying the task and retrying cannot help.
+pub const MAX_TASK_RESOLVE_ROUNDS: usize = 4;
+
+/// Least time between two progress events on one client stream.
+pub const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Upper bound of `--cores`: one runtime and ring per core; beyond this the rings' memory and the
+/// origin's connection count grow with no gain for one host's downloads.
+pub const MAX_CORES: usize = 256;
+
+/// How long `dfget` waits for a daemon it spawned to answer, and how often it asks.
+pub const SPAWN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+pub const SPAWN_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+const _: () = assert!(WRITE_CHUNK_BYTES as u64 <= crate::piece::DEFAULT_PIECE_LEN_BYTES);
+const _: () = assert!(MAX_ATTEMPTS >= 1);

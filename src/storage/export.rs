@@ -1,0 +1,155 @@
+//! Export: put a finished task file at the user's OUT path, atomically.
+//!
+//! Order of preference: hard link (one inode — editing OUT in place edits the cache, which is why a
+//! reused task is re-verified before linking), reflink (`FICLONE`, copy-on-write), then
+//! `copy_file_range`. Always through a temp name in OUT's directory and a `rename`, so OUT is either
+//! the old file or the complete new one, and a failure leaves no temp file behind.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::storage::disk_err;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    HardLink,
+    Reflink,
+    Copy,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::HardLink => "hardlink",
+            Method::Reflink => "reflink",
+            Method::Copy => "copy",
+        }
+    }
+}
+
+/// Blocking: run off the IO path.
+pub fn export(src: &Path, out: &Path, allow_link: bool) -> Result<Method> {
+    let dir = match out.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        return Err(Error::client(format!(
+            "output directory {} does not exist",
+            dir.display()
+        )));
+    }
+    let tmp = temp_name(&dir, out);
+    let result = place(src, &tmp, allow_link).and_then(|method| {
+        fs::rename(&tmp, out).map_err(|e| disk_err(e, out, "rename into place"))?;
+        Ok(method)
+    });
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn temp_name(dir: &Path, out: &Path) -> PathBuf {
+    let base = out
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dir.join(format!(
+        ".{base}.dfget-{}.tmp",
+        uuid::Uuid::new_v4().simple()
+    ))
+}
+
+fn place(src: &Path, tmp: &Path, allow_link: bool) -> Result<Method> {
+    if allow_link {
+        match fs::hard_link(src, tmp) {
+            Ok(()) => return Ok(Method::HardLink),
+            // Cross-device, or a filesystem/policy that forbids links (fs.protected_hardlinks): fall
+            // through to a copy. Anything else is a real error.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EXDEV | libc::EPERM | libc::EMLINK)
+                ) => {}
+            Err(e) => return Err(disk_err(e, tmp, "hard-link task file to")),
+        }
+    }
+    let from = File::open(src).map_err(|e| disk_err(e, src, "open task file"))?;
+    let to = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tmp)
+        .map_err(|e| disk_err(e, tmp, "create output temp file"))?;
+    if rustix::fs::ioctl_ficlone(&to, &from).is_ok() {
+        return Ok(Method::Reflink);
+    }
+    copy_range(&from, &to).map_err(|e| disk_err(e, tmp, "copy task file to"))?;
+    Ok(Method::Copy)
+}
+
+fn copy_range(from: &File, to: &File) -> io::Result<()> {
+    let len = from.metadata()?.len();
+    let mut done = 0u64;
+    while done < len {
+        let chunk = (len - done).min(1 << 30) as usize;
+        let n = rustix::fs::copy_file_range(from, None, to, None, chunk)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "source shrank while copying",
+            ));
+        }
+        done += n as u64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn hardlink_replaces_existing_output_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::write(&src, b"new content").unwrap();
+        let out = dir.path().join("out");
+        fs::write(&out, b"old").unwrap();
+        assert_eq!(export(&src, &out, true).unwrap(), Method::HardLink);
+        assert_eq!(fs::read(&out).unwrap(), b"new content");
+        assert_eq!(
+            fs::metadata(&out).unwrap().ino(),
+            fs::metadata(&src).unwrap().ino()
+        );
+        let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(leftovers.len(), 2, "no temp file left");
+    }
+
+    #[test]
+    fn copy_when_links_not_allowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::write(&src, vec![7u8; 100_000]).unwrap();
+        let out = dir.path().join("out");
+        let m = export(&src, &out, false).unwrap();
+        assert!(matches!(m, Method::Copy | Method::Reflink));
+        assert_eq!(fs::read(&out).unwrap(), vec![7u8; 100_000]);
+        assert_ne!(
+            fs::metadata(&out).unwrap().ino(),
+            fs::metadata(&src).unwrap().ino()
+        );
+    }
+
+    #[test]
+    fn missing_output_dir_is_a_client_error_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::write(&src, b"x").unwrap();
+        let err = export(&src, &dir.path().join("nope/out"), true).unwrap_err();
+        assert_eq!(err.source, crate::error::Source::Client);
+    }
+}

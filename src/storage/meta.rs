@@ -1,0 +1,915 @@
+//! Task metadata persisted beside each task file, so a restarted daemon can resume or reuse a task.
+//!
+//! On disk a meta file is one line of compact JSON (format version `"v": 1`) followed by a trailer
+//! line `crc32:<8 lowercase hex>` holding the CRC-32 of the JSON line. Invariant: `decode` only
+//! returns a `TaskMeta` whose bytes passed the checksum, whose version is known and whose fields
+//! agree with each other (piece counts match the length, a finished task has every piece), so a
+//! torn, corrupt or foreign file is reported, never half-trusted. `write_atomic` keeps the previous
+//! version intact until the new one is durable.
+//!
+//! All IO here is blocking `std::fs`: meta files are small and written at task milestones, so
+//! callers run these on a blocking path (or a dispatcher thread), never inline on a core's event
+//! loop.
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The only format version this build reads and writes.
+pub const META_VERSION: u32 = 1;
+/// Task ids are hex(sha256(...)).
+pub const TASK_ID_HEX_LEN: usize = 64;
+/// Largest piece the piece math produces (64 MiB cap).
+pub const MAX_PIECE_LEN_BYTES: u64 = 64 << 20;
+/// 2^18 pieces: 16 TiB at the 64 MiB cap, 1 TiB at 4 MiB; bounds the meta size below.
+pub const MAX_PIECES: usize = 1 << 18;
+/// Presigned URLs can be long, but not unbounded.
+pub const MAX_URL_BYTES: usize = 64 << 10;
+/// `algo:hex`, room for sha512.
+pub const MAX_DIGEST_BYTES: usize = 16 + 1 + 128;
+/// MAX_PIECES at ~12 bytes each (one flag char, a crc of up to 10 digits, a comma) plus the URL
+/// and the fixed fields; a larger file is not ours and is refused before parsing.
+pub const MAX_META_BYTES: u64 = 4 << 20;
+
+const _: () = assert!((MAX_PIECES as u64) * 12 + (MAX_URL_BYTES as u64) + 4096 <= MAX_META_BYTES);
+
+const CRC_PREFIX: &[u8] = b"crc32:";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskMeta {
+    pub task_id: String,
+    pub url: String,
+    /// None while the length is unknown (streamed body without Content-Length).
+    pub content_len: Option<u64>,
+    pub piece_len: u64,
+    pub pieces_done: Vec<bool>,
+    /// CRC-32 of each piece; meaningful only where `pieces_done` is true.
+    pub piece_crcs: Vec<u32>,
+    /// `"sha256:<hex>"` as the user asked for it, if any.
+    pub digest: Option<String>,
+    pub created_unix_ms: u64,
+    pub last_access_unix_ms: u64,
+    pub finished_unix_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetaErrorKind {
+    /// No meta file: the task is new (or was never persisted).
+    NotFound,
+    /// Any other IO failure reading or writing.
+    Io,
+    /// Larger than `MAX_META_BYTES`.
+    TooLarge,
+    /// Missing or malformed checksum trailer: a torn or truncated write.
+    Truncated,
+    /// The trailer is there but does not match the body: corruption.
+    Checksum,
+    /// The checksum holds but the JSON is not a v1 meta (syntax, types, unknown fields).
+    Malformed,
+    /// A format version this build does not know.
+    Version,
+    /// Well-formed but the fields contradict each other or break a limit.
+    Inconsistent,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaError {
+    pub kind: MetaErrorKind,
+    pub message: String,
+}
+
+impl MetaError {
+    fn new(kind: MetaErrorKind, message: impl Into<String>) -> Self {
+        MetaError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for MetaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "task metadata: {}", self.message)
+    }
+}
+
+impl std::error::Error for MetaError {}
+
+/// What goes on disk when encoding; borrows so encoding copies nothing but the piece flags.
+#[derive(Serialize)]
+struct WireOut<'a> {
+    v: u32,
+    task_id: &'a str,
+    url: &'a str,
+    content_len: Option<u64>,
+    piece_len: u64,
+    /// One char per piece, `1` = done: 5x smaller than a JSON bool array and still readable.
+    pieces_done: String,
+    piece_crcs: &'a [u32],
+    digest: Option<&'a str>,
+    created_unix_ms: u64,
+    last_access_unix_ms: u64,
+    finished_unix_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireIn {
+    #[allow(dead_code)] // checked by `VersionProbe` before this is parsed
+    v: u32,
+    task_id: String,
+    url: String,
+    content_len: Option<u64>,
+    piece_len: u64,
+    pieces_done: String,
+    piece_crcs: Vec<u32>,
+    digest: Option<String>,
+    created_unix_ms: u64,
+    last_access_unix_ms: u64,
+    finished_unix_ms: Option<u64>,
+}
+
+/// Parsed first so that a future version is reported as `Version`, not as whatever field of
+/// ours it happens to lack.
+#[derive(Deserialize)]
+struct VersionProbe {
+    v: Option<u64>,
+}
+
+impl TaskMeta {
+    /// JSON line + checksum trailer. Debug builds assert the meta would decode again (the write
+    /// side of the read-side checks).
+    pub fn encode(&self) -> Vec<u8> {
+        debug_assert_eq!(validate(self), Ok(()), "encoding an inconsistent TaskMeta");
+        self.encode_unchecked()
+    }
+
+    fn encode_unchecked(&self) -> Vec<u8> {
+        let wire = WireOut {
+            v: META_VERSION,
+            task_id: &self.task_id,
+            url: &self.url,
+            content_len: self.content_len,
+            piece_len: self.piece_len,
+            pieces_done: self
+                .pieces_done
+                .iter()
+                .map(|&done| if done { '1' } else { '0' })
+                .collect(),
+            piece_crcs: &self.piece_crcs,
+            digest: self.digest.as_deref(),
+            created_unix_ms: self.created_unix_ms,
+            last_access_unix_ms: self.last_access_unix_ms,
+            finished_unix_ms: self.finished_unix_ms,
+        };
+        // Serializing plain strings and integers into a Vec has no failure mode in serde_json
+        // (no IO, no non-string map keys, no custom Serialize), so this is an invariant, not input.
+        let mut out = serde_json::to_vec(&wire).expect("TaskMeta serializes infallibly");
+        // Compact serde_json escapes control characters, so the body is exactly one line.
+        debug_assert!(!out.contains(&b'\n'));
+        let crc = crc32fast::hash(&out);
+        out.push(b'\n');
+        out.extend_from_slice(CRC_PREFIX);
+        out.extend_from_slice(format!("{crc:08x}\n").as_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<TaskMeta, MetaError> {
+        if bytes.len() as u64 > MAX_META_BYTES {
+            return Err(too_large(bytes.len() as u64));
+        }
+        let (body, want_crc) = split_trailer(bytes)?;
+        let got_crc = crc32fast::hash(body);
+        if got_crc != want_crc {
+            return Err(MetaError::new(
+                MetaErrorKind::Checksum,
+                format!(
+                    "checksum mismatch (stored {want_crc:08x}, computed {got_crc:08x}): corrupt"
+                ),
+            ));
+        }
+        let probe: VersionProbe = serde_json::from_slice(body).map_err(malformed)?;
+        match probe.v {
+            Some(v) if v == u64::from(META_VERSION) => {}
+            Some(v) => {
+                return Err(MetaError::new(
+                    MetaErrorKind::Version,
+                    format!(
+                        "format version {v} is not supported (this build reads {META_VERSION})"
+                    ),
+                ))
+            }
+            None => {
+                return Err(MetaError::new(
+                    MetaErrorKind::Version,
+                    "no format version field \"v\"",
+                ))
+            }
+        }
+        let wire: WireIn = serde_json::from_slice(body).map_err(malformed)?;
+        let meta = from_wire(wire)?;
+        validate(&meta).map_err(|message| MetaError::new(MetaErrorKind::Inconsistent, message))?;
+        Ok(meta)
+    }
+
+    /// Finished = marked finished, length known and every piece present. `decode` guarantees the
+    /// three agree; checking all of them keeps a half-built in-memory value from passing.
+    pub fn is_finished(&self) -> bool {
+        self.finished_unix_ms.is_some()
+            && self.content_len.is_some()
+            && self.pieces_done.iter().all(|&done| done)
+    }
+}
+
+fn malformed(err: serde_json::Error) -> MetaError {
+    MetaError::new(
+        MetaErrorKind::Malformed,
+        format!("not a v{META_VERSION} meta: {err}"),
+    )
+}
+
+fn too_large(len: u64) -> MetaError {
+    MetaError::new(
+        MetaErrorKind::TooLarge,
+        format!("{len} bytes exceeds the {MAX_META_BYTES}-byte limit"),
+    )
+}
+
+/// Splits `body \n crc32:xxxxxxxx \n` into the body and the stored crc.
+fn split_trailer(bytes: &[u8]) -> Result<(&[u8], u32), MetaError> {
+    let torn = || {
+        MetaError::new(
+            MetaErrorKind::Truncated,
+            "missing or malformed checksum trailer: torn or truncated write",
+        )
+    };
+    let without_nl = bytes.strip_suffix(b"\n").ok_or_else(torn)?;
+    let sep = without_nl
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .ok_or_else(torn)?;
+    let (body, trailer) = (&without_nl[..sep], &without_nl[sep + 1..]);
+    let hex = trailer.strip_prefix(CRC_PREFIX).ok_or_else(torn)?;
+    if hex.len() != 8 {
+        return Err(torn());
+    }
+    let mut crc = 0u32;
+    for &b in hex {
+        let digit = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => return Err(torn()),
+        };
+        crc = (crc << 4) | u32::from(digit);
+    }
+    Ok((body, crc))
+}
+
+fn from_wire(wire: WireIn) -> Result<TaskMeta, MetaError> {
+    if wire.pieces_done.len() > MAX_PIECES {
+        return Err(MetaError::new(
+            MetaErrorKind::Inconsistent,
+            format!(
+                "{} pieces exceeds the limit of {MAX_PIECES}",
+                wire.pieces_done.len()
+            ),
+        ));
+    }
+    let pieces_done = wire
+        .pieces_done
+        .bytes()
+        .map(|b| match b {
+            b'1' => Ok(true),
+            b'0' => Ok(false),
+            _ => Err(MetaError::new(
+                MetaErrorKind::Malformed,
+                "pieces_done holds a char other than 0/1",
+            )),
+        })
+        .collect::<Result<Vec<bool>, MetaError>>()?;
+    Ok(TaskMeta {
+        task_id: wire.task_id,
+        url: wire.url,
+        content_len: wire.content_len,
+        piece_len: wire.piece_len,
+        pieces_done,
+        piece_crcs: wire.piece_crcs,
+        digest: wire.digest,
+        created_unix_ms: wire.created_unix_ms,
+        last_access_unix_ms: wire.last_access_unix_ms,
+        finished_unix_ms: wire.finished_unix_ms,
+    })
+}
+
+/// The cross-field rules. The piece count of a known length is ceil(len / piece_len), so empty
+/// content has zero pieces. Timestamps are not ordered against each other: wall clocks step back.
+fn validate(meta: &TaskMeta) -> Result<(), String> {
+    validate_strings(meta)?;
+    if meta.piece_len == 0 || meta.piece_len > MAX_PIECE_LEN_BYTES {
+        return Err(format!(
+            "piece_len {} is outside 1..={MAX_PIECE_LEN_BYTES}",
+            meta.piece_len
+        ));
+    }
+    let n_pieces = meta.pieces_done.len();
+    if n_pieces != meta.piece_crcs.len() {
+        return Err(format!(
+            "{n_pieces} piece flags but {} piece crcs",
+            meta.piece_crcs.len()
+        ));
+    }
+    if n_pieces > MAX_PIECES {
+        return Err(format!(
+            "{n_pieces} pieces exceeds the limit of {MAX_PIECES}"
+        ));
+    }
+    match meta.content_len {
+        Some(len) => {
+            let want = len.div_ceil(meta.piece_len);
+            if want != n_pieces as u64 {
+                return Err(format!(
+                    "content_len {len} with piece_len {} needs {want} pieces, found {n_pieces}",
+                    meta.piece_len
+                ));
+            }
+        }
+        None if meta.finished_unix_ms.is_some() => {
+            return Err("marked finished but content_len is unknown".to_string());
+        }
+        None => {}
+    }
+    if meta.finished_unix_ms.is_some() {
+        if let Some(missing) = meta.pieces_done.iter().position(|&done| !done) {
+            return Err(format!("marked finished but piece {missing} is missing"));
+        }
+    }
+    Ok(())
+}
+
+/// Ids and digests end up in file names and comparisons, so only their expected shapes pass.
+fn validate_strings(meta: &TaskMeta) -> Result<(), String> {
+    let is_lower_hex = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if meta.task_id.len() != TASK_ID_HEX_LEN || !is_lower_hex(&meta.task_id) {
+        return Err(format!(
+            "task_id is not {TASK_ID_HEX_LEN} lowercase hex chars"
+        ));
+    }
+    if meta.url.is_empty() || meta.url.len() > MAX_URL_BYTES {
+        return Err(format!(
+            "url length {} is outside 1..={MAX_URL_BYTES}",
+            meta.url.len()
+        ));
+    }
+    if let Some(digest) = &meta.digest {
+        let shape_ok = digest.len() <= MAX_DIGEST_BYTES
+            && digest.split_once(':').is_some_and(|(algo, hex)| {
+                !algo.is_empty()
+                    && algo
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                    && !hex.is_empty()
+                    && is_lower_hex(hex)
+            });
+        if !shape_ok {
+            return Err("digest is not of the form algo:lowercasehex".to_string());
+        }
+    }
+    Ok(())
+}
+
+/// Crash-safe replace: write `<path>.tmp`, fsync it, rename it over `path`, fsync the directory so
+/// the rename itself is durable. After a crash `path` holds either the old or the new bytes, never
+/// a mix. One writer per path at a time (the task's owner): concurrent writers would share the tmp.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = tmp_path(path)?;
+    if let Err(err) = write_and_rename(&tmp, path, bytes) {
+        // Best effort: a leftover tmp is harmless (the next write truncates it) but untidy.
+        let _ = fs::remove_file(&tmp);
+        return Err(err);
+    }
+    sync_dir(
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new(".")),
+    )
+}
+
+fn tmp_path(path: &Path) -> io::Result<PathBuf> {
+    let Some(name) = path.file_name() else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("meta path {} has no file name", path.display()),
+        ));
+    };
+    let mut tmp_name = name.to_os_string();
+    tmp_name.push(".tmp");
+    Ok(path.with_file_name(tmp_name))
+}
+
+fn write_and_rename(tmp: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(tmp, path)
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Reads and decodes the meta at `path`; every error message names the path.
+pub fn read(path: &Path) -> Result<TaskMeta, MetaError> {
+    let with_path =
+        |err: MetaError| MetaError::new(err.kind, format!("{}: {}", path.display(), err.message));
+    let file = File::open(path).map_err(|err| {
+        let kind = match err.kind() {
+            io::ErrorKind::NotFound => MetaErrorKind::NotFound,
+            _ => MetaErrorKind::Io,
+        };
+        MetaError::new(kind, format!("{}: open: {err}", path.display()))
+    })?;
+    let mut bytes = Vec::new();
+    // One byte past the limit tells "too large" from "exactly at the limit" without trusting stat.
+    file.take(MAX_META_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|err| {
+            MetaError::new(
+                MetaErrorKind::Io,
+                format!("{}: read: {err}", path.display()),
+            )
+        })?;
+    if bytes.len() as u64 > MAX_META_BYTES {
+        return Err(with_path(too_large(bytes.len() as u64)));
+    }
+    TaskMeta::decode(&bytes).map_err(with_path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    const MIB: u64 = 1 << 20;
+
+    fn meta() -> TaskMeta {
+        TaskMeta {
+            task_id: ID.to_string(),
+            url: "https://example.com/a.bin".to_string(),
+            content_len: Some(10 * MIB),
+            piece_len: 4 * MIB,
+            pieces_done: vec![true, false, true],
+            piece_crcs: vec![0xdead_beef, 0, 7],
+            digest: None,
+            created_unix_ms: 1_700_000_000_000,
+            last_access_unix_ms: 1_700_000_001_000,
+            finished_unix_ms: None,
+        }
+    }
+
+    fn finished() -> TaskMeta {
+        TaskMeta {
+            pieces_done: vec![true; 3],
+            piece_crcs: vec![1, 2, u32::MAX],
+            digest: Some(format!("sha256:{ID}")),
+            finished_unix_ms: Some(1_700_000_002_000),
+            ..meta()
+        }
+    }
+
+    /// Encodes `body` (a JSON line) with a valid trailer, bypassing TaskMeta.
+    fn with_trailer(body: &str) -> Vec<u8> {
+        format!("{body}\ncrc32:{:08x}\n", crc32fast::hash(body.as_bytes())).into_bytes()
+    }
+
+    fn check_round_trip(name: &str, m: TaskMeta, finished: bool) {
+        let bytes = m.encode();
+        let back = TaskMeta::decode(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(back, m, "{name}");
+        assert_eq!(back.is_finished(), finished, "{name}: is_finished");
+    }
+
+    #[test]
+    fn round_trip() {
+        check_round_trip("partial", meta(), false);
+        check_round_trip("finished with digest", finished(), true);
+        let unknown = TaskMeta {
+            content_len: None,
+            pieces_done: vec![true, true],
+            piece_crcs: vec![5, 6],
+            ..meta()
+        };
+        check_round_trip("unknown length, streaming", unknown, false);
+        let empty = TaskMeta {
+            content_len: Some(0),
+            pieces_done: vec![],
+            piece_crcs: vec![],
+            finished_unix_ms: Some(1),
+            ..meta()
+        };
+        check_round_trip("empty content is zero pieces", empty, true);
+        let exact = TaskMeta {
+            content_len: Some(8 * MIB),
+            pieces_done: vec![false, false],
+            piece_crcs: vec![0, 0],
+            ..meta()
+        };
+        check_round_trip("length a multiple of piece_len", exact, false);
+        let odd_url = TaskMeta {
+            url: "https://ex.com/ü\n\"q\"?a=1&b=\u{7f}".to_string(),
+            ..meta()
+        };
+        check_round_trip("url with escapes and non-ascii", odd_url, false);
+        let max_ts = TaskMeta {
+            created_unix_ms: u64::MAX,
+            last_access_unix_ms: 0,
+            ..finished()
+        };
+        check_round_trip("timestamps unordered and extreme", max_ts, true);
+    }
+
+    #[test]
+    fn format_is_one_json_line_and_a_trailer() {
+        let bytes = meta().encode();
+        let text = String::from_utf8(bytes).expect("utf8");
+        let lines: Vec<&str> = text.split_terminator('\n').collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("{\"v\":1,"), "{}", lines[0]);
+        assert!(lines[0].contains("\"pieces_done\":\"101\""), "{}", lines[0]);
+        assert_eq!(
+            lines[1],
+            format!("crc32:{:08x}", crc32fast::hash(lines[0].as_bytes()))
+        );
+    }
+
+    #[test]
+    fn every_byte_flip_is_detected() {
+        for m in [meta(), finished()] {
+            let good = m.encode();
+            for pos in 0..good.len() {
+                for mask in [0x01u8, 0x20, 0x80, 0xff] {
+                    let mut bad = good.clone();
+                    bad[pos] ^= mask;
+                    let err = TaskMeta::decode(&bad).expect_err("flip accepted");
+                    assert!(
+                        matches!(err.kind, MetaErrorKind::Checksum | MetaErrorKind::Truncated),
+                        "flip {mask:#x} at {pos}: {err:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_truncation_is_detected() {
+        let good = meta().encode();
+        for len in 0..good.len() {
+            let err = TaskMeta::decode(&good[..len]).expect_err("truncation accepted");
+            assert!(
+                matches!(err.kind, MetaErrorKind::Checksum | MetaErrorKind::Truncated),
+                "truncated to {len}: {err:?}"
+            );
+        }
+        let mut longer = good.clone();
+        longer.extend_from_slice(b"\n");
+        assert!(
+            TaskMeta::decode(&longer).is_err(),
+            "trailing newline accepted"
+        );
+    }
+
+    fn check_decode_err(name: &str, bytes: &[u8], kind: MetaErrorKind) {
+        match TaskMeta::decode(bytes) {
+            Ok(m) => panic!("{name}: accepted {m:?}"),
+            Err(err) => assert_eq!(err.kind, kind, "{name}: {err}"),
+        }
+    }
+
+    #[test]
+    fn wrong_version_and_malformed_bodies() {
+        use MetaErrorKind::{Checksum, Malformed, TooLarge, Truncated, Version};
+        let v1 = String::from_utf8(meta().encode()).expect("utf8");
+        let body = v1.lines().next().expect("body");
+        let cases: Vec<(&str, Vec<u8>, MetaErrorKind)> = vec![
+            (
+                "version 2",
+                with_trailer(&body.replace("\"v\":1", "\"v\":2")),
+                Version,
+            ),
+            (
+                "version 0",
+                with_trailer(&body.replace("\"v\":1", "\"v\":0")),
+                Version,
+            ),
+            (
+                "no version",
+                with_trailer(&body.replace("\"v\":1,", "")),
+                Version,
+            ),
+            (
+                "version as string",
+                with_trailer(&body.replace("\"v\":1", "\"v\":\"1\"")),
+                Malformed,
+            ),
+            (
+                "future format, other fields",
+                with_trailer(r#"{"v":9,"blob":[1,2]}"#),
+                Version,
+            ),
+            (
+                "unknown field",
+                with_trailer(&body.replace("\"v\":1,", "\"v\":1,\"extra\":0,")),
+                Malformed,
+            ),
+            (
+                "missing field",
+                with_trailer(&body.replace("\"piece_len\":4194304,", "")),
+                Malformed,
+            ),
+            (
+                "piece flag not 0/1",
+                with_trailer(&body.replace("\"101\"", "\"1x1\"")),
+                Malformed,
+            ),
+            (
+                "negative number",
+                with_trailer(&body.replace("\"piece_len\":4194304", "\"piece_len\":-1")),
+                Malformed,
+            ),
+            ("not json", with_trailer("hello"), Malformed),
+            ("json array", with_trailer("[1]"), Malformed),
+            ("empty body", with_trailer(""), Malformed),
+            ("empty file", vec![], Truncated),
+            (
+                "uppercase crc",
+                body.to_string()
+                    .into_bytes()
+                    .into_iter()
+                    .chain(b"\ncrc32:DEADBEEF\n".iter().copied())
+                    .collect(),
+                Truncated,
+            ),
+            (
+                "wrong crc",
+                format!("{body}\ncrc32:00000000\n").into_bytes(),
+                Checksum,
+            ),
+            (
+                "too large",
+                vec![b' '; MAX_META_BYTES as usize + 1],
+                TooLarge,
+            ),
+        ];
+        for (name, bytes, kind) in cases {
+            check_decode_err(name, &bytes, kind);
+        }
+    }
+
+    #[test]
+    fn inconsistent_fields() {
+        let cases: Vec<(&str, TaskMeta)> = vec![
+            (
+                "crc count differs",
+                TaskMeta {
+                    piece_crcs: vec![1, 2],
+                    ..meta()
+                },
+            ),
+            (
+                "too few pieces for length",
+                TaskMeta {
+                    content_len: Some(12 * MIB + 1),
+                    ..meta()
+                },
+            ),
+            (
+                "too many pieces for length",
+                TaskMeta {
+                    content_len: Some(8 * MIB),
+                    ..meta()
+                },
+            ),
+            (
+                "empty content with a piece",
+                TaskMeta {
+                    content_len: Some(0),
+                    pieces_done: vec![true],
+                    piece_crcs: vec![0],
+                    ..meta()
+                },
+            ),
+            (
+                "finished with a piece missing",
+                TaskMeta {
+                    finished_unix_ms: Some(5),
+                    ..meta()
+                },
+            ),
+            (
+                "finished, length unknown",
+                TaskMeta {
+                    content_len: None,
+                    ..finished()
+                },
+            ),
+            (
+                "piece_len zero",
+                TaskMeta {
+                    piece_len: 0,
+                    ..meta()
+                },
+            ),
+            (
+                "piece_len over cap",
+                TaskMeta {
+                    piece_len: MAX_PIECE_LEN_BYTES + 1,
+                    content_len: Some(1),
+                    pieces_done: vec![false],
+                    piece_crcs: vec![0],
+                    ..meta()
+                },
+            ),
+            (
+                "task id short",
+                TaskMeta {
+                    task_id: "abc".to_string(),
+                    ..meta()
+                },
+            ),
+            (
+                "task id path",
+                TaskMeta {
+                    task_id: format!("../{}", &ID[3..]),
+                    ..meta()
+                },
+            ),
+            (
+                "task id uppercase",
+                TaskMeta {
+                    task_id: ID.to_uppercase(),
+                    ..meta()
+                },
+            ),
+            (
+                "url empty",
+                TaskMeta {
+                    url: String::new(),
+                    ..meta()
+                },
+            ),
+            (
+                "url too long",
+                TaskMeta {
+                    url: "h".repeat(MAX_URL_BYTES + 1),
+                    ..meta()
+                },
+            ),
+            (
+                "digest without algo",
+                TaskMeta {
+                    digest: Some(format!(":{ID}")),
+                    ..meta()
+                },
+            ),
+            (
+                "digest without hex",
+                TaskMeta {
+                    digest: Some("sha256:".to_string()),
+                    ..meta()
+                },
+            ),
+            (
+                "digest not hex",
+                TaskMeta {
+                    digest: Some("sha256:xyz".to_string()),
+                    ..meta()
+                },
+            ),
+            (
+                "digest no colon",
+                TaskMeta {
+                    digest: Some(ID.to_string()),
+                    ..meta()
+                },
+            ),
+            (
+                "too many pieces",
+                TaskMeta {
+                    content_len: None,
+                    pieces_done: vec![false; MAX_PIECES + 1],
+                    piece_crcs: vec![0; MAX_PIECES + 1],
+                    ..meta()
+                },
+            ),
+        ];
+        for (name, m) in cases {
+            check_decode_err(name, &m.encode_unchecked(), MetaErrorKind::Inconsistent);
+        }
+    }
+
+    #[test]
+    fn largest_meta_fits_the_size_limit() {
+        let m = TaskMeta {
+            url: "h".repeat(MAX_URL_BYTES),
+            content_len: Some(MAX_PIECES as u64 * MAX_PIECE_LEN_BYTES),
+            piece_len: MAX_PIECE_LEN_BYTES,
+            pieces_done: vec![true; MAX_PIECES],
+            piece_crcs: vec![u32::MAX; MAX_PIECES],
+            digest: Some(format!("sha512:{}", "f".repeat(128))),
+            created_unix_ms: u64::MAX,
+            last_access_unix_ms: u64::MAX,
+            finished_unix_ms: Some(u64::MAX),
+            ..meta()
+        };
+        let bytes = m.encode();
+        assert!(
+            bytes.len() as u64 <= MAX_META_BYTES,
+            "{} bytes",
+            bytes.len()
+        );
+        assert_eq!(TaskMeta::decode(&bytes), Ok(m));
+    }
+
+    fn dir_names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .expect("read_dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn write_atomic_replaces_and_leaves_no_tmp() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(format!("{ID}.meta"));
+        write_atomic(&path, &meta().encode()).expect("first write");
+        assert_eq!(read(&path), Ok(meta()));
+        write_atomic(&path, &finished().encode()).expect("second write");
+        assert_eq!(read(&path), Ok(finished()));
+        assert_eq!(dir_names(dir.path()), vec![format!("{ID}.meta")]);
+    }
+
+    #[test]
+    fn write_atomic_overwrites_a_stale_tmp() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.meta");
+        fs::write(dir.path().join("t.meta.tmp"), vec![b'x'; 10_000]).expect("stale tmp");
+        write_atomic(&path, b"new").expect("write");
+        assert_eq!(fs::read(&path).expect("read"), b"new");
+        assert_eq!(dir_names(dir.path()), vec!["t.meta".to_string()]);
+    }
+
+    #[test]
+    fn write_atomic_failure_keeps_old_content() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.meta");
+        write_atomic(&path, b"old").expect("write");
+        // A directory in the tmp's place makes the tmp open fail.
+        fs::create_dir(dir.path().join("t.meta.tmp")).expect("mkdir");
+        assert!(write_atomic(&path, b"new").is_err());
+        assert_eq!(fs::read(&path).expect("read"), b"old");
+        let no_name = write_atomic(Path::new("/"), b"x").expect_err("root has no file name");
+        assert_eq!(no_name.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn read_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let check = |name: &str, contents: Option<&[u8]>, kind: MetaErrorKind| {
+            let path = dir.path().join(name);
+            if let Some(bytes) = contents {
+                fs::write(&path, bytes).expect("write");
+            }
+            let err = read(&path).expect_err(name);
+            assert_eq!(err.kind, kind, "{name}: {err}");
+            assert!(
+                err.message.contains(name),
+                "{name}: message lacks the path: {err}"
+            );
+        };
+        check("missing", None, MetaErrorKind::NotFound);
+        check("empty", Some(b""), MetaErrorKind::Truncated);
+        let big = vec![b'x'; MAX_META_BYTES as usize + 1];
+        check("big", Some(&big), MetaErrorKind::TooLarge);
+        let good = meta().encode();
+        check(
+            "torn",
+            Some(&good[..good.len() / 2]),
+            MetaErrorKind::Truncated,
+        );
+        let dir_path = dir.path().join("adir");
+        fs::create_dir(&dir_path).expect("mkdir");
+        check("adir", None, MetaErrorKind::Io);
+    }
+}

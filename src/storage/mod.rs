@@ -1,0 +1,162 @@
+//! Task storage on disk: where a task's data and metadata live, creating a preallocated task file,
+//! verifying a finished one, and exporting it to the user's OUT path.
+//!
+//! Layout: `<dataDir>/tasks/<id[..2]>/<id>/data` and `.../meta.json`. The two-level fan-out keeps any
+//! one directory small when the cache holds many thousands of tasks.
+//!
+//! Invariant: a task file always has its final length before any piece is written (`fallocate`, or
+//! `set_len` where the filesystem cannot preallocate), so positional writes from any core never race
+//! on the file size.
+
+pub mod export;
+pub mod index;
+pub mod meta;
+pub mod task_id;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// The task store rooted at the data dir. Cheap to clone; shared by every core (paths only).
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+impl Store {
+    pub fn new(data_dir: &Path) -> Store {
+        Store {
+            root: data_dir.join("tasks"),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn task_dir(&self, task_id: &str) -> PathBuf {
+        let fan = task_id.get(..2).unwrap_or("00");
+        self.root.join(fan).join(task_id)
+    }
+
+    pub fn data_path(&self, task_id: &str) -> PathBuf {
+        self.task_dir(task_id).join("data")
+    }
+
+    pub fn meta_path(&self, task_id: &str) -> PathBuf {
+        self.task_dir(task_id).join("meta.json")
+    }
+
+    /// Creates (or truncates) the task file and gives it its final length. `None` = unknown length:
+    /// the file starts empty and grows as a single stream appends to it.
+    pub fn create_task_file(&self, task_id: &str, len_bytes: Option<u64>) -> Result<PathBuf> {
+        let dir = self.task_dir(task_id);
+        fs::create_dir_all(&dir).map_err(|e| disk_err(e, &dir, "create task dir"))?;
+        let path = dir.join("data");
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| disk_err(e, &path, "create task file"))?;
+        if let Some(len) = len_bytes {
+            preallocate(&file, len).map_err(|e| disk_err(e, &path, "preallocate task file"))?;
+        }
+        Ok(path)
+    }
+
+    /// Removes a task's directory (data and metadata). Missing is fine.
+    pub fn remove_task(&self, task_id: &str) -> Result<()> {
+        let dir = self.task_dir(task_id);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(disk_err(e, &dir, "remove task")),
+        }
+    }
+}
+
+/// `fallocate` reserves the blocks so a full disk fails now, not mid-download; filesystems without
+/// it (tmpfs on old kernels, some FUSE) fall back to a sparse `set_len`.
+fn preallocate(file: &File, len_bytes: u64) -> io::Result<()> {
+    if len_bytes == 0 {
+        return Ok(());
+    }
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len_bytes) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::OPNOTSUPP) | Err(rustix::io::Errno::NOSYS) => {
+            file.set_len(len_bytes)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub fn disk_err(e: io::Error, path: &Path, what: &str) -> Error {
+    let hint = match e.raw_os_error() {
+        Some(libc::ENOSPC) => " (no space left on the data dir's filesystem)",
+        Some(libc::EACCES) | Some(libc::EPERM) => {
+            " (permission denied: check the data dir's owner)"
+        }
+        _ => "",
+    };
+    Error::disk(format!("{what} {}: {e}{hint}", path.display()))
+}
+
+/// Recomputes the crc32 of every piece of a finished file and compares with the recorded ones.
+/// Blocking: run it off the IO path (`spawn_blocking`).
+pub fn verify_pieces(
+    path: &Path,
+    len_bytes: u64,
+    piece_len_bytes: u64,
+    crcs: &[u32],
+) -> Result<()> {
+    let mut file = File::open(path).map_err(|e| disk_err(e, path, "open task file"))?;
+    let actual_len = file
+        .metadata()
+        .map_err(|e| disk_err(e, path, "stat task file"))?
+        .len();
+    if actual_len != len_bytes {
+        return Err(Error::disk(format!(
+            "task file {} has {actual_len} bytes, expected {len_bytes}",
+            path.display()
+        )));
+    }
+    let mut buf = vec![0u8; piece_len_bytes.min(len_bytes).max(1) as usize];
+    for (idx, want) in crcs.iter().enumerate() {
+        let start = idx as u64 * piece_len_bytes;
+        let n = (len_bytes - start).min(piece_len_bytes) as usize;
+        file.read_exact(&mut buf[..n])
+            .map_err(|e| disk_err(e, path, "read task file"))?;
+        let got = crc32fast::hash(&buf[..n]);
+        if got != *want {
+            return Err(Error::disk(format!(
+                "task file {} piece {idx} crc {got:08x} != recorded {want:08x}",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// sha256 of a finished task file against `sha256:<hex>`. Blocking (mmap + hash).
+pub fn verify_sha256(path: &Path, len_bytes: u64, want: &str) -> Result<()> {
+    use sha2::{Digest, Sha256};
+    let file = File::open(path).map_err(|e| disk_err(e, path, "open task file"))?;
+    let mut h = Sha256::new();
+    if len_bytes > 0 {
+        // SAFETY: the task file is ours and no writer touches it once all pieces are recorded.
+        let map =
+            unsafe { memmap2::Mmap::map(&file) }.map_err(|e| disk_err(e, path, "map task file"))?;
+        h.update(&map[..]);
+    }
+    let got = format!("sha256:{}", hex::encode(h.finalize()));
+    if got != want {
+        return Err(Error::origin(
+            false,
+            format!("digest mismatch: expected {want}, got {got}"),
+        ));
+    }
+    Ok(())
+}

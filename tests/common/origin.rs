@@ -1,0 +1,567 @@
+//! An in-process HTTP/1.1 origin on 127.0.0.1:0 (std threads, one per connection, keep-alive)
+//! serving registered byte strings with per-path behaviour, and recording every request.
+//!
+//! Invariant: every request is recorded (connection id, method, target, Range) before its
+//! response is written, and `bytes_served` counts only body bytes the socket accepted; so a test
+//! can reason about what the daemon fetched once its client has returned.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+const WRITE_CHUNK_BYTES: usize = 64 * 1024;
+/// An idle keep-alive connection is dropped after this, so connection threads do not linger.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Honours a single `Range: bytes=..` with 206 + Content-Range, 416 when unsatisfiable,
+    /// 200 with the full body otherwise.
+    Normal,
+    /// Always 200 with the full body and a Content-Length.
+    IgnoreRange,
+    /// 200, `Transfer-Encoding: chunked`, no length; ignores Range.
+    Chunked,
+    /// 200, no length, body ends when the server closes the connection; ignores Range.
+    CloseDelimited,
+    /// Answers this status with a short text body.
+    Status(u16),
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Serve {
+    pub mode: Mode,
+    /// Sleep before the response head (lets concurrent clients overlap, makes pieces slow).
+    pub first_byte_delay: Duration,
+}
+
+impl Serve {
+    pub fn normal() -> Serve {
+        Serve {
+            mode: Mode::Normal,
+            first_byte_delay: Duration::ZERO,
+        }
+    }
+    pub fn ignore_range() -> Serve {
+        Serve {
+            mode: Mode::IgnoreRange,
+            ..Serve::normal()
+        }
+    }
+    pub fn chunked() -> Serve {
+        Serve {
+            mode: Mode::Chunked,
+            ..Serve::normal()
+        }
+    }
+    pub fn close_delimited() -> Serve {
+        Serve {
+            mode: Mode::CloseDelimited,
+            ..Serve::normal()
+        }
+    }
+    pub fn status(code: u16) -> Serve {
+        Serve {
+            mode: Mode::Status(code),
+            ..Serve::normal()
+        }
+    }
+    pub fn with_delay(self, delay: Duration) -> Serve {
+        Serve {
+            first_byte_delay: delay,
+            ..self
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// Numbered per accepted TCP connection, from 0.
+    pub conn_id: u64,
+    pub method: String,
+    /// The request target as sent (path + query).
+    pub target: String,
+    /// The target without its query string.
+    pub path: String,
+    pub range: Option<String>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+struct Shared {
+    files: Mutex<HashMap<String, (Arc<Vec<u8>>, Serve)>>,
+    requests: Mutex<Vec<Request>>,
+    bytes_served: AtomicU64,
+    next_conn: AtomicU64,
+    stop: AtomicBool,
+    /// Clones of live connections, shut down on Drop to unblock their threads.
+    open: Mutex<Vec<TcpStream>>,
+}
+
+pub struct TestOrigin {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl TestOrigin {
+    pub fn start() -> TestOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("origin bind");
+        let addr = listener.local_addr().expect("origin addr");
+        let shared = Arc::new(Shared {
+            files: Mutex::new(HashMap::new()),
+            requests: Mutex::new(Vec::new()),
+            bytes_served: AtomicU64::new(0),
+            next_conn: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            open: Mutex::new(Vec::new()),
+        });
+        let acceptor_shared = Arc::clone(&shared);
+        let acceptor = std::thread::spawn(move || accept_loop(listener, acceptor_shared));
+        TestOrigin {
+            addr,
+            shared,
+            acceptor: Some(acceptor),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// `http://127.0.0.1:PORT{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn add(&self, path: &str, bytes: Vec<u8>) {
+        self.add_with(path, bytes, Serve::normal());
+    }
+
+    pub fn add_with(&self, path: &str, bytes: Vec<u8>, serve: Serve) {
+        assert!(path.starts_with('/'), "origin paths start with '/': {path}");
+        self.shared
+            .files
+            .lock()
+            .unwrap()
+            .insert(path.to_string(), (Arc::new(bytes), serve));
+    }
+
+    pub fn requests(&self) -> Vec<Request> {
+        self.shared.requests.lock().unwrap().clone()
+    }
+
+    /// Requests whose path (query stripped) is `path`.
+    pub fn requests_for(&self, path: &str) -> Vec<Request> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect()
+    }
+
+    pub fn distinct_connections(&self, path: &str) -> usize {
+        self.requests_for(path)
+            .iter()
+            .map(|r| r.conn_id)
+            .collect::<BTreeSet<_>>()
+            .len()
+    }
+
+    /// How often each Range header value (None = no Range) was requested for `path`.
+    pub fn range_counts(&self, path: &str) -> BTreeMap<Option<String>, usize> {
+        let mut counts = BTreeMap::new();
+        for request in self.requests_for(path) {
+            *counts.entry(request.range).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    pub fn bytes_served(&self) -> u64 {
+        self.shared.bytes_served.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TestOrigin {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        // accept() blocks: a connection to ourselves wakes it to see the flag.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+        if let Ok(open) = self.shared.open.lock() {
+            for stream in open.iter() {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+        }
+    }
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    for stream in listener.incoming() {
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(stream) = stream else { continue };
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
+        if let Ok(clone) = stream.try_clone() {
+            shared.open.lock().unwrap().push(clone);
+        }
+        let conn_id = shared.next_conn.fetch_add(1, Ordering::SeqCst);
+        let conn_shared = Arc::clone(&shared);
+        std::thread::spawn(move || {
+            let _ = serve_connection(stream, conn_id, &conn_shared);
+        });
+    }
+}
+
+/// Request head as parsed: method, target, version, headers.
+struct Head {
+    method: String,
+    target: String,
+    version: String,
+    headers: Vec<(String, String)>,
+}
+
+fn serve_connection(stream: TcpStream, conn_id: u64, shared: &Shared) -> io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    while let Some(head) = read_head(&mut reader)? {
+        skip_request_body(&mut reader, &head)?;
+        let request = record(conn_id, &head, shared);
+        let client_keeps = client_keeps_alive(&head);
+        let entry = shared.files.lock().unwrap().get(&request.path).cloned();
+        let keep = respond(&mut writer, &request, entry, client_keeps, shared)?;
+        writer.flush()?;
+        if !keep {
+            let _ = writer.shutdown(Shutdown::Both);
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Reads one request head; Ok(None) on a clean EOF before any byte.
+fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Head>> {
+    let mut lines = Vec::new();
+    let mut total = 0;
+    loop {
+        let mut line = String::new();
+        let n = reader.read_line(&mut line)?;
+        if n == 0 {
+            return if lines.is_empty() {
+                Ok(None)
+            } else {
+                Err(io::ErrorKind::UnexpectedEof.into())
+            };
+        }
+        total += n;
+        if total > MAX_HEAD_BYTES {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "request head too large",
+            ));
+        }
+        let line = line.trim_end_matches(['\r', '\n']).to_string();
+        if line.is_empty() {
+            if lines.is_empty() {
+                continue; // tolerate stray CRLF between requests
+            }
+            break;
+        }
+        lines.push(line);
+    }
+    let mut parts = lines[0].split_whitespace();
+    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "bad request line",
+        ));
+    };
+    let headers = lines[1..]
+        .iter()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Ok(Some(Head {
+        method: method.to_string(),
+        target: target.to_string(),
+        version: version.to_string(),
+        headers,
+    }))
+}
+
+fn header<'a>(head: &'a Head, name: &str) -> Option<&'a str> {
+    head.headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+fn skip_request_body(reader: &mut BufReader<TcpStream>, head: &Head) -> io::Result<()> {
+    let len: u64 = header(head, "content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    io::copy(&mut reader.by_ref().take(len), &mut io::sink())?;
+    Ok(())
+}
+
+fn client_keeps_alive(head: &Head) -> bool {
+    let connection = header(head, "connection")
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if head.version == "HTTP/1.0" {
+        return connection.contains("keep-alive");
+    }
+    !connection.contains("close")
+}
+
+fn record(conn_id: u64, head: &Head, shared: &Shared) -> Request {
+    let path = head.target.split('?').next().unwrap_or("").to_string();
+    let request = Request {
+        conn_id,
+        method: head.method.clone(),
+        target: head.target.clone(),
+        path,
+        range: header(head, "range").map(str::to_string),
+        headers: head.headers.clone(),
+    };
+    shared.requests.lock().unwrap().push(request.clone());
+    request
+}
+
+/// Writes one response; returns whether the connection stays open.
+fn respond(
+    w: &mut TcpStream,
+    req: &Request,
+    entry: Option<(Arc<Vec<u8>>, Serve)>,
+    keep: bool,
+    shared: &Shared,
+) -> io::Result<bool> {
+    let Some((body, serve)) = entry else {
+        return respond_status(w, req, 404, keep, shared);
+    };
+    if !serve.first_byte_delay.is_zero() {
+        std::thread::sleep(serve.first_byte_delay);
+    }
+    let head_only = req.method.eq_ignore_ascii_case("HEAD");
+    match serve.mode {
+        Mode::Status(code) => respond_status(w, req, code, keep, shared),
+        Mode::Normal => respond_ranged(w, &body, req.range.as_deref(), head_only, keep, shared),
+        Mode::IgnoreRange => {
+            write_head(w, 200, &[("Content-Length", body.len().to_string())], keep)?;
+            if !head_only {
+                write_counted(w, &body, shared)?;
+            }
+            Ok(keep)
+        }
+        Mode::Chunked => {
+            write_head(
+                w,
+                200,
+                &[("Transfer-Encoding", "chunked".to_string())],
+                keep,
+            )?;
+            if !head_only {
+                write_chunked(w, &body, shared)?;
+            }
+            Ok(keep)
+        }
+        Mode::CloseDelimited => {
+            write_head(w, 200, &[], false)?;
+            if !head_only {
+                write_counted(w, &body, shared)?;
+            }
+            Ok(false)
+        }
+    }
+}
+
+fn respond_status(
+    w: &mut TcpStream,
+    req: &Request,
+    code: u16,
+    keep: bool,
+    shared: &Shared,
+) -> io::Result<bool> {
+    let body = format!("status {code} for {}\n", req.target).into_bytes();
+    write_head(w, code, &[("Content-Length", body.len().to_string())], keep)?;
+    if !req.method.eq_ignore_ascii_case("HEAD") {
+        write_counted(w, &body, shared)?;
+    }
+    Ok(keep)
+}
+
+fn respond_ranged(
+    w: &mut TcpStream,
+    body: &[u8],
+    range: Option<&str>,
+    head_only: bool,
+    keep: bool,
+    shared: &Shared,
+) -> io::Result<bool> {
+    let len = body.len() as u64;
+    let (code, slice, mut headers) = match range.map(|r| parse_range(r, len)) {
+        None | Some(RangeAnswer::Full) => (200, body, vec![]),
+        Some(RangeAnswer::Partial(first, last)) => (
+            206,
+            &body[first as usize..=last as usize],
+            vec![("Content-Range", format!("bytes {first}-{last}/{len}"))],
+        ),
+        Some(RangeAnswer::Unsatisfiable) => (
+            416,
+            &body[..0],
+            vec![("Content-Range", format!("bytes */{len}"))],
+        ),
+    };
+    headers.push(("Accept-Ranges", "bytes".to_string()));
+    headers.push(("Content-Length", slice.len().to_string()));
+    write_head(w, code, &headers, keep)?;
+    if !head_only {
+        write_counted(w, slice, shared)?;
+    }
+    Ok(keep)
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum RangeAnswer {
+    Full,
+    /// First and last byte, inclusive.
+    Partial(u64, u64),
+    Unsatisfiable,
+}
+
+/// One `bytes=` range against a body of `len` bytes; anything unparseable or multi-range is
+/// ignored (RFC 9110 lets a server ignore Range), as most servers do.
+fn parse_range(value: &str, len: u64) -> RangeAnswer {
+    let Some(spec) = value.trim().strip_prefix("bytes=") else {
+        return RangeAnswer::Full;
+    };
+    if spec.contains(',') {
+        return RangeAnswer::Full;
+    }
+    let Some((first, last)) = spec.trim().split_once('-') else {
+        return RangeAnswer::Full;
+    };
+    match (first.trim(), last.trim()) {
+        ("", suffix) => match suffix.parse::<u64>() {
+            Ok(0) | Err(_) => RangeAnswer::Unsatisfiable,
+            Ok(_) if len == 0 => RangeAnswer::Unsatisfiable,
+            Ok(n) => RangeAnswer::Partial(len.saturating_sub(n), len - 1),
+        },
+        (first, last) => {
+            let Ok(first) = first.parse::<u64>() else {
+                return RangeAnswer::Full;
+            };
+            let last = if last.is_empty() {
+                Ok(u64::MAX)
+            } else {
+                last.parse::<u64>()
+            };
+            let Ok(last) = last else {
+                return RangeAnswer::Full;
+            };
+            if first > last {
+                RangeAnswer::Full
+            } else if first >= len {
+                RangeAnswer::Unsatisfiable
+            } else {
+                RangeAnswer::Partial(first, last.min(len - 1))
+            }
+        }
+    }
+}
+
+fn reason(code: u16) -> &'static str {
+    match code {
+        200 => "OK",
+        206 => "Partial Content",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        416 => "Range Not Satisfiable",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Status",
+    }
+}
+
+fn write_head(
+    w: &mut TcpStream,
+    code: u16,
+    headers: &[(&str, String)],
+    keep: bool,
+) -> io::Result<()> {
+    let mut head = format!("HTTP/1.1 {code} {}\r\n", reason(code));
+    head.push_str("Content-Type: application/octet-stream\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !keep {
+        head.push_str("Connection: close\r\n");
+    }
+    head.push_str("\r\n");
+    w.write_all(head.as_bytes())
+}
+
+fn write_counted(w: &mut TcpStream, bytes: &[u8], shared: &Shared) -> io::Result<()> {
+    for chunk in bytes.chunks(WRITE_CHUNK_BYTES) {
+        w.write_all(chunk)?;
+        shared
+            .bytes_served
+            .fetch_add(chunk.len() as u64, Ordering::SeqCst);
+    }
+    Ok(())
+}
+
+fn write_chunked(w: &mut TcpStream, bytes: &[u8], shared: &Shared) -> io::Result<()> {
+    for chunk in bytes.chunks(WRITE_CHUNK_BYTES) {
+        w.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())?;
+        write_counted(w, chunk, shared)?;
+        w.write_all(b"\r\n")?;
+    }
+    w.write_all(b"0\r\n\r\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(value: &str, len: u64, expected: RangeAnswer) {
+        assert_eq!(
+            parse_range(value, len),
+            expected,
+            "Range {value:?} on {len} bytes"
+        );
+    }
+
+    #[test]
+    fn range_parsing() {
+        check("bytes=0-9", 100, RangeAnswer::Partial(0, 9));
+        check("bytes=90-200", 100, RangeAnswer::Partial(90, 99));
+        check("bytes=10-", 100, RangeAnswer::Partial(10, 99));
+        check("bytes=-10", 100, RangeAnswer::Partial(90, 99));
+        check("bytes=-200", 100, RangeAnswer::Partial(0, 99));
+        check("bytes=100-", 100, RangeAnswer::Unsatisfiable);
+        check("bytes=0-0", 0, RangeAnswer::Unsatisfiable);
+        check("bytes=-0", 100, RangeAnswer::Unsatisfiable);
+        check("bytes=5-1", 100, RangeAnswer::Full);
+        check("bytes=0-1,5-6", 100, RangeAnswer::Full);
+        check("items=0-1", 100, RangeAnswer::Full);
+    }
+}
