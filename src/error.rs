@@ -38,32 +38,16 @@ pub struct Error {
 
 impl Error {
     pub fn origin(retryable: bool, message: impl Into<String>) -> Error {
-        Error {
-            source: Source::Origin,
-            retryable,
-            message: message.into(),
-        }
+        Error { source: Source::Origin, retryable, message: message.into() }
     }
     pub fn client(message: impl Into<String>) -> Error {
-        Error {
-            source: Source::Client,
-            retryable: false,
-            message: message.into(),
-        }
+        Error { source: Source::Client, retryable: false, message: message.into() }
     }
     pub fn disk(message: impl Into<String>) -> Error {
-        Error {
-            source: Source::Disk,
-            retryable: false,
-            message: message.into(),
-        }
+        Error { source: Source::Disk, retryable: false, message: message.into() }
     }
     pub fn internal(message: impl Into<String>) -> Error {
-        Error {
-            source: Source::Internal,
-            retryable: false,
-            message: message.into(),
-        }
+        Error { source: Source::Internal, retryable: false, message: message.into() }
     }
     /// Prefixes the message with what was being done.
     pub fn context(mut self, what: impl fmt::Display) -> Error {

@@ -73,6 +73,10 @@ pub const MAX_ATTEMPTS: u32 = 3;
 /// Linear backoff step between attempts, in milliseconds.
 pub const RETRY_BACKOFF_MS: u64 = 100;
 
+/// Floor of the idle-read timeout while a body streams (it is `responseHeaderTimeout`, but never
+/// shorter than this: a slow origin that answered quickly may still pause between body reads).
+pub const MIN_BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Body of one socket API request (a download request is a URL, a path and a few headers).
 pub const MAX_API_BODY_BYTES: usize = 1024 * 1024;
 

@@ -21,10 +21,7 @@ use tempfile::TempDir;
 const BIG: usize = 100 * MIB;
 
 fn out_dir() -> TempDir {
-    tempfile::Builder::new()
-        .prefix("dfget-out-")
-        .tempdir()
-        .expect("out dir")
+    tempfile::Builder::new().prefix("dfget-out-").tempdir().expect("out dir")
 }
 
 fn path_str(path: &Path) -> &str {
@@ -42,19 +39,14 @@ fn download(daemon: &Daemon, url: &str, out: &Path, extra: &[&str]) -> Output {
 fn download_exact(daemon: &Daemon, url: &str, dir: &Path, name: &str, expected: &[u8]) -> PathBuf {
     let out = dir.join(name);
     let result = download(daemon, url, &out, &[]);
-    assert_success(
-        &result,
-        &format!("{url} -> {name} ({} bytes)", expected.len()),
-    );
+    assert_success(&result, &format!("{url} -> {name} ({} bytes)", expected.len()));
     assert_file_is(&out, expected);
     out
 }
 
 /// The piece ranges a 4 MiB-piece download of `len` bytes must request.
 fn piece_ranges(len: usize) -> Vec<String> {
-    (0..len.div_ceil(PIECE))
-        .map(|i| format!("bytes={}-{}", i * PIECE, ((i + 1) * PIECE).min(len) - 1))
-        .collect()
+    (0..len.div_ceil(PIECE)).map(|i| format!("bytes={}-{}", i * PIECE, ((i + 1) * PIECE).min(len) - 1)).collect()
 }
 
 #[test]
@@ -73,22 +65,14 @@ fn exact_bytes_for_edge_sizes_from_test_origin() {
         names.push(name);
     }
     names.sort();
-    assert_eq!(
-        dir_entries(dir.path()),
-        names,
-        "only the outputs, no temp files"
-    );
+    assert_eq!(dir_entries(dir.path()), names, "only the outputs, no temp files");
 }
 
 #[test]
 fn exact_bytes_for_edge_sizes_from_nginx() {
     let root = out_dir();
     let sizes = [PIECE + 1, 3 * PIECE + 7, BIG];
-    let bodies: Vec<Vec<u8>> = sizes
-        .iter()
-        .enumerate()
-        .map(|(seed, &len)| content(len, 100 + seed as u64))
-        .collect();
+    let bodies: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(seed, &len)| content(len, 100 + seed as u64)).collect();
     for (len, body) in sizes.iter().zip(&bodies) {
         fs::write(root.path().join(format!("size-{len}")), body).expect("write nginx file");
     }
@@ -108,37 +92,16 @@ fn multi_piece_file_is_fetched_as_ranges_over_several_connections_from_test_orig
     let len = 5 * PIECE + 7;
     let body = content(len, 7);
     // A slow first byte keeps one connection busy long enough for another worker to start.
-    origin.add_with(
-        "/multi.bin",
-        body.clone(),
-        Serve::normal().with_delay(Duration::from_millis(100)),
-    );
+    origin.add_with("/multi.bin", body.clone(), Serve::normal().with_delay(Duration::from_millis(100)));
     let dir = out_dir();
-    download_exact(
-        &daemon,
-        &origin.url("/multi.bin"),
-        dir.path(),
-        "multi.bin",
-        &body,
-    );
+    download_exact(&daemon, &origin.url("/multi.bin"), dir.path(), "multi.bin", &body);
 
-    let ranged: Vec<Request> = origin
-        .requests_for("/multi.bin")
-        .into_iter()
-        .filter(|r| r.range.is_some())
-        .collect();
+    let ranged: Vec<Request> = origin.requests_for("/multi.bin").into_iter().filter(|r| r.range.is_some()).collect();
     let conns: BTreeSet<u64> = ranged.iter().map(|r| r.conn_id).collect();
-    assert!(
-        conns.len() > 1,
-        "Range requests came over {} connection(s), expected > 1: {ranged:#?}",
-        conns.len()
-    );
+    assert!(conns.len() > 1, "Range requests came over {} connection(s), expected > 1: {ranged:#?}", conns.len());
     let ranges: BTreeSet<String> = ranged.iter().filter_map(|r| r.range.clone()).collect();
     for piece in piece_ranges(len) {
-        assert!(
-            ranges.contains(&piece),
-            "piece range {piece} never requested: {ranges:?}"
-        );
+        assert!(ranges.contains(&piece), "piece range {piece} never requested: {ranges:?}");
     }
 }
 
@@ -153,13 +116,7 @@ fn multi_piece_file_is_fetched_as_ranges_over_several_connections_from_nginx() {
     let nginx = Nginx::start(root.path());
     let daemon = Daemon::start_default();
     let dir = out_dir();
-    download_exact(
-        &daemon,
-        &nginx.url("/slow/multi.bin"),
-        dir.path(),
-        "multi.bin",
-        &body,
-    );
+    download_exact(&daemon, &nginx.url("/slow/multi.bin"), dir.path(), "multi.bin", &body);
 
     // nginx logs a request once it completes; the client returned, so all should be there.
     let mut ranged = Vec::new();
@@ -169,19 +126,10 @@ fn multi_piece_file_is_fetched_as_ranges_over_several_connections_from_nginx() {
             .into_iter()
             .filter(|e| e.uri == "/slow/multi.bin" && e.range.is_some())
             .collect();
-        ranged
-            .iter()
-            .map(|e| e.connection)
-            .collect::<BTreeSet<_>>()
-            .len()
-            > 1
+        ranged.iter().map(|e| e.connection).collect::<BTreeSet<_>>().len() > 1
     });
     let conns: BTreeSet<u64> = ranged.iter().map(|e| e.connection).collect();
-    assert!(
-        conns.len() > 1,
-        "nginx saw Range requests over {} connection(s), expected > 1: {ranged:#?}",
-        conns.len()
-    );
+    assert!(conns.len() > 1, "nginx saw Range requests over {} connection(s), expected > 1: {ranged:#?}", conns.len());
 }
 
 #[test]
@@ -197,32 +145,16 @@ fn second_download_of_same_url_is_a_hard_link_without_origin_request() {
 
     let second = download_exact(&daemon, &url, dir.path(), "second.bin", &body);
     let new_requests = &origin.requests()[requests_before..];
-    assert!(
-        new_requests.is_empty(),
-        "cache hit still asked the origin: {new_requests:#?}"
-    );
+    assert!(new_requests.is_empty(), "cache hit still asked the origin: {new_requests:#?}");
 
     let meta = fs::metadata(&second).expect("stat second output");
-    assert!(
-        meta.nlink() >= 2,
-        "second output has nlink {}, expected a hard link",
-        meta.nlink()
-    );
+    assert!(meta.nlink() >= 2, "second output has nlink {}, expected a hard link", meta.nlink());
     let data_dir = daemon.data_dir();
     let linked: Vec<PathBuf> = regular_files_under(&data_dir)
         .into_iter()
-        .filter(|p| {
-            fs::metadata(p)
-                .map(|m| (m.dev(), m.ino()) == (meta.dev(), meta.ino()))
-                .unwrap_or(false)
-        })
+        .filter(|p| fs::metadata(p).map(|m| (m.dev(), m.ino()) == (meta.dev(), meta.ino())).unwrap_or(false))
         .collect();
-    assert!(
-        !linked.is_empty(),
-        "no file under {} shares the output's inode {}",
-        data_dir.display(),
-        meta.ino()
-    );
+    assert!(!linked.is_empty(), "no file under {} shares the output's inode {}", data_dir.display(), meta.ino());
     assert!(
         daemon.wait_log("reuse file peer task done"),
         "no 'reuse file peer task done' in core.log:\n{}",
@@ -238,11 +170,7 @@ fn twenty_concurrent_clients_share_one_fetch_per_piece() {
     let len = 4 * PIECE + 100; // 5 pieces, the last one short
     let body = content(len, 33);
     // Slow pieces keep the task in flight while all clients arrive (subscribe, not cache hit).
-    origin.add_with(
-        "/shared.bin",
-        body.clone(),
-        Serve::normal().with_delay(Duration::from_millis(50)),
-    );
+    origin.add_with("/shared.bin", body.clone(), Serve::normal().with_delay(Duration::from_millis(50)));
     let url = origin.url("/shared.bin");
     let dir = out_dir();
     let barrier = Barrier::new(CLIENTS);
@@ -258,10 +186,7 @@ fn twenty_concurrent_clients_share_one_fetch_per_piece() {
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("client thread"))
-            .collect()
+        handles.into_iter().map(|h| h.join().expect("client thread")).collect()
     });
     for (out, result) in &outputs {
         assert_success(result, &out.display().to_string());
@@ -272,17 +197,11 @@ fn twenty_concurrent_clients_share_one_fetch_per_piece() {
     for (range, n) in &counts {
         match range {
             Some(range) => assert_eq!(*n, 1, "Range {range} fetched {n} times: {counts:?}"),
-            None => assert!(
-                *n <= 1,
-                "{n} requests without Range (one probe at most): {counts:?}"
-            ),
+            None => assert!(*n <= 1, "{n} requests without Range (one probe at most): {counts:?}"),
         }
     }
     for piece in piece_ranges(len) {
-        assert!(
-            counts.contains_key(&Some(piece.clone())),
-            "piece {piece} never fetched: {counts:?}"
-        );
+        assert!(counts.contains_key(&Some(piece.clone())), "piece {piece} never fetched: {counts:?}");
     }
 }
 
@@ -293,49 +212,23 @@ fn peer_task_done_is_logged_as_json_with_a_64_hex_task_id() {
     let body = content(PIECE + 1, 44);
     origin.add("/logged.bin", body.clone());
     let dir = out_dir();
-    download_exact(
-        &daemon,
-        &origin.url("/logged.bin"),
-        dir.path(),
-        "logged.bin",
-        &body,
-    );
+    download_exact(&daemon, &origin.url("/logged.bin"), dir.path(), "logged.bin", &body);
 
-    let is_done = |v: &serde_json::Value| {
-        v["msg"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("peer task done, cost: "))
-    };
-    poll_until(Duration::from_secs(5), || {
-        daemon.core_log_json().iter().any(is_done)
-    });
+    let is_done = |v: &serde_json::Value| v["msg"].as_str().is_some_and(|m| m.starts_with("peer task done, cost: "));
+    poll_until(Duration::from_secs(5), || daemon.core_log_json().iter().any(is_done));
     let lines = daemon.core_log_json();
     let done = lines.iter().find(|v| is_done(v)).unwrap_or_else(|| {
-        panic!(
-            "no JSON line with msg 'peer task done, cost: ..' in core.log:\n{}",
-            daemon.core_log()
-        )
+        panic!("no JSON line with msg 'peer task done, cost: ..' in core.log:\n{}", daemon.core_log())
     });
     let msg = done["msg"].as_str().unwrap_or_default();
-    let cost = msg
-        .trim_start_matches("peer task done, cost: ")
-        .strip_suffix("ms");
-    assert!(
-        cost.is_some_and(|c| c.parse::<u64>().is_ok()),
-        "cost not 'Nms' in {msg:?}"
-    );
+    let cost = msg.trim_start_matches("peer task done, cost: ").strip_suffix("ms");
+    assert!(cost.is_some_and(|c| c.parse::<u64>().is_ok()), "cost not 'Nms' in {msg:?}");
     let task = done["task"].as_str().unwrap_or_default();
     assert!(
-        task.len() == 64
-            && task
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+        task.len() == 64 && task.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
         "task field is not 64 lowercase hex: {done}"
     );
-    assert!(
-        done["peer"].as_str().is_some_and(|p| !p.is_empty()),
-        "no peer field: {done}"
-    );
+    assert!(done["peer"].as_str().is_some_and(|p| !p.is_empty()), "no peer field: {done}");
     assert!(done["component"].is_string(), "no component field: {done}");
 }
 
@@ -348,13 +241,7 @@ fn check_rangeless_origin(serve: Serve) {
         let body = content(len, 50 + seed as u64);
         let path = format!("/rangeless-{len}");
         origin.add_with(&path, body.clone(), serve);
-        download_exact(
-            &daemon,
-            &origin.url(&path),
-            dir.path(),
-            &format!("{len}.bin"),
-            &body,
-        );
+        download_exact(&daemon, &origin.url(&path), dir.path(), &format!("{len}.bin"), &body);
     }
 }
 
@@ -377,38 +264,18 @@ fn origin_without_length_close_delimited_gives_exact_bytes() {
 /// directory, and a daemon that still serves a correct download.
 fn assert_clean_failure(daemon: &Daemon, result: &Output, out_parent: &Path, causes: &[&str]) {
     let stderr = stderr_of(result);
-    assert!(
-        !result.status.success(),
-        "dfget succeeded, expected failure; stderr: {stderr}"
-    );
+    assert!(!result.status.success(), "dfget succeeded, expected failure; stderr: {stderr}");
     let lower = stderr.to_ascii_lowercase();
-    assert!(
-        causes.iter().any(|c| lower.contains(c)),
-        "stderr does not name the cause (one of {causes:?}): {stderr:?}"
-    );
+    assert!(causes.iter().any(|c| lower.contains(c)), "stderr does not name the cause (one of {causes:?}): {stderr:?}");
     assert!(!stderr.trim().is_empty(), "empty stderr on failure");
-    assert_eq!(
-        dir_entries(out_parent),
-        Vec::<String>::new(),
-        "OUT or temp files left behind"
-    );
-    assert!(
-        daemon.is_healthy(),
-        "daemon unhealthy after a failed download\n{}",
-        daemon.diagnostics()
-    );
+    assert_eq!(dir_entries(out_parent), Vec::<String>::new(), "OUT or temp files left behind");
+    assert!(daemon.is_healthy(), "daemon unhealthy after a failed download\n{}", daemon.diagnostics());
 
     let origin = TestOrigin::start();
     let body = content(PIECE + 3, 99);
     origin.add("/after-failure.bin", body.clone());
     let dir = out_dir();
-    download_exact(
-        daemon,
-        &origin.url("/after-failure.bin"),
-        dir.path(),
-        "after.bin",
-        &body,
-    );
+    download_exact(daemon, &origin.url("/after-failure.bin"), dir.path(), "after.bin", &body);
 }
 
 #[test]
@@ -416,12 +283,7 @@ fn not_found_fails_cleanly_and_daemon_stays_healthy() {
     let origin = TestOrigin::start();
     let daemon = Daemon::start_default();
     let dir = out_dir();
-    let result = download(
-        &daemon,
-        &origin.url("/missing.bin"),
-        &dir.path().join("out.bin"),
-        &[],
-    );
+    let result = download(&daemon, &origin.url("/missing.bin"), &dir.path().join("out.bin"), &[]);
     assert_clean_failure(&daemon, &result, dir.path(), &["404"]);
 }
 
@@ -444,12 +306,7 @@ fn digest_mismatch_fails_cleanly_and_daemon_stays_healthy() {
     let wrong = format!("sha256:{}", sha256_hex(b"not the content"));
     let dir = out_dir();
     let out = dir.path().join("out.bin");
-    let result = download(
-        &daemon,
-        &origin.url("/digest.bin"),
-        &out,
-        &["--digest", &wrong],
-    );
+    let result = download(&daemon, &origin.url("/digest.bin"), &out, &["--digest", &wrong]);
     assert_clean_failure(&daemon, &result, dir.path(), &["digest"]);
 }
 
@@ -462,12 +319,7 @@ fn correct_digest_passes() {
     let digest = format!("sha256:{}", sha256_hex(&body));
     let dir = out_dir();
     let out = dir.path().join("out.bin");
-    let result = download(
-        &daemon,
-        &origin.url("/digest-ok.bin"),
-        &out,
-        &["--digest", &digest],
-    );
+    let result = download(&daemon, &origin.url("/digest-ok.bin"), &out, &["--digest", &digest]);
     assert_success(&result, "download with the correct digest");
     assert_file_is(&out, &body);
 }
@@ -485,11 +337,7 @@ fn existing_output_is_replaced() {
     let result = download(&daemon, &origin.url("/replace.bin"), &out, &[]);
     assert_success(&result, "download over an existing file");
     assert_file_is(&out, &body);
-    assert_eq!(
-        dir_entries(dir.path()),
-        vec!["out.bin".to_string()],
-        "temp files left behind"
-    );
+    assert_eq!(dir_entries(dir.path()), vec!["out.bin".to_string()], "temp files left behind");
 }
 
 #[test]
@@ -500,21 +348,12 @@ fn custom_header_reaches_origin() {
     origin.add("/header.bin", body.clone());
     let dir = out_dir();
     let out = dir.path().join("out.bin");
-    let result = download(
-        &daemon,
-        &origin.url("/header.bin"),
-        &out,
-        &["-H", "X-Dfget-Test: 42"],
-    );
+    let result = download(&daemon, &origin.url("/header.bin"), &out, &["-H", "X-Dfget-Test: 42"]);
     assert_success(&result, "download with -H");
     assert_file_is(&out, &body);
     let requests = origin.requests_for("/header.bin");
     assert!(!requests.is_empty(), "origin saw no request");
     for request in &requests {
-        assert_eq!(
-            request.header("x-dfget-test"),
-            Some("42"),
-            "header missing on {request:#?}"
-        );
+        assert_eq!(request.header("x-dfget-test"), Some("42"), "header missing on {request:#?}");
     }
 }

@@ -126,17 +126,9 @@ pub fn run_daemon(args: DaemonArgs) -> anyhow::Result<()> {
     }
     let n_cores = args
         .cores
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        })
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
         .clamp(1, crate::limits::MAX_CORES);
-    let level = if args.verbose || config.verbose {
-        "debug".to_string()
-    } else {
-        args.log_level
-    };
+    let level = if args.verbose || config.verbose { "debug".to_string() } else { args.log_level };
     crate::daemon::run(config, n_cores, loaded.warnings, args.console, &level)
 }
 
@@ -157,15 +149,8 @@ fn usage(msg: impl Into<String>) -> Failure {
 }
 
 fn download(args: &DownloadArgs) -> Result<(), Failure> {
-    let url = args
-        .url
-        .clone()
-        .or_else(|| args.positional_url.clone())
-        .ok_or_else(|| usage("no URL given (-u URL)"))?;
-    let output = args
-        .output
-        .as_ref()
-        .ok_or_else(|| usage("no output given (-O FILE)"))?;
+    let url = args.url.clone().or_else(|| args.positional_url.clone()).ok_or_else(|| usage("no URL given (-u URL)"))?;
+    let output = args.output.as_ref().ok_or_else(|| usage("no output given (-O FILE)"))?;
     let output = absolute(output).map_err(usage)?;
     let timeout = args
         .timeout
@@ -175,9 +160,7 @@ fn download(args: &DownloadArgs) -> Result<(), Failure> {
         .map_err(|e| usage(format!("--timeout: {e}")))?;
     let mut headers = Vec::new();
     for h in &args.headers {
-        let (k, v) = h
-            .split_once(':')
-            .ok_or_else(|| usage(format!("header `{h}` is not `Key: Value`")))?;
+        let (k, v) = h.split_once(':').ok_or_else(|| usage(format!("header `{h}` is not `Key: Value`")))?;
         headers.push((k.trim().to_string(), v.trim().to_string()));
     }
     let req = DownloadRequest {
@@ -190,30 +173,19 @@ fn download(args: &DownloadArgs) -> Result<(), Failure> {
         headers,
     };
     let sock = socket_path(args).map_err(usage)?;
-    let stream = socket::connect_or_spawn(&sock, args.config.as_deref(), !args.no_spawn)
-        .map_err(|e| (EXIT_DAEMON, e))?;
+    let stream =
+        socket::connect_or_spawn(&sock, args.config.as_deref(), !args.no_spawn).map_err(|e| (EXIT_DAEMON, e))?;
     let mut progress = Progress::new(args.show_progress);
     let result = socket::download(stream, &req, timeout, &mut |ev| progress.on_event(ev));
     progress.finish();
     match result {
         Ok(Event::Done { .. }) => Ok(()),
-        Ok(Event::Error {
-            source, message, ..
-        }) => {
-            let code = if source == "client" {
-                EXIT_USAGE
-            } else {
-                EXIT_DOWNLOAD
-            };
+        Ok(Event::Error { source, message, .. }) => {
+            let code = if source == "client" { EXIT_USAGE } else { EXIT_DOWNLOAD };
             Err((code, message))
         }
-        Ok(other) => Err((
-            EXIT_DAEMON,
-            format!("daemon ended the stream unexpectedly with {other:?}"),
-        )),
-        Err(socket::StreamError::Timeout(d)) => {
-            Err((EXIT_TIMEOUT, format!("timed out after {d:?} (--timeout)")))
-        }
+        Ok(other) => Err((EXIT_DAEMON, format!("daemon ended the stream unexpectedly with {other:?}"))),
+        Err(socket::StreamError::Timeout(d)) => Err((EXIT_TIMEOUT, format!("timed out after {d:?} (--timeout)"))),
         Err(socket::StreamError::Other(e)) => Err((EXIT_DAEMON, e)),
     }
 }
@@ -222,8 +194,7 @@ fn absolute(p: &Path) -> Result<PathBuf, String> {
     if p.is_absolute() {
         return Ok(p.to_path_buf());
     }
-    let cwd =
-        std::env::current_dir().map_err(|e| format!("cannot resolve {}: {e}", p.display()))?;
+    let cwd = std::env::current_dir().map_err(|e| format!("cannot resolve {}: {e}", p.display()))?;
     Ok(cwd.join(p))
 }
 
@@ -235,9 +206,7 @@ fn socket_path(args: &DownloadArgs) -> Result<PathBuf, String> {
         Some(p) => (p.clone(), true),
         None => (Config::default_path(), false),
     };
-    Config::load_path(&path, required)
-        .map(|l| l.config.socket_path)
-        .map_err(|e| e.to_string())
+    Config::load_path(&path, required).map(|l| l.config.socket_path).map_err(|e| e.to_string())
 }
 
 /// Progress shown on stderr with `-b`: a bar when the length is known, a byte counter otherwise.
@@ -250,10 +219,8 @@ impl Progress {
         let bar = show.then(|| {
             let b = indicatif::ProgressBar::new(0);
             b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{bytes}/{total_bytes} [{bar:40}] {bytes_per_sec} eta {eta}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                indicatif::ProgressStyle::with_template("{bytes}/{total_bytes} [{bar:40}] {bytes_per_sec} eta {eta}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
             b.enable_steady_tick(Duration::from_millis(200));
             b
@@ -264,10 +231,7 @@ impl Progress {
     fn on_event(&mut self, ev: &Event) {
         let Some(bar) = &self.bar else { return };
         match ev {
-            Event::Progress {
-                completed_bytes,
-                total_bytes,
-            } => {
+            Event::Progress { completed_bytes, total_bytes } => {
                 if let Some(t) = total_bytes {
                     bar.set_length(*t);
                 }

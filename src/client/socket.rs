@@ -21,19 +21,12 @@ pub enum StreamError {
 
 /// Connects to `sock`; when nothing answers and `spawn` is set, starts `dfget daemon` and polls its
 /// health for a few seconds.
-pub fn connect_or_spawn(
-    sock: &Path,
-    config: Option<&Path>,
-    spawn: bool,
-) -> Result<UnixStream, String> {
+pub fn connect_or_spawn(sock: &Path, config: Option<&Path>, spawn: bool) -> Result<UnixStream, String> {
     if let Ok(s) = UnixStream::connect(sock) {
         return Ok(s);
     }
     if !spawn {
-        return Err(format!(
-            "no daemon is listening on {} (start one with `dfget daemon`)",
-            sock.display()
-        ));
+        return Err(format!("no daemon is listening on {} (start one with `dfget daemon`)", sock.display()));
     }
     let _lock = SpawnLock::take(sock)?;
     // Another client may have spawned one while we waited for the lock.
@@ -44,8 +37,7 @@ pub fn connect_or_spawn(
     let deadline = Instant::now() + limits::SPAWN_WAIT;
     while Instant::now() < deadline {
         if healthy(sock) {
-            return UnixStream::connect(sock)
-                .map_err(|e| format!("daemon started but {}: {e}", sock.display()));
+            return UnixStream::connect(sock).map_err(|e| format!("daemon started but {}: {e}", sock.display()));
         }
         std::thread::sleep(limits::SPAWN_POLL);
     }
@@ -59,16 +51,11 @@ pub fn connect_or_spawn(
 fn spawn_daemon(sock: &Path, config: Option<&Path>) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the dfget binary: {e}"))?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.arg("daemon")
-        .arg("--daemon-sock")
-        .arg(sock)
-        .env("DFGET_SPAWNED", "1");
+    cmd.arg("daemon").arg("--daemon-sock").arg(sock).env("DFGET_SPAWNED", "1");
     if let Some(c) = config {
         cmd.arg("--config").arg(c);
     }
-    cmd.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+    cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
     // SAFETY: setsid is async-signal-safe; it detaches the daemon from our terminal and process group.
     unsafe {
         cmd.pre_exec(|| {
@@ -76,9 +63,7 @@ fn spawn_daemon(sock: &Path, config: Option<&Path>) -> Result<(), String> {
             Ok(())
         });
     }
-    cmd.spawn()
-        .map(|_| ())
-        .map_err(|e| format!("cannot start `dfget daemon`: {e}"))
+    cmd.spawn().map(|_| ()).map_err(|e| format!("cannot start `dfget daemon`: {e}"))
 }
 
 /// An exclusive lock file beside the socket, held while spawning.
@@ -107,9 +92,7 @@ pub fn healthy(sock: &Path) -> bool {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /healthy HTTP/1.1\r\nHost: dfdaemon\r\n\r\n")
-        .is_err()
-    {
+    if s.write_all(b"GET /healthy HTTP/1.1\r\nHost: dfdaemon\r\n\r\n").is_err() {
         return false;
     }
     let mut buf = [0u8; 16];
@@ -139,10 +122,7 @@ pub fn download(
     if status != 200 {
         let mut rest = String::new();
         let _ = reader.take(64 * 1024).read_to_string(&mut rest);
-        return Err(other(format!(
-            "daemon refused the request ({status}): {}",
-            rest.trim()
-        )));
+        return Err(other(format!("daemon refused the request ({status}): {}", rest.trim())));
     }
     loop {
         if let Some(d) = deadline {
@@ -155,24 +135,16 @@ pub fn download(
         let mut line = String::new();
         match reader.read_line(&mut line) {
             Ok(0) => {
-                return Err(other(
-                    "the daemon closed the connection mid-download (did it crash? see core.log)"
-                        .into(),
-                ))
+                return Err(other("the daemon closed the connection mid-download (did it crash? see core.log)".into()))
             }
             Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
                 return Err(StreamError::Timeout(timeout.unwrap_or_default()))
             }
             Err(e) => return Err(other(format!("reading from the daemon: {e}"))),
         }
-        let ev: Event = serde_json::from_str(line.trim())
-            .map_err(|e| other(format!("bad event from the daemon: {e}")))?;
+        let ev: Event =
+            serde_json::from_str(line.trim()).map_err(|e| other(format!("bad event from the daemon: {e}")))?;
         on_event(&ev);
         if matches!(ev, Event::Done { .. } | Event::Error { .. }) {
             return Ok(ev);
@@ -182,24 +154,15 @@ pub fn download(
 
 fn read_status(reader: &mut impl BufRead) -> Result<u16, String> {
     let mut status_line = String::new();
-    reader
-        .read_line(&mut status_line)
-        .map_err(|e| format!("reading from the daemon: {e}"))?;
+    reader.read_line(&mut status_line).map_err(|e| format!("reading from the daemon: {e}"))?;
     let status = status_line
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| {
-            format!(
-                "not an HTTP answer from the daemon socket: {:?}",
-                status_line.trim()
-            )
-        })?;
+        .ok_or_else(|| format!("not an HTTP answer from the daemon socket: {:?}", status_line.trim()))?;
     loop {
         let mut line = String::new();
-        let n = reader
-            .read_line(&mut line)
-            .map_err(|e| format!("reading from the daemon: {e}"))?;
+        let n = reader.read_line(&mut line).map_err(|e| format!("reading from the daemon: {e}"))?;
         if n == 0 || line == "\r\n" || line == "\n" {
             return Ok(status);
         }

@@ -164,11 +164,7 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.location {
-            Some((line, column)) => write!(
-                f,
-                "config {}: line {line} column {column}: {}",
-                self.origin, self.message
-            ),
+            Some((line, column)) => write!(f, "config {}: line {line} column {column}: {}", self.origin, self.message),
             None => write!(f, "config {}: {}", self.origin, self.message),
         }
     }
@@ -178,12 +174,7 @@ impl std::error::Error for ConfigError {}
 
 impl ConfigError {
     fn new(kind: ConfigErrorKind, origin: &str, message: String) -> ConfigError {
-        ConfigError {
-            kind,
-            message,
-            origin: origin.to_string(),
-            location: None,
-        }
+        ConfigError { kind, message, origin: origin.to_string(), location: None }
     }
 }
 
@@ -203,11 +194,7 @@ pub struct UserEnv {
 impl UserEnv {
     pub fn current() -> UserEnv {
         // The XDG spec says relative values are invalid and must be ignored; so is an empty HOME.
-        let var = |name: &str| {
-            std::env::var_os(name)
-                .map(PathBuf::from)
-                .filter(|p| p.is_absolute())
-        };
+        let var = |name: &str| std::env::var_os(name).map(PathBuf::from).filter(|p| p.is_absolute());
         UserEnv {
             uid: rustix::process::getuid().as_raw(),
             home: var("HOME"),
@@ -267,8 +254,7 @@ impl Config {
             };
             (
                 data_dir.clone(),
-                env.xdg_dir(&env.xdg_state_home, ".local/state", "state")
-                    .join("log"),
+                env.xdg_dir(&env.xdg_state_home, ".local/state", "state").join("log"),
                 data_dir,
                 env.xdg_dir(&env.xdg_cache_home, ".cache", "cache"),
                 socket_dir.join("dfdaemon.sock"),
@@ -317,11 +303,7 @@ impl Config {
     }
 
     /// Parses YAML text against the given defaults (tests, or a caller with its own `UserEnv`).
-    pub fn from_yaml_with_defaults(
-        text: &str,
-        origin: &str,
-        defaults: Config,
-    ) -> Result<Loaded, ConfigError> {
+    pub fn from_yaml_with_defaults(text: &str, origin: &str, defaults: Config) -> Result<Loaded, ConfigError> {
         resolve::load_text(text, origin, defaults)
     }
 
@@ -331,20 +313,13 @@ impl Config {
         Config::load_path_with_defaults(path, required, Config::defaults())
     }
 
-    pub fn load_path_with_defaults(
-        path: &Path,
-        required: bool,
-        defaults: Config,
-    ) -> Result<Loaded, ConfigError> {
+    pub fn load_path_with_defaults(path: &Path, required: bool, defaults: Config) -> Result<Loaded, ConfigError> {
         let origin = path.display().to_string();
         let text = match read_limited(path, &origin) {
             Ok(text) => text,
             Err(e) if e.kind == ConfigErrorKind::Missing && !required => {
                 let warning = format!("no config at {origin}, using defaults");
-                return Ok(Loaded {
-                    config: defaults,
-                    warnings: vec![warning],
-                });
+                return Ok(Loaded { config: defaults, warnings: vec![warning] });
             }
             Err(e) => return Err(e),
         };
@@ -364,9 +339,7 @@ fn read_limited(path: &Path, origin: &str) -> Result<String, ConfigError> {
     let mut bytes = Vec::new();
     file.take(MAX_CONFIG_BYTES + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| {
-            ConfigError::new(ConfigErrorKind::Read, origin, format!("cannot read: {e}"))
-        })?;
+        .map_err(|e| ConfigError::new(ConfigErrorKind::Read, origin, format!("cannot read: {e}")))?;
     if bytes.len() as u64 > MAX_CONFIG_BYTES {
         let message = format!("larger than {MAX_CONFIG_BYTES} bytes; is this a config file?");
         return Err(ConfigError::new(ConfigErrorKind::TooLarge, origin, message));

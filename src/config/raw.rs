@@ -47,23 +47,13 @@ fn quoted(text: &str) -> String {
 pub(crate) trait ScalarKind: Sized {
     const EXPECTING: &'static str;
     fn from_text(text: &str) -> Result<Self, String> {
-        Err(format!(
-            "expected {}, found the string {}",
-            Self::EXPECTING,
-            quoted(text)
-        ))
+        Err(format!("expected {}, found the string {}", Self::EXPECTING, quoted(text)))
     }
     fn from_int(n: i128) -> Result<Self, String> {
-        Err(format!(
-            "expected {}, found the number {n}",
-            Self::EXPECTING
-        ))
+        Err(format!("expected {}, found the number {n}", Self::EXPECTING))
     }
     fn from_float(x: f64) -> Result<Self, String> {
-        Err(format!(
-            "expected {}, found the number {x}",
-            Self::EXPECTING
-        ))
+        Err(format!("expected {}, found the number {x}", Self::EXPECTING))
     }
     fn from_bool(b: bool) -> Result<Self, String> {
         Err(format!("expected {}, found {b}", Self::EXPECTING))
@@ -123,16 +113,12 @@ pub(crate) struct Dur(pub Duration);
 impl ScalarKind for Dur {
     const EXPECTING: &'static str = "a duration such as `30s`, `1m30s`, `500ms` or `6h`";
     fn from_text(text: &str) -> Result<Self, String> {
-        units::parse_duration(text)
-            .map(Dur)
-            .map_err(|e| e.to_string())
+        units::parse_duration(text).map(Dur).map_err(|e| e.to_string())
     }
     fn from_int(n: i128) -> Result<Self, String> {
         match n {
             0 => Ok(Dur(Duration::ZERO)),
-            _ => Err(format!(
-                "the duration {n} has no unit: write it with one, e.g. `{n}s` or `{n}ms`"
-            )),
+            _ => Err(format!("the duration {n} has no unit: write it with one, e.g. `{n}s` or `{n}ms`")),
         }
     }
 }
@@ -181,9 +167,7 @@ impl ScalarKind for Size {
         if x >= 0.0 && x.fract() == 0.0 && x < 18_446_744_073_709_551_616.0 {
             return Ok(Size(x as u64));
         }
-        Err(format!(
-            "size {x} must be a whole, non-negative number of bytes"
-        ))
+        Err(format!("size {x} must be a whole, non-negative number of bytes"))
     }
 }
 
@@ -200,9 +184,7 @@ impl ScalarKind for Percent {
     fn from_float(x: f64) -> Result<Self, String> {
         match x > 0.0 && x <= 100.0 {
             true => Ok(Percent(x)),
-            false => Err(format!(
-                "percentage {x} is out of range: expected a value in (0, 100]"
-            )),
+            false => Err(format!("percentage {x} is out of range: expected a value in (0, 100]")),
         }
     }
 }
@@ -235,9 +217,7 @@ impl ScalarKind for Count {
     fn from_int(n: i128) -> Result<Self, String> {
         match u64::try_from(n) {
             Ok(count) if count <= MAX_CONN_COUNT => Ok(Count(count as usize)),
-            _ => Err(format!(
-                "{n} is out of range: expected a whole number from 0 to {MAX_CONN_COUNT}"
-            )),
+            _ => Err(format!("{n} is out of range: expected a whole number from 0 to {MAX_CONN_COUNT}")),
         }
     }
 }
@@ -256,18 +236,9 @@ impl ScalarKind for StrategyName {
         let strategy = match trimmed {
             "io.d7y.storage.v2.simple" => Strategy::Simple,
             "io.d7y.storage.v2.advance" => Strategy::Advance,
-            _ => {
-                return Err(format!(
-                    "unknown storage strategy {}: expected {}",
-                    quoted(text),
-                    Self::EXPECTING
-                ))
-            }
+            _ => return Err(format!("unknown storage strategy {}: expected {}", quoted(text), Self::EXPECTING)),
         };
-        Ok(StrategyName {
-            strategy,
-            trailing_dot: trimmed.len() != text.len(),
-        })
+        Ok(StrategyName { strategy, trailing_dot: trimmed.len() != text.len() })
     }
 }
 
@@ -284,10 +255,7 @@ fn absolute(text: &str, max_bytes: usize) -> Result<Option<PathBuf>, String> {
     // The daemon may start from any directory (systemd, or spawned by dfget), so a relative path
     // would point somewhere different each time.
     if !text.starts_with('/') {
-        return Err(format!(
-            "path {} must be absolute (start with `/`)",
-            quoted(text)
-        ));
+        return Err(format!("path {} must be absolute (start with `/`)", quoted(text)));
     }
     Ok(Some(PathBuf::from(text)))
 }
@@ -312,9 +280,7 @@ impl ScalarKind for SocketPath {
     fn from_text(text: &str) -> Result<Self, String> {
         if text.len() > MAX_SOCKET_PATH_BYTES {
             let limit = MAX_SOCKET_PATH_BYTES;
-            return Err(format!(
-                "socket path is longer than {limit} bytes, the Unix socket limit"
-            ));
+            return Err(format!("socket path is longer than {limit} bytes, the Unix socket limit"));
         }
         absolute(text, MAX_SOCKET_PATH_BYTES).map(SocketPath)
     }
@@ -330,13 +296,9 @@ impl ScalarKind for ProxyUrl {
         if text.is_empty() {
             return Ok(ProxyUrl(None));
         }
-        let url = url::Url::parse(text)
-            .map_err(|e| format!("invalid proxy URL {}: {e}", quoted(text)))?;
+        let url = url::Url::parse(text).map_err(|e| format!("invalid proxy URL {}: {e}", quoted(text)))?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(format!(
-                "invalid proxy URL {}: expected http://host:port or https://host:port",
-                quoted(text)
-            ));
+            return Err(format!("invalid proxy URL {}: expected http://host:port or https://host:port", quoted(text)));
         }
         Ok(ProxyUrl(Some(text.to_string())))
     }
@@ -354,14 +316,8 @@ impl ScalarKind for ListenAddr {
         }
         let port = text.rsplit_once(':').map(|(_, port)| port);
         match port.map(str::parse::<u16>) {
-            Some(Ok(_)) if text.len() <= MAX_HOST_PORT_BYTES => {
-                Ok(ListenAddr(Some(text.to_string())))
-            }
-            _ => Err(format!(
-                "invalid listen address {}: expected {}",
-                quoted(text),
-                Self::EXPECTING
-            )),
+            Some(Ok(_)) if text.len() <= MAX_HOST_PORT_BYTES => Ok(ListenAddr(Some(text.to_string()))),
+            _ => Err(format!("invalid listen address {}: expected {}", quoted(text), Self::EXPECTING)),
         }
     }
 }
@@ -377,11 +333,7 @@ impl ScalarKind for HostPort {
             || text.len() > MAX_HOST_PORT_BYTES
             || text.contains(|c: char| c == '/' || c.is_whitespace());
         match bad {
-            true => Err(format!(
-                "invalid registry host {}: expected {}",
-                quoted(text),
-                Self::EXPECTING
-            )),
+            true => Err(format!("invalid registry host {}: expected {}", quoted(text), Self::EXPECTING)),
             false => Ok(HostPort(text.to_string())),
         }
     }
@@ -560,11 +512,8 @@ const STORAGE_KEYS: &[(&str, Key)] = &[
     ("writeBufferSize", Unused),
 ];
 
-const DOWNLOAD_GRPC_KEYS: &[(&str, Key)] = &[
-    ("unixListen", Section(&[("socket", Used)])),
-    ("security", Unused),
-    ("tcpListen", Unused),
-];
+const DOWNLOAD_GRPC_KEYS: &[(&str, Key)] =
+    &[("unixListen", Section(&[("socket", Used)])), ("security", Unused), ("tcpListen", Unused)];
 
 const DOWNLOAD_KEYS: &[(&str, Key)] = &[
     ("totalRateLimit", Used),
@@ -661,12 +610,7 @@ pub(crate) fn ignored_keys(document: &Value) -> Vec<Ignored> {
     out
 }
 
-fn walk(
-    map: &Mapping,
-    known: &'static [(&'static str, Key)],
-    prefix: &str,
-    out: &mut Vec<Ignored>,
-) {
+fn walk(map: &Mapping, known: &'static [(&'static str, Key)], prefix: &str, out: &mut Vec<Ignored>) {
     for (key, value) in map {
         let name = key_text(key);
         let entry = known.iter().find(|(known_name, _)| *known_name == name);
@@ -675,14 +619,8 @@ fn walk(
             _ => format!("{prefix}.{name}"),
         };
         match entry {
-            None => out.push(Ignored {
-                path,
-                why: IgnoredWhy::Unknown,
-            }),
-            Some((_, Unused)) => out.push(Ignored {
-                path,
-                why: IgnoredWhy::Unused,
-            }),
+            None => out.push(Ignored { path, why: IgnoredWhy::Unknown }),
+            Some((_, Unused)) => out.push(Ignored { path, why: IgnoredWhy::Unused }),
             Some((_, Used)) => {}
             Some((_, Section(children))) => {
                 // A non-mapping here is a type error that the struct pass has already reported.
@@ -712,18 +650,12 @@ fn key_text(key: &Value) -> String {
 mod tests {
     use super::*;
 
-    fn check_scalar<T: for<'de> Deserialize<'de> + PartialEq + fmt::Debug>(
-        yaml: &str,
-        expected: Result<T, &str>,
-    ) {
+    fn check_scalar<T: for<'de> Deserialize<'de> + PartialEq + fmt::Debug>(yaml: &str, expected: Result<T, &str>) {
         let got: Result<T, String> = serde_yaml_ng::from_str(yaml).map_err(|e| e.to_string());
         match (&got, &expected) {
             (Ok(value), Ok(want)) => assert_eq!(value, want, "yaml {yaml:?}"),
             (Err(message), Err(fragment)) => {
-                assert!(
-                    message.contains(fragment),
-                    "yaml {yaml:?}: {message:?} lacks {fragment:?}"
-                )
+                assert!(message.contains(fragment), "yaml {yaml:?}: {message:?} lacks {fragment:?}")
             }
             _ => panic!("yaml {yaml:?}: got {got:?}, expected {expected:?}"),
         }
@@ -785,19 +717,11 @@ mod tests {
 
     #[test]
     fn strategies_from_yaml() {
-        let name = |strategy, trailing_dot| {
-            Ok(StrategyName {
-                strategy,
-                trailing_dot,
-            })
-        };
+        let name = |strategy, trailing_dot| Ok(StrategyName { strategy, trailing_dot });
         check_scalar("io.d7y.storage.v2.simple", name(Strategy::Simple, false));
         check_scalar("io.d7y.storage.v2.advance", name(Strategy::Advance, false));
         check_scalar("io.d7y.storage.v2.advance.", name(Strategy::Advance, true));
-        check_scalar::<StrategyName>(
-            "io.d7y.storage.v2.advance..",
-            Err("unknown storage strategy"),
-        );
+        check_scalar::<StrategyName>("io.d7y.storage.v2.advance..", Err("unknown storage strategy"));
         check_scalar::<StrategyName>("io.d7y.storage.v1", Err("unknown storage strategy"));
         check_scalar::<StrategyName>("5", Err("expected `io.d7y.storage.v2.simple`"));
     }
@@ -805,10 +729,7 @@ mod tests {
     #[test]
     fn paths_and_addresses_from_yaml() {
         let path = |p: &str| Some(PathBuf::from(p));
-        check_scalar(
-            "/var/lib/dragonfly",
-            Ok(AbsPath(path("/var/lib/dragonfly"))),
-        );
+        check_scalar("/var/lib/dragonfly", Ok(AbsPath(path("/var/lib/dragonfly"))));
         check_scalar("\"\"", Ok(AbsPath(None)));
         check_scalar::<AbsPath>("data/dir", Err("must be absolute"));
         check_scalar::<AbsPath>("~/dragonfly", Err("must be absolute"));
@@ -817,18 +738,12 @@ mod tests {
         check_scalar::<SocketPath>(&long, Err("107 bytes"));
         check_scalar::<SocketPath>("rel.sock", Err("must be absolute"));
         check_scalar(":8000", Ok(ListenAddr(Some(":8000".into()))));
-        check_scalar(
-            "127.0.0.1:8000",
-            Ok(ListenAddr(Some("127.0.0.1:8000".into()))),
-        );
+        check_scalar("127.0.0.1:8000", Ok(ListenAddr(Some("127.0.0.1:8000".into()))));
         check_scalar("\"[::1]:8000\"", Ok(ListenAddr(Some("[::1]:8000".into()))));
         check_scalar::<ListenAddr>("8000", Err("expected a listen address"));
         check_scalar::<ListenAddr>("localhost", Err("invalid listen address"));
         check_scalar::<ListenAddr>(":http", Err("invalid listen address"));
-        check_scalar(
-            "http://p.example:3128",
-            Ok(ProxyUrl(Some("http://p.example:3128".into()))),
-        );
+        check_scalar("http://p.example:3128", Ok(ProxyUrl(Some("http://p.example:3128".into()))));
         check_scalar("\"\"", Ok(ProxyUrl(None)));
         check_scalar::<ProxyUrl>("p.example:3128", Err("invalid proxy URL"));
         check_scalar::<ProxyUrl>("ftp://p.example", Err("invalid proxy URL"));
@@ -837,32 +752,19 @@ mod tests {
     #[test]
     fn long_values_are_cut_in_messages() {
         let long = "x".repeat(10 * MAX_QUOTED_CHARS);
-        let message = serde_yaml_ng::from_str::<Dur>(&long)
-            .unwrap_err()
-            .to_string();
+        let message = serde_yaml_ng::from_str::<Dur>(&long).unwrap_err().to_string();
         assert!(message.len() < 4 * MAX_QUOTED_CHARS, "{message}");
-        let message = serde_yaml_ng::from_str::<Percent>(&long)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            message.contains(&format!("\"{}\"…", "x".repeat(MAX_QUOTED_CHARS))),
-            "{message}"
-        );
+        let message = serde_yaml_ng::from_str::<Percent>(&long).unwrap_err().to_string();
+        assert!(message.contains(&format!("\"{}\"…", "x".repeat(MAX_QUOTED_CHARS))), "{message}");
         let document: Value = serde_yaml_ng::from_str(&format!("{long}: 1")).unwrap();
         let ignored = ignored_keys(&document);
-        assert_eq!(
-            ignored[0].path,
-            format!("{}…", "x".repeat(MAX_QUOTED_CHARS))
-        );
+        assert_eq!(ignored[0].path, format!("{}…", "x".repeat(MAX_QUOTED_CHARS)));
     }
 
     #[test]
     fn host_lists_from_yaml() {
         let hosts = |h: &[&str]| Ok(HostList(h.iter().map(|s| s.to_string()).collect()));
-        check_scalar(
-            "[localhost:5000, reg.example]",
-            hosts(&["localhost:5000", "reg.example"]),
-        );
+        check_scalar("[localhost:5000, reg.example]", hosts(&["localhost:5000", "reg.example"]));
         check_scalar("[]", hosts(&[]));
         check_scalar::<HostList>("[\"http://reg.example\"]", Err("invalid registry host"));
         check_scalar::<HostList>("localhost:5000", Err("a list of registry hosts"));
@@ -881,31 +783,19 @@ mod tests {
     fn ignored_keys_reported_once_each() {
         use IgnoredWhy::{Unknown, Unused};
         check_ignored("gcInterval: 1m\nstorage: {multiplex: true}", &[]);
-        check_ignored(
-            "scheduler: {manager: {netAddrs: [a, b]}}",
-            &[("scheduler", Unused)],
-        );
+        check_ignored("scheduler: {manager: {netAddrs: [a, b]}}", &[("scheduler", Unused)]);
         check_ignored("schedulr: {a: {b: c}}", &[("schedulr", Unknown)]);
         check_ignored(
             "storage: {diskGcThreshold: 1Gi, dataPath: /x, multiplex: true}",
-            &[
-                ("storage.diskGcThreshold", Unknown),
-                ("storage.dataPath", Unused),
-            ],
+            &[("storage.diskGcThreshold", Unknown), ("storage.dataPath", Unused)],
         );
         check_ignored(
             "download: {downloadGRPC: {security: {insecure: true}, unixListen: {mode: 1}}}",
-            &[
-                ("download.downloadGRPC.security", Unused),
-                ("download.downloadGRPC.unixListen.mode", Unknown),
-            ],
+            &[("download.downloadGRPC.security", Unused), ("download.downloadGRPC.unixListen.mode", Unknown)],
         );
         check_ignored(
             "download: {resourceClients: {oras: {dialTimeout: 1s, dialTimout: 1s}, s3: {}}}",
-            &[
-                ("download.resourceClients.oras.dialTimout", Unknown),
-                ("download.resourceClients.s3", Unknown),
-            ],
+            &[("download.resourceClients.oras.dialTimout", Unknown), ("download.resourceClients.s3", Unknown)],
         );
         check_ignored("oras: {insecure: true}", &[("oras.insecure", Unknown)]);
         check_ignored("5: x\ntrue: y", &[("5", Unknown), ("true", Unknown)]);

@@ -16,19 +16,14 @@ pub const MAX_WARNINGS: usize = 64;
 
 pub(crate) fn load_text(text: &str, origin: &str, defaults: Config) -> Result<Loaded, ConfigError> {
     if text.len() as u64 > super::MAX_CONFIG_BYTES {
-        let message = format!(
-            "larger than {} bytes; is this a config file?",
-            super::MAX_CONFIG_BYTES
-        );
+        let message = format!("larger than {} bytes; is this a config file?", super::MAX_CONFIG_BYTES);
         return Err(ConfigError::new(ConfigErrorKind::TooLarge, origin, message));
     }
-    let document: Value = serde_yaml_ng::from_str(text)
-        .map_err(|e| yaml_error(ConfigErrorKind::Syntax, origin, &e))?;
+    let document: Value = serde_yaml_ng::from_str(text).map_err(|e| yaml_error(ConfigErrorKind::Syntax, origin, &e))?;
     // An empty file, or one whose every line is commented out, is a valid "all defaults" config.
     let raw: RawConfig = match document {
         Value::Null => RawConfig::default(),
-        _ => serde_yaml_ng::from_str(text)
-            .map_err(|e| yaml_error(ConfigErrorKind::Invalid, origin, &e))?,
+        _ => serde_yaml_ng::from_str(text).map_err(|e| yaml_error(ConfigErrorKind::Invalid, origin, &e))?,
     };
     let mut notes = Vec::new();
     for ignored in raw::ignored_keys(&document) {
@@ -38,19 +33,13 @@ pub(crate) fn load_text(text: &str, origin: &str, defaults: Config) -> Result<Lo
         });
     }
     let config = resolve(raw, defaults, &mut notes);
-    Ok(Loaded {
-        config,
-        warnings: bounded_warnings(origin, notes),
-    })
+    Ok(Loaded { config, warnings: bounded_warnings(origin, notes) })
 }
 
 fn bounded_warnings(origin: &str, notes: Vec<String>) -> Vec<String> {
     let n_notes = notes.len();
-    let mut warnings: Vec<String> = notes
-        .into_iter()
-        .take(MAX_WARNINGS)
-        .map(|note| format!("config {origin}: {note}"))
-        .collect();
+    let mut warnings: Vec<String> =
+        notes.into_iter().take(MAX_WARNINGS).map(|note| format!("config {origin}: {note}")).collect();
     if n_notes > MAX_WARNINGS {
         let n_more = n_notes - MAX_WARNINGS;
         warnings.push(format!("config {origin}: ... and {n_more} more warnings"));
@@ -66,12 +55,7 @@ fn yaml_error(kind: ConfigErrorKind, origin: &str, error: &serde_yaml_ng::Error)
     if let Some((line, column)) = location {
         message = message.replacen(&format!(" at line {line} column {column}"), "", 1);
     }
-    ConfigError {
-        kind,
-        message,
-        origin: origin.to_string(),
-        location,
-    }
+    ConfigError { kind, message, origin: origin.to_string(), location }
 }
 
 fn resolve(raw: RawConfig, defaults: Config, notes: &mut Vec<String>) -> Config {
@@ -94,16 +78,9 @@ fn resolve(raw: RawConfig, defaults: Config, notes: &mut Vec<String>) -> Config 
         .and_then(|socket| socket.0)
         .unwrap_or(defaults.socket_path);
     let clients = download.resource_clients.unwrap_or_default();
-    let oras = pick(
-        ("oras", raw.oras),
-        ("download.resourceClients.oras", clients.oras),
-        notes,
-    );
-    let http = pick(
-        ("download.resourceClients.http", clients.http),
-        ("download.resourceClients.https", clients.https),
-        notes,
-    );
+    let oras = pick(("oras", raw.oras), ("download.resourceClients.oras", clients.oras), notes);
+    let http =
+        pick(("download.resourceClients.http", clients.http), ("download.resourceClients.https", clients.https), notes);
 
     Config {
         data_dir,
@@ -148,29 +125,17 @@ fn pick(
     }
 }
 
-fn resolve_storage(
-    raw: Option<RawStorage>,
-    defaults: StorageConfig,
-    notes: &mut Vec<String>,
-) -> StorageConfig {
+fn resolve_storage(raw: Option<RawStorage>, defaults: StorageConfig, notes: &mut Vec<String>) -> StorageConfig {
     let Some(raw) = raw else { return defaults };
     if let Some(name) = raw.strategy.filter(|name| name.trailing_dot) {
         let strategy = name.strategy.as_str();
-        notes.push(format!(
-            "`storage.strategy` has a trailing dot: read `{strategy}.` as `{strategy}`"
-        ));
+        notes.push(format!("`storage.strategy` has a trailing dot: read `{strategy}.` as `{strategy}`"));
     }
     StorageConfig {
-        task_expire_time: raw
-            .task_expire_time
-            .map_or(defaults.task_expire_time, |d| d.0),
+        task_expire_time: raw.task_expire_time.map_or(defaults.task_expire_time, |d| d.0),
         strategy: raw.strategy.map_or(defaults.strategy, |s| s.strategy),
-        disk_gc_threshold_bytes: raw
-            .disk_gc_threshold
-            .map_or(defaults.disk_gc_threshold_bytes, |s| s.0),
-        disk_gc_threshold_percent: raw
-            .disk_gc_threshold_percent
-            .map_or(defaults.disk_gc_threshold_percent, |p| p.0),
+        disk_gc_threshold_bytes: raw.disk_gc_threshold.map_or(defaults.disk_gc_threshold_bytes, |s| s.0),
+        disk_gc_threshold_percent: raw.disk_gc_threshold_percent.map_or(defaults.disk_gc_threshold_percent, |p| p.0),
         multiplex: raw.multiplex.map_or(defaults.multiplex, |f| f.0),
     }
 }
@@ -190,13 +155,9 @@ fn resolve_transport(raw: Option<RawTransport>, d: TransportConfig) -> Transport
         response_header_timeout: duration(raw.response_header_timeout, d.response_header_timeout),
         tls_handshake_timeout: duration(raw.tls_handshake_timeout, d.tls_handshake_timeout),
         expect_continue_timeout: duration(raw.expect_continue_timeout, d.expect_continue_timeout),
-        insecure_skip_verify: raw
-            .insecure_skip_verify
-            .map_or(d.insecure_skip_verify, |f| f.0),
+        insecure_skip_verify: raw.insecure_skip_verify.map_or(d.insecure_skip_verify, |f| f.0),
         ca_file: raw.ca_file.and_then(|p| p.0).or(d.ca_file),
-        insecure_registries: raw
-            .insecure_registries
-            .map_or(d.insecure_registries, |h| h.0),
+        insecure_registries: raw.insecure_registries.map_or(d.insecure_registries, |h| h.0),
     }
 }
 
@@ -211,11 +172,7 @@ mod tests {
     const SAMPLE: &str = include_str!("../../config/dfget.yaml");
 
     fn user_env() -> UserEnv {
-        UserEnv {
-            uid: 1000,
-            home: Some("/home/u".into()),
-            ..UserEnv::default()
-        }
+        UserEnv { uid: 1000, home: Some("/home/u".into()), ..UserEnv::default() }
     }
 
     fn load(yaml: &str) -> Result<Loaded, ConfigError> {
@@ -270,10 +227,7 @@ mod tests {
         ];
         assert_eq!(warnings.len(), expected.len(), "{warnings:#?}");
         for (warning, key) in warnings.iter().zip(expected) {
-            assert!(
-                warning.contains(key) && warning.contains("not used"),
-                "{warning} vs {key}"
-            );
+            assert!(warning.contains(key) && warning.contains("not used"), "{warning} vs {key}");
             assert!(warning.starts_with("config test.yaml: "), "{warning}");
         }
     }
@@ -290,10 +244,7 @@ mod tests {
         let warnings = loaded(yaml).warnings;
         assert_eq!(warnings.len(), expected.len(), "{yaml:?}: {warnings:#?}");
         for (warning, fragment) in warnings.iter().zip(expected) {
-            assert!(
-                warning.contains(fragment),
-                "{yaml:?}: {warning:?} lacks {fragment:?}"
-            );
+            assert!(warning.contains(fragment), "{yaml:?}: {warning:?} lacks {fragment:?}");
         }
     }
 
@@ -301,23 +252,14 @@ mod tests {
     fn warnings() {
         check_warnings("", &[]);
         check_warnings("# all commented out\n# gcInterval: 1m\n", &[]);
-        check_warnings(
-            "storage:\n  strategy: io.d7y.storage.v2.advance.\n",
-            &["trailing dot"],
-        );
+        check_warnings("storage:\n  strategy: io.d7y.storage.v2.advance.\n", &["trailing dot"]);
         check_warnings("storage:\n  strategy: io.d7y.storage.v2.simple\n", &[]);
         check_warnings("gcIntervall: 1m\n", &["ignoring unknown key `gcIntervall`"]);
         check_warnings(
             "scheduler:\n  manager:\n    netAddrs: [a]\nfoo: {bar: 1}\n",
-            &[
-                "ignoring `scheduler`: not used",
-                "ignoring unknown key `foo`",
-            ],
+            &["ignoring `scheduler`: not used", "ignoring unknown key `foo`"],
         );
-        check_warnings(
-            "storage: {diskGcThreshold: 1Gi, multiplex: true}",
-            &["unknown key `storage.diskGcThreshold`"],
-        );
+        check_warnings("storage: {diskGcThreshold: 1Gi, multiplex: true}", &["unknown key `storage.diskGcThreshold`"]);
         check_warnings(
             "oras: {dialTimeout: 1s}\ndownload: {resourceClients: {oras: {dialTimeout: 2s}}}",
             &["using `download.resourceClients.oras`, ignoring `oras`"],
@@ -329,11 +271,7 @@ mod tests {
         let many: String = (0..100).map(|i| format!("k{i}: 1\n")).collect();
         let warnings = loaded(&many).warnings;
         assert_eq!(warnings.len(), MAX_WARNINGS + 1);
-        assert!(
-            warnings[MAX_WARNINGS].contains("36 more"),
-            "{:?}",
-            warnings[MAX_WARNINGS]
-        );
+        assert!(warnings[MAX_WARNINGS].contains("36 more"), "{:?}", warnings[MAX_WARNINGS]);
     }
 
     fn check_error(yaml: &str, kind: ConfigErrorKind, line: usize, column: usize, fragment: &str) {
@@ -346,112 +284,28 @@ mod tests {
         assert_eq!(error.location, Some((line, column)), "{yaml:?}: {shown}");
         let prefix = format!("config test.yaml: line {line} column {column}: ");
         assert!(shown.starts_with(&prefix), "{yaml:?}: {shown}");
-        assert!(
-            shown.contains(fragment),
-            "{yaml:?}: {shown:?} lacks {fragment:?}"
-        );
-        assert!(
-            !shown.ends_with(&format!("at line {line} column {column}")),
-            "{shown}"
-        );
+        assert!(shown.contains(fragment), "{yaml:?}: {shown:?} lacks {fragment:?}");
+        assert!(!shown.ends_with(&format!("at line {line} column {column}")), "{shown}");
     }
 
     #[test]
     fn errors_carry_line_and_column() {
         use ConfigErrorKind::{Invalid, Syntax};
-        check_error(
-            "storage:\n  diskGCThresholdPercent: abc\n",
-            Invalid,
-            2,
-            27,
-            "expected a percentage",
-        );
-        check_error(
-            "storage:\n  diskGCThresholdPercent: 0\n",
-            Invalid,
-            2,
-            27,
-            "out of range",
-        );
-        check_error(
-            "storage:\n  diskGCThresholdPercent: 101\n",
-            Invalid,
-            2,
-            27,
-            "out of range",
-        );
-        check_error(
-            "storage: 5\n",
-            Invalid,
-            1,
-            10,
-            "expected a mapping of storage settings",
-        );
-        check_error(
-            "gcInterval: banana\n",
-            Invalid,
-            1,
-            13,
-            "invalid duration \"banana\"",
-        );
+        check_error("storage:\n  diskGCThresholdPercent: abc\n", Invalid, 2, 27, "expected a percentage");
+        check_error("storage:\n  diskGCThresholdPercent: 0\n", Invalid, 2, 27, "out of range");
+        check_error("storage:\n  diskGCThresholdPercent: 101\n", Invalid, 2, 27, "out of range");
+        check_error("storage: 5\n", Invalid, 1, 10, "expected a mapping of storage settings");
+        check_error("gcInterval: banana\n", Invalid, 1, 13, "invalid duration \"banana\"");
         check_error("gcInterval: 0s\n", Invalid, 1, 13, "greater than 0");
         check_error("aliveTime: 300\n", Invalid, 1, 12, "no unit");
-        check_error(
-            "storage:\n  diskGCThreshold: -5Gi\n",
-            Invalid,
-            2,
-            20,
-            "must not be negative",
-        );
-        check_error(
-            "storage:\n  diskGCThreshold: -5\n",
-            Invalid,
-            2,
-            20,
-            "must not be negative",
-        );
-        check_error(
-            "storage:\n  strategy: io.d7y.storage.v3\n",
-            Invalid,
-            2,
-            13,
-            "unknown storage strategy",
-        );
-        check_error(
-            "keepStorage: maybe\n",
-            Invalid,
-            1,
-            14,
-            "expected true or false",
-        );
-        check_error(
-            "dataDir: relative/dir\n",
-            Invalid,
-            1,
-            10,
-            "must be absolute",
-        );
-        check_error(
-            "download:\n  totalRateLimit: fast\n",
-            Invalid,
-            2,
-            19,
-            "invalid size",
-        );
-        check_error(
-            "oras:\n  maxIdleConns: -1\n",
-            Invalid,
-            2,
-            17,
-            "out of range",
-        );
-        check_error(
-            "oras:\n  proxy: nope\n",
-            Invalid,
-            2,
-            10,
-            "invalid proxy URL",
-        );
+        check_error("storage:\n  diskGCThreshold: -5Gi\n", Invalid, 2, 20, "must not be negative");
+        check_error("storage:\n  diskGCThreshold: -5\n", Invalid, 2, 20, "must not be negative");
+        check_error("storage:\n  strategy: io.d7y.storage.v3\n", Invalid, 2, 13, "unknown storage strategy");
+        check_error("keepStorage: maybe\n", Invalid, 1, 14, "expected true or false");
+        check_error("dataDir: relative/dir\n", Invalid, 1, 10, "must be absolute");
+        check_error("download:\n  totalRateLimit: fast\n", Invalid, 2, 19, "invalid size");
+        check_error("oras:\n  maxIdleConns: -1\n", Invalid, 2, 17, "out of range");
+        check_error("oras:\n  proxy: nope\n", Invalid, 2, 10, "invalid proxy URL");
         check_error(
             "download:\n  resourceClients:\n    https:\n      tlsHandshakeTimeout: 3\n",
             Invalid,
@@ -459,35 +313,16 @@ mod tests {
             28,
             "no unit",
         );
-        check_error(
-            "- a\n- b\n",
-            Invalid,
-            1,
-            1,
-            "a mapping of dfget daemon settings",
-        );
+        check_error("- a\n- b\n", Invalid, 1, 1, "a mapping of dfget daemon settings");
         // serde_yaml_ng places a duplicate at the start of its mapping; the message names the key.
-        check_error(
-            "gcInterval: 1m\ngcInterval: 2m\n",
-            Syntax,
-            1,
-            1,
-            "duplicate entry with key \"gcInterval\"",
-        );
-        check_error(
-            "storage:\n  multiplex: true\n  multiplex: false\n",
-            Syntax,
-            2,
-            3,
-            "\"multiplex\"",
-        );
+        check_error("gcInterval: 1m\ngcInterval: 2m\n", Syntax, 1, 1, "duplicate entry with key \"gcInterval\"");
+        check_error("storage:\n  multiplex: true\n  multiplex: false\n", Syntax, 2, 3, "\"multiplex\"");
         check_error("storage:\n  multiplex: [true\n", Syntax, 3, 1, "");
     }
 
     #[test]
     fn empty_values_are_unset() {
-        let yaml =
-            "dataDir:\nmetrics: \"\"\nstorage:\noras:\n  proxy:\n  caFile: ''\n  dialTimeout:\n";
+        let yaml = "dataDir:\nmetrics: \"\"\nstorage:\noras:\n  proxy:\n  caFile: ''\n  dialTimeout:\n";
         let Loaded { config, warnings } = loaded(yaml);
         assert_eq!(config, Config::defaults_for(&user_env()));
         assert!(warnings.is_empty(), "{warnings:?}");
@@ -496,25 +331,14 @@ mod tests {
     #[test]
     fn socket_path_key_is_honoured() {
         let yaml = "download:\n  downloadGRPC:\n    unixListen:\n      socket: /run/x/df.sock\n";
-        assert_eq!(
-            loaded(yaml).config.socket_path,
-            PathBuf::from("/run/x/df.sock")
-        );
+        assert_eq!(loaded(yaml).config.socket_path, PathBuf::from("/run/x/df.sock"));
         let yaml = "download:\n  downloadGRPC:\n    unixListen:\n      socket:\n";
-        assert_eq!(
-            loaded(yaml).config.socket_path,
-            Config::defaults_for(&user_env()).socket_path
-        );
+        assert_eq!(loaded(yaml).config.socket_path, Config::defaults_for(&user_env()).socket_path);
     }
 
     fn check_dirs(yaml: &str, expected: [&str; 4]) {
         let config = loaded(yaml).config;
-        let got = [
-            &config.work_home,
-            &config.data_dir,
-            &config.log_dir,
-            &config.cache_dir,
-        ];
+        let got = [&config.work_home, &config.data_dir, &config.log_dir, &config.cache_dir];
         let expected = expected.map(PathBuf::from);
         assert_eq!(got, expected.each_ref(), "{yaml:?}");
     }
@@ -526,10 +350,7 @@ mod tests {
         let cache = "/home/u/.cache/dragonfly";
         check_dirs("", [data, data, log, cache]);
         check_dirs("workHome: /w", ["/w", "/w/data", "/w/logs", "/w/cache"]);
-        check_dirs(
-            "workHome: /w\nlogDir: /l",
-            ["/w", "/w/data", "/l", "/w/cache"],
-        );
+        check_dirs("workHome: /w\nlogDir: /l", ["/w", "/w/data", "/l", "/w/cache"]);
         check_dirs("dataDir: /d\ncacheDir: /c", [data, "/d", log, "/c"]);
         check_dirs("workHome: ''\ndataDir: /d", [data, "/d", log, cache]);
     }
@@ -539,18 +360,12 @@ mod tests {
         let top = "oras: {dialTimeout: 1s, maxIdleConns: 7}\n";
         let nested = "download: {resourceClients: {oras: {dialTimeout: 2s}}}\n";
         let config = loaded(top).config;
-        assert_eq!(
-            (config.oras.dial_timeout, config.oras.max_idle_conns),
-            (secs(1), 7)
-        );
+        assert_eq!((config.oras.dial_timeout, config.oras.max_idle_conns), (secs(1), 7));
         let config = loaded(nested).config;
         assert_eq!(config.oras.dial_timeout, secs(2));
         // The nested block wins as a whole: maxIdleConns from the top-level block is not mixed in.
         let config = loaded(&format!("{top}{nested}")).config;
-        assert_eq!(
-            (config.oras.dial_timeout, config.oras.max_idle_conns),
-            (secs(2), 100)
-        );
+        assert_eq!((config.oras.dial_timeout, config.oras.max_idle_conns), (secs(2), 100));
         assert_eq!(config.http, TransportConfig::default());
     }
 
@@ -631,19 +446,13 @@ mod tests {
 
     #[test]
     fn default_paths_per_user() {
-        let root = UserEnv {
-            uid: 0,
-            ..UserEnv::default()
-        };
+        let root = UserEnv { uid: 0, ..UserEnv::default() };
         let config = Config::defaults_for(&root);
         assert_eq!(config.data_dir, PathBuf::from("/var/lib/dragonfly"));
         assert_eq!(config.log_dir, PathBuf::from("/var/log/dragonfly"));
         assert_eq!(config.socket_path, PathBuf::from("/var/run/dfdaemon.sock"));
         assert_eq!(config.work_home, PathBuf::from("/usr/local/dragonfly"));
-        assert_eq!(
-            Config::default_path_for(&root),
-            PathBuf::from("/etc/dragonfly/dfget.yaml")
-        );
+        assert_eq!(Config::default_path_for(&root), PathBuf::from("/etc/dragonfly/dfget.yaml"));
 
         let xdg = UserEnv {
             uid: 1000,
@@ -658,27 +467,15 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("/data/dragonfly"));
         assert_eq!(config.log_dir, PathBuf::from("/state/dragonfly/log"));
         assert_eq!(config.cache_dir, PathBuf::from("/cache/dragonfly"));
-        assert_eq!(
-            config.socket_path,
-            PathBuf::from("/run/user/1000/dragonfly/dfdaemon.sock")
-        );
-        assert_eq!(
-            Config::default_path_for(&xdg),
-            PathBuf::from("/cfg/dragonfly/dfget.yaml")
-        );
+        assert_eq!(config.socket_path, PathBuf::from("/run/user/1000/dragonfly/dfdaemon.sock"));
+        assert_eq!(Config::default_path_for(&xdg), PathBuf::from("/cfg/dragonfly/dfget.yaml"));
 
         let config = Config::defaults_for(&user_env());
-        assert_eq!(
-            config.socket_path,
-            PathBuf::from("/tmp/dragonfly-1000/dfdaemon.sock")
-        );
+        assert_eq!(config.socket_path, PathBuf::from("/tmp/dragonfly-1000/dfdaemon.sock"));
         let home_cfg = PathBuf::from("/home/u/.config/dragonfly/dfget.yaml");
         assert_eq!(Config::default_path_for(&user_env()), home_cfg);
 
-        let homeless = UserEnv {
-            uid: 7,
-            ..UserEnv::default()
-        };
+        let homeless = UserEnv { uid: 7, ..UserEnv::default() };
         let config = Config::defaults_for(&homeless);
         assert_eq!(config.data_dir, PathBuf::from("/tmp/dragonfly-7/data"));
         assert_eq!(config.log_dir, PathBuf::from("/tmp/dragonfly-7/state/log"));
@@ -692,13 +489,7 @@ mod tests {
         let missing = dir.join("absent.yaml");
         let loaded = Config::load_path_with_defaults(&missing, false, defaults.clone()).unwrap();
         assert_eq!(loaded.config, defaults);
-        assert_eq!(
-            loaded.warnings,
-            vec![format!(
-                "no config at {}, using defaults",
-                missing.display()
-            )]
-        );
+        assert_eq!(loaded.warnings, vec![format!("no config at {}, using defaults", missing.display())]);
         let error = Config::load_path_with_defaults(&missing, true, defaults.clone()).unwrap_err();
         assert_eq!(error.kind, ConfigErrorKind::Missing);
 
@@ -708,11 +499,7 @@ mod tests {
         let prefix = format!("config {}: line 2 column 10: ", present.display());
         assert!(error.to_string().starts_with(&prefix), "{error}");
 
-        std::fs::write(
-            &present,
-            vec![b'#'; super::super::MAX_CONFIG_BYTES as usize + 1],
-        )
-        .unwrap();
+        std::fs::write(&present, vec![b'#'; super::super::MAX_CONFIG_BYTES as usize + 1]).unwrap();
         let error = Config::load_path_with_defaults(&present, true, defaults.clone()).unwrap_err();
         assert_eq!(error.kind, ConfigErrorKind::TooLarge);
         std::fs::write(&present, b"gcInterval: \xff\n").unwrap();

@@ -52,14 +52,12 @@ impl fmt::Display for UnitError {
             UnitErrorKind::TooLong => write!(f, "{what} {input:?} is too long"),
             UnitErrorKind::Negative => write!(f, "{what} {input:?} must not be negative"),
             UnitErrorKind::TooLarge => write!(f, "{what} {input:?} is too large"),
-            UnitErrorKind::UnknownUnit if what == "duration" => write!(
-                f,
-                "duration {input:?} has an unknown unit (use ns, us, ms, s, m or h)"
-            ),
-            UnitErrorKind::UnknownUnit => write!(
-                f,
-                "size {input:?} has an unknown unit (use B, K/Ki, M/Mi, G/Gi, T/Ti, P/Pi or E/Ei)"
-            ),
+            UnitErrorKind::UnknownUnit if what == "duration" => {
+                write!(f, "duration {input:?} has an unknown unit (use ns, us, ms, s, m or h)")
+            }
+            UnitErrorKind::UnknownUnit => {
+                write!(f, "size {input:?} has an unknown unit (use B, K/Ki, M/Mi, G/Gi, T/Ti, P/Pi or E/Ei)")
+            }
             UnitErrorKind::Malformed if what == "duration" => write!(
                 f,
                 "invalid duration {input:?}: expected numbers with units such as \
@@ -90,17 +88,9 @@ fn split_number(text: &str) -> Number<'_> {
     match after.strip_prefix('.') {
         Some(tail) => {
             let (fraction, rest) = tail.split_at(digits_end(tail));
-            Number {
-                whole,
-                fraction,
-                rest,
-            }
+            Number { whole, fraction, rest }
         }
-        None => Number {
-            whole,
-            fraction: "",
-            rest: after,
-        },
+        None => Number { whole, fraction: "", rest: after },
     }
 }
 
@@ -109,9 +99,7 @@ fn split_number(text: &str) -> Number<'_> {
 fn scale(whole: &str, fraction: &str, unit: u128) -> Option<u128> {
     let mut whole_value: u128 = 0;
     for digit in whole.bytes() {
-        whole_value = whole_value
-            .checked_mul(10)?
-            .checked_add(u128::from(digit - b'0'))?;
+        whole_value = whole_value.checked_mul(10)?.checked_add(u128::from(digit - b'0'))?;
     }
     let mut fraction_value: u128 = 0;
     let mut fraction_scale: u128 = 1;
@@ -164,16 +152,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, UnitError> {
         if number.whole.is_empty() && number.fraction.is_empty() {
             return Err(err(UnitErrorKind::Malformed));
         }
-        let unit_len = number
-            .rest
-            .find(|c: char| c == '.' || c.is_ascii_digit())
-            .unwrap_or(number.rest.len());
+        let unit_len = number.rest.find(|c: char| c == '.' || c.is_ascii_digit()).unwrap_or(number.rest.len());
         let (unit, tail) = number.rest.split_at(unit_len);
         if unit.is_empty() {
             return Err(err(UnitErrorKind::Malformed));
         }
-        let unit_nanos =
-            duration_unit_nanos(unit).ok_or_else(|| err(UnitErrorKind::UnknownUnit))?;
+        let unit_nanos = duration_unit_nanos(unit).ok_or_else(|| err(UnitErrorKind::UnknownUnit))?;
         total_nanos = scale(number.whole, number.fraction, unit_nanos)
             .and_then(|term| total_nanos.checked_add(term))
             .filter(|total| *total <= MAX_DURATION_NANOS)
@@ -244,9 +228,7 @@ mod tests {
     const SEC: u64 = 1_000_000_000;
 
     fn check_duration(input: &str, expected: Result<u64, UnitErrorKind>) {
-        let got = parse_duration(input)
-            .map(|d| d.as_nanos() as u64)
-            .map_err(|e| e.kind);
+        let got = parse_duration(input).map(|d| d.as_nanos() as u64).map_err(|e| e.kind);
         assert_eq!(got, expected, "parse_duration({input:?})");
     }
 
@@ -364,9 +346,6 @@ mod tests {
         let message = parse_duration("banana").unwrap_err().to_string();
         assert!(message.contains("\"banana\""), "{message}");
         let message = parse_size("12Q").unwrap_err().to_string();
-        assert!(
-            message.contains("\"12Q\"") && message.contains("Gi"),
-            "{message}"
-        );
+        assert!(message.contains("\"12Q\"") && message.contains("Gi"), "{message}");
     }
 }

@@ -42,27 +42,10 @@ pub struct DownloadRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    Started {
-        task: String,
-        peer: String,
-    },
-    Progress {
-        completed_bytes: u64,
-        total_bytes: Option<u64>,
-    },
-    Done {
-        task: String,
-        output: String,
-        reused: bool,
-        export: String,
-        len_bytes: u64,
-        cost_ms: u64,
-    },
-    Error {
-        source: String,
-        retryable: bool,
-        message: String,
-    },
+    Started { task: String, peer: String },
+    Progress { completed_bytes: u64, total_bytes: Option<u64> },
+    Done { task: String, output: String, reused: bool, export: String, len_bytes: u64, cost_ms: u64 },
+    Error { source: String, retryable: bool, message: String },
 }
 
 struct HttpReq {
@@ -84,9 +67,7 @@ pub async fn serve(shared: Arc<Shared>, mut stream: UnixStream) {
             let body = serde_json::json!({"ok": true, "driver": shared.driver, "cores": shared.cores.len(), "tasks": shared.index.len()});
             respond_json(&mut stream, 200, &body).await
         }
-        ("GET", "/tasks") => {
-            respond_json(&mut stream, 200, &crate::daemon::gc::list_tasks(&shared)).await
-        }
+        ("GET", "/tasks") => respond_json(&mut stream, 200, &crate::daemon::gc::list_tasks(&shared)).await,
         ("POST", "/download") => download(&shared, &mut stream, &req.body).await,
         _ => {
             respond_json(
@@ -134,10 +115,7 @@ async fn read_request(stream: &mut UnixStream) -> Result<HttpReq> {
 }
 
 fn content_length(headers: &[httparse::Header<'_>]) -> Result<usize> {
-    let Some(h) = headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-    else {
+    let Some(h) = headers.iter().find(|h| h.name.eq_ignore_ascii_case("content-length")) else {
         return Ok(0);
     };
     let len: usize = std::str::from_utf8(h.value)
@@ -145,10 +123,7 @@ fn content_length(headers: &[httparse::Header<'_>]) -> Result<usize> {
         .and_then(|v| v.trim().parse().ok())
         .ok_or_else(|| Error::client("bad Content-Length"))?;
     if len > limits::MAX_API_BODY_BYTES {
-        return Err(Error::client(format!(
-            "request body over {} bytes",
-            limits::MAX_API_BODY_BYTES
-        )));
+        return Err(Error::client(format!("request body over {} bytes", limits::MAX_API_BODY_BYTES)));
     }
     Ok(len)
 }
@@ -200,12 +175,7 @@ async fn download(shared: &Arc<Shared>, stream: &mut UnixStream, body: &[u8]) ->
     let req: DownloadRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => {
-            return respond_json(
-                stream,
-                400,
-                &serde_json::json!({"error": format!("bad download request: {e}")}),
-            )
-            .await
+            return respond_json(stream, 400, &serde_json::json!({"error": format!("bad download request: {e}")})).await
         }
     };
     let head = "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nConnection: close\r\n\r\n";
@@ -213,20 +183,12 @@ async fn download(shared: &Arc<Shared>, stream: &mut UnixStream, body: &[u8]) ->
     let outcome = run_download(shared, stream, &req).await;
     let ev = match outcome {
         Ok(ev) => ev,
-        Err(e) => Event::Error {
-            source: e.source.as_str().into(),
-            retryable: e.retryable,
-            message: e.message,
-        },
+        Err(e) => Event::Error { source: e.source.as_str().into(), retryable: e.retryable, message: e.message },
     };
     send_event(stream, &ev).await
 }
 
-async fn run_download(
-    shared: &Arc<Shared>,
-    stream: &mut UnixStream,
-    req: &DownloadRequest,
-) -> Result<Event> {
+async fn run_download(shared: &Arc<Shared>, stream: &mut UnixStream, req: &DownloadRequest) -> Result<Event> {
     let started = Instant::now();
     let spec = validate(req)?;
     let id = crate::storage::task_id::task_id(
@@ -238,14 +200,7 @@ async fn run_download(
     );
     let (task, reused) = obtain_task(shared, &id, spec).await?;
     task.touch();
-    send_event(
-        stream,
-        &Event::Started {
-            task: task.id.clone(),
-            peer: task.peer_id.clone(),
-        },
-    )
-    .await?;
+    send_event(stream, &Event::Started { task: task.id.clone(), peer: task.peer_id.clone() }).await?;
     if !reused {
         follow(&task, stream).await?;
     }
@@ -255,10 +210,7 @@ async fn run_download(
     let exported = engine::blocking(move || crate::storage::export::export(&src, &out, true)).await;
     task.n_readers.fetch_sub(1, Ordering::AcqRel);
     let method = exported?;
-    let len_bytes = task
-        .geometry()
-        .map(|g| g.layout.content_len_bytes)
-        .unwrap_or(0);
+    let len_bytes = task.geometry().map(|g| g.layout.content_len_bytes).unwrap_or(0);
     let cost_ms = started.elapsed().as_millis() as u64;
     if reused {
         tracing::info!(target: "PeerTask", peer = %task.peer_id, task = %task.id, component = "PeerTask", "reuse file peer task done, cost: {cost_ms}ms");
@@ -275,19 +227,10 @@ async fn run_download(
 
 /// Finds or creates the task for `id`. Returns (task, reused) where reused = a finished task served
 /// from the cache (its file re-verified).
-async fn obtain_task(
-    shared: &Arc<Shared>,
-    id: &str,
-    spec: crate::daemon::task::Spec,
-) -> Result<(Arc<Task>, bool)> {
+async fn obtain_task(shared: &Arc<Shared>, id: &str, spec: crate::daemon::task::Spec) -> Result<(Arc<Task>, bool)> {
     for _ in 0..limits::MAX_TASK_RESOLVE_ROUNDS {
         let (task, created) = shared.index.get_or_create(id, || {
-            Arc::new(Task::new(
-                id.to_string(),
-                shared.new_peer_id(),
-                spec.clone(),
-                shared.store.data_path(id),
-            ))
+            Arc::new(Task::new(id.to_string(), shared.new_peer_id(), spec.clone(), shared.store.data_path(id)))
         });
         if created {
             compio::runtime::spawn(engine::drive(shared.clone(), task.clone())).detach();
@@ -305,9 +248,7 @@ async fn obtain_task(
             _ => drop_task(shared, &task),
         }
     }
-    Err(Error::internal(
-        "task index kept changing under this request",
-    ))
+    Err(Error::internal("task index kept changing under this request"))
 }
 
 /// A finished task may be linked again only if its file still has the right length and crcs:
@@ -318,12 +259,7 @@ async fn reusable(task: &Arc<Task>) -> bool {
     };
     let (path, crcs) = (task.data_path.clone(), task.crcs());
     let check = engine::blocking(move || {
-        crate::storage::verify_pieces(
-            &path,
-            g.layout.content_len_bytes,
-            g.layout.piece_len_bytes,
-            &crcs,
-        )
+        crate::storage::verify_pieces(&path, g.layout.content_len_bytes, g.layout.piece_len_bytes, &crcs)
     })
     .await;
     match check {
@@ -351,24 +287,14 @@ async fn follow(task: &Arc<Task>, stream: &mut UnixStream) -> Result<()> {
         match task.state() {
             State::Done => return Ok(()),
             State::Failed => {
-                return Err(task
-                    .failure()
-                    .cloned()
-                    .unwrap_or_else(|| Error::internal("task failed")));
+                return Err(task.failure().cloned().unwrap_or_else(|| Error::internal("task failed")));
             }
             State::Running => {}
         }
         let done_bytes = task.completed_bytes();
         if done_bytes != last_bytes && last_sent.elapsed() >= limits::PROGRESS_INTERVAL {
             let total = task.geometry().map(|g| g.layout.content_len_bytes);
-            send_event(
-                stream,
-                &Event::Progress {
-                    completed_bytes: done_bytes,
-                    total_bytes: total,
-                },
-            )
-            .await?;
+            send_event(stream, &Event::Progress { completed_bytes: done_bytes, total_bytes: total }).await?;
             last_sent = Instant::now();
             last_bytes = done_bytes;
         }
@@ -378,13 +304,9 @@ async fn follow(task: &Arc<Task>, stream: &mut UnixStream) -> Result<()> {
 
 /// Checks a download request before any task exists: URL scheme, header syntax, digest syntax.
 fn validate(req: &DownloadRequest) -> Result<crate::daemon::task::Spec> {
-    let url = url::Url::parse(&req.url)
-        .map_err(|e| Error::client(format!("invalid URL `{}`: {e}", req.url)))?;
+    let url = url::Url::parse(&req.url).map_err(|e| Error::client(format!("invalid URL `{}`: {e}", req.url)))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(Error::client(format!(
-            "unsupported URL scheme `{}` (http, https)",
-            url.scheme()
-        )));
+        return Err(Error::client(format!("unsupported URL scheme `{}` (http, https)", url.scheme())));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(Error::client(format!("URL has no host: {}", req.url)));
@@ -396,32 +318,19 @@ fn validate(req: &DownloadRequest) -> Result<crate::daemon::task::Spec> {
     }
     let digest = req.digest.as_deref().map(parse_digest).transpose()?;
     if !std::path::Path::new(&req.output).is_absolute() {
-        return Err(Error::client(format!(
-            "output path must be absolute: {}",
-            req.output
-        )));
+        return Err(Error::client(format!("output path must be absolute: {}", req.output)));
     }
-    Ok(crate::daemon::task::Spec {
-        url,
-        headers: req.headers.clone(),
-        digest,
-    })
+    Ok(crate::daemon::task::Spec { url, headers: req.headers.clone(), digest })
 }
 
 /// `sha256:<64 hex>` (case-insensitive hex, normalised to lowercase).
 pub fn parse_digest(d: &str) -> Result<String> {
-    let (algo, hex_part) = d
-        .split_once(':')
-        .ok_or_else(|| Error::client(format!("digest `{d}` is not algo:hex")))?;
+    let (algo, hex_part) = d.split_once(':').ok_or_else(|| Error::client(format!("digest `{d}` is not algo:hex")))?;
     if !algo.eq_ignore_ascii_case("sha256") {
-        return Err(Error::client(format!(
-            "unsupported digest algorithm `{algo}` (sha256)"
-        )));
+        return Err(Error::client(format!("unsupported digest algorithm `{algo}` (sha256)")));
     }
     if hex_part.len() != 64 || !hex_part.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Error::client(format!(
-            "digest `{d}`: expected 64 hex digits"
-        )));
+        return Err(Error::client(format!("digest `{d}`: expected 64 hex digits")));
     }
     Ok(format!("sha256:{}", hex_part.to_ascii_lowercase()))
 }

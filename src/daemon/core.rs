@@ -59,9 +59,7 @@ pub fn probe_driver() -> String {
                 Err(e) => {
                     format!("io_uring unavailable ({e}; seccomp or kernel.io_uring_disabled?)")
                 }
-                Ok(_) if std::env::var("DFGET_DRIVER").is_ok() => {
-                    "forced by DFGET_DRIVER".to_string()
-                }
+                Ok(_) if std::env::var("DFGET_DRIVER").is_ok() => "forced by DFGET_DRIVER".to_string(),
                 Ok(_) => "io_uring lacks an opcode this runtime needs".to_string(),
             };
             format!("{other:?} — {why}").to_lowercase()
@@ -98,12 +96,7 @@ pub fn run_cores(
     Ok(())
 }
 
-fn core_main(
-    idx: usize,
-    shared: Arc<Shared>,
-    inbox: flume::Receiver<CoreMsg>,
-    listener: Option<StdListener>,
-) {
+fn core_main(idx: usize, shared: Arc<Shared>, inbox: flume::Receiver<CoreMsg>, listener: Option<StdListener>) {
     let rt = match Runtime::builder().with_proactor(proactor()).build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -124,8 +117,7 @@ fn core_main(
                 },
                 CoreMsg::Work { task, n_workers } => {
                     for _ in 0..n_workers {
-                        compio::runtime::spawn(engine::piece_worker(shared.clone(), task.clone()))
-                            .detach();
+                        compio::runtime::spawn(engine::piece_worker(shared.clone(), task.clone())).detach();
                     }
                 }
                 CoreMsg::Shutdown => break,

@@ -61,12 +61,8 @@ async fn download(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
             shared.store.create_task_file(&task.id, Some(0))?;
         }
         FirstResponse::Ranged { mut resp, piece0 } => {
-            let g = task
-                .geometry()
-                .ok_or_else(|| Error::internal("ranged response without geometry"))?;
-            shared
-                .store
-                .create_task_file(&task.id, Some(g.layout.content_len_bytes))?;
+            let g = task.geometry().ok_or_else(|| Error::internal("ranged response without geometry"))?;
+            shared.store.create_task_file(&task.id, Some(g.layout.content_len_bytes))?;
             let n_pieces = g.layout.n_pieces();
             if n_pieces > 1 || !piece0 {
                 shared.broadcast_work(task, n_pieces);
@@ -74,15 +70,7 @@ async fn download(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
             if piece0 {
                 let file = open_task_file(task).await?;
                 let len = g.layout.piece_range(0).map(|(s, e)| e - s).unwrap_or(0);
-                let got = task::write_body(
-                    task,
-                    &mut resp,
-                    &file,
-                    0,
-                    g.layout.piece_len_bytes,
-                    Some(len),
-                )
-                .await;
+                let got = task::write_body(task, &mut resp, &file, 0, g.layout.piece_len_bytes, Some(len)).await;
                 if let Err(e) = got {
                     if !e.retryable {
                         return Err(e);
@@ -93,10 +81,7 @@ async fn download(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
                 }
             }
         }
-        FirstResponse::Stream {
-            mut resp,
-            len_bytes,
-        } => {
+        FirstResponse::Stream { mut resp, len_bytes } => {
             stream_whole(shared, task, &mut resp, len_bytes).await?;
         }
     }
@@ -112,22 +97,12 @@ async fn stream_whole(
 ) -> Result<()> {
     shared.store.create_task_file(&task.id, len_bytes)?;
     let file = open_task_file(task).await?;
-    let piece_len = task
-        .geometry()
-        .map(|g| g.layout.piece_len_bytes)
-        .unwrap_or(DEFAULT_PIECE_LEN_BYTES);
-    let (written, unrecorded) =
-        task::write_body(task, resp, &file, 0, piece_len, len_bytes).await?;
+    let piece_len = task.geometry().map(|g| g.layout.piece_len_bytes).unwrap_or(DEFAULT_PIECE_LEN_BYTES);
+    let (written, unrecorded) = task::write_body(task, resp, &file, 0, piece_len, len_bytes).await?;
     if task.geometry().is_none() {
         // Unknown length: now it is known. Bigger files get Dragonfly's larger pieces only when the
         // length is known up front; a streamed one keeps 4 MiB pieces (the crcs were cut that way).
-        task.set_streamed_geometry(
-            Layout {
-                content_len_bytes: written,
-                piece_len_bytes: piece_len,
-            },
-            &unrecorded,
-        );
+        task.set_streamed_geometry(Layout { content_len_bytes: written, piece_len_bytes: piece_len }, &unrecorded);
     }
     Ok(())
 }
@@ -147,9 +122,7 @@ async fn wait_all_pieces(task: &Task) -> Result<()> {
 
 /// Digest check (when asked for) and metadata, off the IO path.
 async fn finalize(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
-    let g = task
-        .geometry()
-        .ok_or_else(|| Error::internal("finalize without geometry"))?;
+    let g = task.geometry().ok_or_else(|| Error::internal("finalize without geometry"))?;
     if let Some(want) = task.spec.digest.clone() {
         let path = task.data_path.clone();
         let len = g.layout.content_len_bytes;
@@ -165,12 +138,8 @@ async fn finalize(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
 }
 
 /// Runs blocking work (hashing, fsync) on compio's blocking pool so the core keeps serving IO.
-pub async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    compio::runtime::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|_| Err(Error::internal("blocking job panicked")))
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    compio::runtime::spawn_blocking(f).await.unwrap_or_else(|_| Err(Error::internal("blocking job panicked")))
 }
 
 /// Piece worker: one of several per core per task. Takes piece indexes from the task's shared
@@ -216,53 +185,29 @@ async fn fetch_piece(
     if task.state() != State::Running {
         return Ok(());
     }
-    let (start, end) = layout
-        .piece_range(piece_idx)
-        .ok_or_else(|| Error::internal("piece index past the end"))?;
-    let mut resp = client::get(
-        &task.spec.url,
-        &task.spec.headers,
-        Some((start, end - 1)),
-        opts,
-    )
-    .await?;
+    let (start, end) = layout.piece_range(piece_idx).ok_or_else(|| Error::internal("piece index past the end"))?;
+    let mut resp = client::get(&task.spec.url, &task.spec.headers, Some((start, end - 1)), opts).await?;
     match resp.status() {
         206 => {
             let cr = resp.head.header("content-range").unwrap_or(b"");
             crate::http::range::check_partial(cr, start, end - 1, Some(layout.content_len_bytes))
-                .map_err(|e| {
-                Error::origin(false, format!("{}: piece {piece_idx}: {e}", task.spec.url))
-            })?;
+                .map_err(|e| Error::origin(false, format!("{}: piece {piece_idx}: {e}", task.spec.url)))?;
         }
         200 => {
             return Err(Error::origin(
                 false,
-                format!(
-                    "{}: origin ignored Range on piece {piece_idx} after honouring it",
-                    task.spec.url
-                ),
+                format!("{}: origin ignored Range on piece {piece_idx} after honouring it", task.spec.url),
             ))
         }
         s => {
             let retryable = s >= 500 || s == 429;
             return Err(Error::origin(
                 retryable,
-                format!(
-                    "{} returned {s} {} for piece {piece_idx}",
-                    task.spec.url, resp.head.reason
-                ),
+                format!("{} returned {s} {} for piece {piece_idx}", task.spec.url, resp.head.reason),
             ));
         }
     }
-    task::write_body(
-        task,
-        &mut resp,
-        file,
-        piece_idx,
-        layout.piece_len_bytes,
-        Some(end - start),
-    )
-    .await?;
+    task::write_body(task, &mut resp, file, piece_idx, layout.piece_len_bytes, Some(end - start)).await?;
     Ok(())
 }
 
@@ -279,10 +224,7 @@ where
             Err(e) if e.retryable && attempt + 1 < limits::MAX_ATTEMPTS => {
                 attempt += 1;
                 tracing::debug!(error = %e, attempt, "retrying");
-                compio::time::sleep(Duration::from_millis(
-                    limits::RETRY_BACKOFF_MS * attempt as u64,
-                ))
-                .await;
+                compio::time::sleep(Duration::from_millis(limits::RETRY_BACKOFF_MS * attempt as u64)).await;
             }
             Err(e) => return Err(e),
         }

@@ -86,36 +86,17 @@ fn restore_one(shared: &Arc<Shared>, id: &str) -> bool {
             return false;
         }
     };
-    let (Some(len), true, Ok(url)) = (
-        meta.content_len,
-        meta.is_finished(),
-        url::Url::parse(&meta.url),
-    ) else {
+    let (Some(len), true, Ok(url)) = (meta.content_len, meta.is_finished(), url::Url::parse(&meta.url)) else {
         return false;
     };
     let data_path = shared.store.data_path(id);
     if std::fs::metadata(&data_path).map(|m| m.len()).ok() != Some(len) {
         return false;
     }
-    let layout = Layout {
-        content_len_bytes: len,
-        piece_len_bytes: meta.piece_len,
-    };
-    let spec = Spec {
-        url,
-        headers: Vec::new(),
-        digest: meta.digest.clone(),
-    };
-    let task = Task::finished(
-        id.to_string(),
-        shared.new_peer_id(),
-        spec,
-        data_path,
-        layout,
-        &meta.piece_crcs,
-    );
-    task.last_access_unix_ms
-        .store(meta.last_access_unix_ms, Ordering::Release);
+    let layout = Layout { content_len_bytes: len, piece_len_bytes: meta.piece_len };
+    let spec = Spec { url, headers: Vec::new(), digest: meta.digest.clone() };
+    let task = Task::finished(id.to_string(), shared.new_peer_id(), spec, data_path, layout, &meta.piece_crcs);
+    task.last_access_unix_ms.store(meta.last_access_unix_ms, Ordering::Release);
     shared.index.get_or_create(id, || Arc::new(task));
     true
 }
@@ -134,27 +115,17 @@ fn usage(shared: &Shared) -> Usage {
         Ok(st) => {
             let total = st.f_blocks * st.f_frsize;
             let free = st.f_bavail * st.f_frsize;
-            Usage {
-                fs_total_bytes: total,
-                fs_used_bytes: total.saturating_sub(free),
-            }
+            Usage { fs_total_bytes: total, fs_used_bytes: total.saturating_sub(free) }
         }
-        Err(_) => Usage {
-            fs_total_bytes: 0,
-            fs_used_bytes: 0,
-        },
+        Err(_) => Usage { fs_total_bytes: 0, fs_used_bytes: 0 },
     }
 }
 
 fn view(t: &Task) -> TaskView {
     TaskView {
         id: t.id.clone(),
-        len_bytes: t
-            .geometry()
-            .map(|g| g.layout.content_len_bytes)
-            .unwrap_or(0),
-        last_access: UNIX_EPOCH
-            + Duration::from_millis(t.last_access_unix_ms.load(Ordering::Acquire)),
+        len_bytes: t.geometry().map(|g| g.layout.content_len_bytes).unwrap_or(0),
+        last_access: UNIX_EPOCH + Duration::from_millis(t.last_access_unix_ms.load(Ordering::Acquire)),
         finished: t.state() == State::Done,
         in_use: t.state() == State::Running || t.n_readers.load(Ordering::Acquire) > 0,
     }

@@ -22,29 +22,20 @@ pub struct Guards(#[allow(dead_code)] Vec<tracing_appender::non_blocking::Worker
 /// Installs the global subscriber. Keep the returned guards alive until exit (they flush the file).
 pub fn init(log_dir: &Path, to_stderr: bool, level: &str) -> anyhow::Result<Guards> {
     let dir = log_dir.join("daemon");
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("cannot create log dir {}", dir.display()))?;
-    let level: Level = level.parse().map_err(|_| {
-        anyhow::anyhow!("unknown log level `{level}` (error, warn, info, debug, trace)")
-    })?;
-    let (file, g1) =
-        tracing_appender::non_blocking(tracing_appender::rolling::never(&dir, "core.log"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create log dir {}", dir.display()))?;
+    let level: Level =
+        level.parse().map_err(|_| anyhow::anyhow!("unknown log level `{level}` (error, warn, info, debug, trace)"))?;
+    let (file, g1) = tracing_appender::non_blocking(tracing_appender::rolling::never(&dir, "core.log"));
     let mut guards = vec![g1];
     let stderr = if to_stderr {
         let (w, g) = tracing_appender::non_blocking(std::io::stderr());
         guards.push(g);
-        Some(JsonLines {
-            writer: w,
-            max_level: level,
-        })
+        Some(JsonLines { writer: w, max_level: level })
     } else {
         None
     };
     tracing_subscriber::registry()
-        .with(JsonLines {
-            writer: file,
-            max_level: level,
-        })
+        .with(JsonLines { writer: file, max_level: level })
         .with(stderr)
         .try_init()
         .context("cannot install the logger")?;
@@ -64,8 +55,7 @@ where
     fn enabled(&self, meta: &tracing::Metadata<'_>, _: LayerCtx<'_, S>) -> bool {
         // Dependencies (rustls, compio) only speak up at warn and above unless we are tracing.
         let ours = meta.target().starts_with("dfget") || meta.target() == "PeerTask";
-        *meta.level() <= self.max_level
-            && (ours || *meta.level() <= Level::WARN || self.max_level == Level::TRACE)
+        *meta.level() <= self.max_level && (ours || *meta.level() <= Level::WARN || self.max_level == Level::TRACE)
     }
 
     fn on_event(&self, event: &Event<'_>, _: LayerCtx<'_, S>) {
@@ -116,29 +106,24 @@ impl Visit for Fields {
         if field.name() == "message" {
             self.msg = text;
         } else {
-            self.fields
-                .push((field.name().to_string(), json_str(&text)));
+            self.fields.push((field.name().to_string(), json_str(&text)));
         }
     }
     fn record_str(&mut self, field: &Field, value: &str) {
         if field.name() == "message" {
             self.msg = value.to_string();
         } else {
-            self.fields
-                .push((field.name().to_string(), json_str(value)));
+            self.fields.push((field.name().to_string(), json_str(value)));
         }
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.fields
-            .push((field.name().to_string(), value.to_string()));
+        self.fields.push((field.name().to_string(), value.to_string()));
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.fields
-            .push((field.name().to_string(), value.to_string()));
+        self.fields.push((field.name().to_string(), value.to_string()));
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.fields
-            .push((field.name().to_string(), value.to_string()));
+        self.fields.push((field.name().to_string(), value.to_string()));
     }
 }
 
@@ -148,13 +133,7 @@ pub fn timestamp(now: SystemTime) -> String {
     let secs = d.as_secs();
     let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
     let (y, m, day) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{day:02} {:02}:{:02}:{:02}.{:03}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
+    format!("{y:04}-{m:02}-{day:02} {:02}:{:02}:{:02}.{:03}", rem / 3600, rem % 3600 / 60, rem % 60, d.subsec_millis())
 }
 
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
@@ -177,10 +156,7 @@ mod tests {
     use std::time::Duration;
 
     fn check_ts(unix_ms: u64, expected: &str) {
-        assert_eq!(
-            timestamp(UNIX_EPOCH + Duration::from_millis(unix_ms)),
-            expected
-        );
+        assert_eq!(timestamp(UNIX_EPOCH + Duration::from_millis(unix_ms)), expected);
     }
 
     #[test]

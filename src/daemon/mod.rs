@@ -31,6 +31,8 @@ pub struct Shared {
     pub index: Index<Task>,
     pub cores: Vec<flume::Sender<core::CoreMsg>>,
     pub http_opts: Options,
+    /// The seed's `oras:` block (or `download.resourceClients.oras`): registries' transport.
+    pub oras_opts: Options,
     /// `<ip>-<pid>` prefix of Dragonfly peer ids.
     pub peer_prefix: String,
     pub driver: String,
@@ -43,10 +45,7 @@ impl Shared {
     pub fn broadcast_work(&self, task: &Arc<Task>, n_pieces: u64) {
         let n_workers = engine::workers_per_core(n_pieces, self.cores.len());
         for core in &self.cores {
-            let _ = core.send(core::CoreMsg::Work {
-                task: task.clone(),
-                n_workers,
-            });
+            let _ = core.send(core::CoreMsg::Work { task: task.clone(), n_workers });
         }
     }
 
@@ -82,7 +81,8 @@ pub fn run(
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..n_cores).map(|_| flume::unbounded()).unzip();
     let driver = core::probe_driver();
     let shared = Arc::new(Shared {
-        http_opts: Options::from_transport(&config.http),
+        http_opts: Options::from_transport(&config.http).map_err(|e| anyhow::anyhow!("http transport: {e}"))?,
+        oras_opts: Options::from_transport(&config.oras).map_err(|e| anyhow::anyhow!("oras transport: {e}"))?,
         store,
         index: Index::default(),
         cores: senders,
@@ -110,15 +110,13 @@ pub fn run(
 /// one is an error, so two daemons never share a socket.
 fn bind_socket(path: &Path) -> anyhow::Result<std::os::unix::net::UnixListener> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create socket dir {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create socket dir {}", dir.display()))?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             anyhow::bail!("another daemon is already listening on {}", path.display());
         }
-        std::fs::remove_file(path)
-            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+        std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
     }
     let listener = std::os::unix::net::UnixListener::bind(path)
         .with_context(|| format!("cannot bind socket {}", path.display()))?;
@@ -131,10 +129,7 @@ fn bind_socket(path: &Path) -> anyhow::Result<std::os::unix::net::UnixListener> 
 /// lookup; the hostname's first resolved address is what Dragonfly's `iputils` falls back to.
 fn local_ip() -> String {
     use std::net::ToSocketAddrs;
-    let host = rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned();
+    let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
     (host.as_str(), 0)
         .to_socket_addrs()
         .ok()

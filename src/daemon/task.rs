@@ -71,10 +71,7 @@ pub struct Task {
 }
 
 pub fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl Task {
@@ -99,24 +96,13 @@ impl Task {
     }
 
     /// A task restored from a finished task file on disk (crcs already verified by the caller).
-    pub fn finished(
-        id: String,
-        peer_id: String,
-        spec: Spec,
-        data_path: PathBuf,
-        layout: Layout,
-        crcs: &[u32],
-    ) -> Task {
+    pub fn finished(id: String, peer_id: String, spec: Spec, data_path: PathBuf, layout: Layout, crcs: &[u32]) -> Task {
         let t = Task::new(id, peer_id, spec, data_path);
-        t.set_geometry(Geometry {
-            layout,
-            ranged: true,
-        });
+        t.set_geometry(Geometry { layout, ranged: true });
         for (i, c) in crcs.iter().enumerate() {
             t.record_piece(i as u64, *c, 0);
         }
-        t.completed_bytes
-            .store(layout.content_len_bytes, Ordering::Release);
+        t.completed_bytes.store(layout.content_len_bytes, Ordering::Release);
         t.state.store(State::Done as u8, Ordering::Release);
         t
     }
@@ -142,10 +128,7 @@ impl Task {
     }
 
     pub fn crcs(&self) -> Vec<u32> {
-        self.crcs
-            .get()
-            .map(|c| c.iter().map(|a| a.load(Ordering::Acquire)).collect())
-            .unwrap_or_default()
+        self.crcs.get().map(|c| c.iter().map(|a| a.load(Ordering::Acquire)).collect()).unwrap_or_default()
     }
 
     pub fn pieces_done(&self) -> Vec<bool> {
@@ -153,16 +136,12 @@ impl Task {
     }
 
     pub fn touch(&self) {
-        self.last_access_unix_ms
-            .store(now_unix_ms(), Ordering::Release);
+        self.last_access_unix_ms.store(now_unix_ms(), Ordering::Release);
     }
 
     /// A stream of unknown length ended: lay the task out and record the pieces cut on the way.
     pub fn set_streamed_geometry(&self, layout: Layout, crcs: &[u32]) {
-        self.set_geometry(Geometry {
-            layout,
-            ranged: false,
-        });
+        self.set_geometry(Geometry { layout, ranged: false });
         for (i, c) in crcs.iter().enumerate() {
             let (s, e) = layout.piece_range(i as u64).unwrap_or((0, 0));
             self.record_piece(i as u64, *c, e - s);
@@ -176,9 +155,7 @@ impl Task {
             task_id: self.id.clone(),
             url: self.spec.url.to_string(),
             content_len: g.map(|g| g.layout.content_len_bytes),
-            piece_len: g
-                .map(|g| g.layout.piece_len_bytes)
-                .unwrap_or(DEFAULT_PIECE_LEN_BYTES),
+            piece_len: g.map(|g| g.layout.piece_len_bytes).unwrap_or(DEFAULT_PIECE_LEN_BYTES),
             pieces_done: self.pieces_done(),
             piece_crcs: self.crcs(),
             digest: self.spec.digest.clone(),
@@ -248,13 +225,7 @@ pub enum FirstResponse {
 
 /// Sends the first GET (piece 0's range) and classifies the answer.
 pub async fn first_request(task: &Task, opts: &Options) -> Result<FirstResponse> {
-    let resp = client::get(
-        &task.spec.url,
-        &task.spec.headers,
-        Some((0, DEFAULT_PIECE_LEN_BYTES - 1)),
-        opts,
-    )
-    .await?;
+    let resp = client::get(&task.spec.url, &task.spec.headers, Some((0, DEFAULT_PIECE_LEN_BYTES - 1)), opts).await?;
     match resp.status() {
         206 => {
             let cr = resp.head.header("content-range").unwrap_or(b"");
@@ -279,32 +250,19 @@ pub async fn first_request(task: &Task, opts: &Options) -> Result<FirstResponse>
                     ),
                 ));
             }
-            task.set_geometry(Geometry {
-                layout,
-                ranged: true,
-            });
+            task.set_geometry(Geometry { layout, ranged: true });
             // Piece 0 is on this response unless piece length is larger than the probe (files > 1 GiB).
             let piece0 = Some(cr.last) == expected_last;
-            task.next_piece
-                .store(if piece0 { 1 } else { 0 }, Ordering::Release);
+            task.next_piece.store(if piece0 { 1 } else { 0 }, Ordering::Release);
             Ok(FirstResponse::Ranged { resp, piece0 })
         }
         416 => {
-            let total = resp
-                .head
-                .header("content-range")
-                .and_then(crate::http::range::parse_unsatisfied_range);
+            let total = resp.head.header("content-range").and_then(crate::http::range::parse_unsatisfied_range);
             if total == Some(0) {
-                task.set_geometry(Geometry {
-                    layout: Layout::for_len(0),
-                    ranged: true,
-                });
+                task.set_geometry(Geometry { layout: Layout::for_len(0), ranged: true });
                 return Ok(FirstResponse::Empty);
             }
-            Err(Error::origin(
-                false,
-                format!("{}: 416 Range Not Satisfiable for bytes=0-", task.spec.url),
-            ))
+            Err(Error::origin(false, format!("{}: 416 Range Not Satisfiable for bytes=0-", task.spec.url)))
         }
         _ => stream_or_error(task, resp),
     }
@@ -314,10 +272,7 @@ fn stream_or_error(task: &Task, resp: client::Response) -> Result<FirstResponse>
     let status = resp.status();
     if status != 200 {
         let retryable = status >= 500 || status == 429;
-        return Err(Error::origin(
-            retryable,
-            format!("{} returned {status} {}", task.spec.url, resp.head.reason),
-        ));
+        return Err(Error::origin(retryable, format!("{} returned {status} {}", task.spec.url, resp.head.reason)));
     }
     let len_bytes = match crate::http::codec::framing(&resp.head, false) {
         Ok(crate::http::codec::Framing::Length(n)) => Some(n),
@@ -325,10 +280,7 @@ fn stream_or_error(task: &Task, resp: client::Response) -> Result<FirstResponse>
         _ => None,
     };
     if let Some(len) = len_bytes {
-        task.set_geometry(Geometry {
-            layout: Layout::for_len(len),
-            ranged: false,
-        });
+        task.set_geometry(Geometry { layout: Layout::for_len(len), ranged: false });
     }
     Ok(FirstResponse::Stream { resp, len_bytes })
 }
@@ -355,14 +307,9 @@ pub async fn write_body(
         if task.state() == State::Failed {
             return Err(Error::internal("task failed elsewhere"));
         }
-        let more = resp
-            .read_into(&mut buf, crate::limits::WRITE_CHUNK_BYTES)
-            .await?;
+        let more = resp.read_into(&mut buf, crate::limits::WRITE_CHUNK_BYTES).await?;
         if expect_bytes.is_some_and(|limit| written + buf.len() as u64 > limit) {
-            return Err(Error::origin(
-                false,
-                format!("{}: body longer than the range asked for", resp.url),
-            ));
+            return Err(Error::origin(false, format!("{}: body longer than the range asked for", resp.url)));
         }
         let finished = cutter.feed(&buf);
         if !buf.is_empty() {
@@ -383,10 +330,7 @@ pub async fn write_body(
     }
     if let Some(limit) = expect_bytes {
         if written != limit {
-            return Err(Error::origin(
-                true,
-                format!("{}: body of {written} bytes, expected {limit}", resp.url),
-            ));
+            return Err(Error::origin(true, format!("{}: body of {written} bytes, expected {limit}", resp.url)));
         }
     }
     if let Some((idx, crc, len)) = cutter.finish() {
@@ -413,12 +357,7 @@ struct Cutter {
 
 impl Cutter {
     fn new(first_piece: u64, piece_len_bytes: u64) -> Cutter {
-        Cutter {
-            piece_idx: first_piece,
-            piece_len_bytes,
-            fill_bytes: 0,
-            crc: crc32fast::Hasher::new(),
-        }
+        Cutter { piece_idx: first_piece, piece_len_bytes, fill_bytes: 0, crc: crc32fast::Hasher::new() }
     }
 
     /// Returns the pieces completed by `bytes`: (index, crc, length).
@@ -463,10 +402,7 @@ mod tests {
             got.extend(c.finish());
             let crcs: Vec<u32> = got.iter().map(|p| p.1).collect();
             assert_eq!(crcs, want, "chunk={chunk}");
-            assert_eq!(
-                got.iter().map(|p| p.0).collect::<Vec<_>>(),
-                (0..16).collect::<Vec<_>>()
-            );
+            assert_eq!(got.iter().map(|p| p.0).collect::<Vec<_>>(), (0..16).collect::<Vec<_>>());
             assert_eq!(got.last().unwrap().2, 1000 - 15 * 64);
         }
     }

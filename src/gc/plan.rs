@@ -98,11 +98,7 @@ impl std::error::Error for AdmitError {}
 pub fn admit(new_len_bytes: u64, policy: &Policy) -> Result<(), AdmitError> {
     let quota_bytes = policy.disk_gc_threshold_bytes;
     if quota_bytes != 0 && new_len_bytes > quota_bytes {
-        return Err(AdmitError {
-            kind: AdmitErrorKind::LargerThanQuota,
-            new_len_bytes,
-            quota_bytes,
-        });
+        return Err(AdmitError { kind: AdmitErrorKind::LargerThanQuota, new_len_bytes, quota_bytes });
     }
     Ok(())
 }
@@ -119,13 +115,8 @@ pub fn plan(tasks: &[TaskView], usage: Usage, now: SystemTime, policy: &Policy) 
     };
     plan_expired(&mut state, now, policy.task_expire_time);
     let quota_shortfall_bytes = plan_quota(&mut state, policy.disk_gc_threshold_bytes);
-    let disk_shortfall_bytes =
-        plan_disk_percent(&mut state, usage, policy.disk_gc_threshold_percent);
-    Plan {
-        evictions: state.evictions,
-        quota_shortfall_bytes,
-        disk_shortfall_bytes,
-    }
+    let disk_shortfall_bytes = plan_disk_percent(&mut state, usage, policy.disk_gc_threshold_percent);
+    Plan { evictions: state.evictions, quota_shortfall_bytes, disk_shortfall_bytes }
 }
 
 /// Planning state shared by the three steps.
@@ -148,11 +139,7 @@ impl<'a> State<'a> {
             return false;
         }
         self.planned[idx] = true;
-        self.evictions.push(Eviction {
-            id: task.id.clone(),
-            reason,
-            len_bytes: task.len_bytes,
-        });
+        self.evictions.push(Eviction { id: task.id.clone(), reason, len_bytes: task.len_bytes });
         true
     }
 
@@ -171,9 +158,7 @@ impl<'a> State<'a> {
     }
 
     fn planned_bytes(&self) -> u64 {
-        self.evictions
-            .iter()
-            .fold(0u64, |sum, e| sum.saturating_add(e.len_bytes))
+        self.evictions.iter().fold(0u64, |sum, e| sum.saturating_add(e.len_bytes))
     }
 }
 
@@ -181,10 +166,7 @@ fn lru_order(tasks: &[TaskView]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..tasks.len()).collect();
     order.sort_by(|&a, &b| {
         let (ta, tb) = (&tasks[a], &tasks[b]);
-        ta.last_access
-            .cmp(&tb.last_access)
-            .then_with(|| ta.id.cmp(&tb.id))
-            .then(a.cmp(&b))
+        ta.last_access.cmp(&tb.last_access).then_with(|| ta.id.cmp(&tb.id)).then(a.cmp(&b))
     });
     order
 }
@@ -270,13 +252,7 @@ mod tests {
         } else {
             now() + Duration::from_secs(idle_secs.unsigned_abs())
         };
-        TaskView {
-            id: id.to_string(),
-            len_bytes,
-            last_access,
-            finished,
-            in_use,
-        }
+        TaskView { id: id.to_string(), len_bytes, last_access, finished, in_use }
     }
 
     /// Finished, idle, not in use.
@@ -285,18 +261,11 @@ mod tests {
     }
 
     fn policy(quota_bytes: u64, percent: f64) -> Policy {
-        Policy {
-            task_expire_time: EXPIRE,
-            disk_gc_threshold_bytes: quota_bytes,
-            disk_gc_threshold_percent: percent,
-        }
+        Policy { task_expire_time: EXPIRE, disk_gc_threshold_bytes: quota_bytes, disk_gc_threshold_percent: percent }
     }
 
     /// Plenty of free disk: the percent step stays quiet unless a case sets its own usage.
-    const ROOMY: Usage = Usage {
-        fs_total_bytes: 1_000_000,
-        fs_used_bytes: 0,
-    };
+    const ROOMY: Usage = Usage { fs_total_bytes: 1_000_000, fs_used_bytes: 0 };
 
     struct Case {
         name: &'static str,
@@ -311,31 +280,14 @@ mod tests {
 
     fn check(case: Case) {
         let got = plan(&case.tasks, case.usage, now(), &case.policy);
-        let got_pairs: Vec<(&str, Reason)> = got
-            .evictions
-            .iter()
-            .map(|e| (e.id.as_str(), e.reason))
-            .collect();
+        let got_pairs: Vec<(&str, Reason)> = got.evictions.iter().map(|e| (e.id.as_str(), e.reason)).collect();
         assert_eq!(got_pairs, case.evicted, "{}: evictions", case.name);
-        assert_eq!(
-            got.quota_shortfall_bytes, case.quota_shortfall_bytes,
-            "{}: quota shortfall",
-            case.name
-        );
-        assert_eq!(
-            got.disk_shortfall_bytes, case.disk_shortfall_bytes,
-            "{}: disk shortfall",
-            case.name
-        );
+        assert_eq!(got.quota_shortfall_bytes, case.quota_shortfall_bytes, "{}: quota shortfall", case.name);
+        assert_eq!(got.disk_shortfall_bytes, case.disk_shortfall_bytes, "{}: disk shortfall", case.name);
         // Invariants that hold for every case, whatever it expects.
         let mut seen = HashSet::new();
         for e in &got.evictions {
-            assert!(
-                seen.insert(e.id.clone()),
-                "{}: {} planned twice",
-                case.name,
-                e.id
-            );
+            assert!(seen.insert(e.id.clone()), "{}: {} planned twice", case.name, e.id);
             let src = case.tasks.iter().find(|t| t.id == e.id).expect("known id");
             assert!(!src.in_use, "{}: in-use {} evicted", case.name, e.id);
             assert_eq!(src.len_bytes, e.len_bytes, "{}: len of {}", case.name, e.id);
@@ -343,15 +295,7 @@ mod tests {
     }
 
     fn base(name: &'static str, tasks: Vec<TaskView>, policy: Policy) -> Case {
-        Case {
-            name,
-            tasks,
-            usage: ROOMY,
-            policy,
-            evicted: vec![],
-            quota_shortfall_bytes: 0,
-            disk_shortfall_bytes: 0,
-        }
+        Case { name, tasks, usage: ROOMY, policy, evicted: vec![], quota_shortfall_bytes: 0, disk_shortfall_bytes: 0 }
     }
 
     #[test]
@@ -361,55 +305,28 @@ mod tests {
         let cases = vec![
             Case {
                 evicted: vec![("old", E)],
-                ..base(
-                    "idle past expiry goes",
-                    vec![done("old", 10, 7 * h), done("new", 10, h)],
-                    policy(0, 0.0),
-                )
+                ..base("idle past expiry goes", vec![done("old", 10, 7 * h), done("new", 10, h)], policy(0, 0.0))
             },
-            base(
-                "exactly at expiry stays",
-                vec![done("edge", 10, 6 * h)],
-                policy(0, 0.0),
-            ),
+            base("exactly at expiry stays", vec![done("edge", 10, 6 * h)], policy(0, 0.0)),
             Case {
                 evicted: vec![("edge", E)],
-                ..base(
-                    "one second past expiry goes",
-                    vec![done("edge", 10, 6 * h + 1)],
-                    policy(0, 0.0),
-                )
+                ..base("one second past expiry goes", vec![done("edge", 10, 6 * h + 1)], policy(0, 0.0))
             },
             Case {
                 evicted: vec![("half", E)],
-                ..base(
-                    "stale unfinished download goes",
-                    vec![task("half", 10, 7 * h, false, false)],
-                    policy(0, 0.0),
-                )
+                ..base("stale unfinished download goes", vec![task("half", 10, 7 * h, false, false)], policy(0, 0.0))
             },
             base(
                 "in-use expired task stays",
-                vec![
-                    task("busy", 10, 7 * h, true, true),
-                    task("dl", 10, 9 * h, false, true),
-                ],
+                vec![task("busy", 10, 7 * h, true, true), task("dl", 10, 9 * h, false, true)],
                 policy(0, 0.0),
             ),
-            base(
-                "future last access (clock skew) stays",
-                vec![done("skew", 10, -100 * h)],
-                policy(0, 0.0),
-            ),
+            base("future last access (clock skew) stays", vec![done("skew", 10, -100 * h)], policy(0, 0.0)),
             Case {
                 evicted: vec![("b", E), ("a", E), ("c", E)],
                 ..base(
                     "expired listed in LRU order, ties by id",
-                    vec![
-                        done("c", 1, 8 * h),
-                        done("a", 1, 8 * h),
-                        done("b", 1, 9 * h),
-                    ],
+                    vec![done("c", 1, 8 * h), done("a", 1, 8 * h), done("b", 1, 9 * h)],
                     policy(0, 0.0),
                 )
             },
@@ -418,10 +335,7 @@ mod tests {
                 ..base(
                     "zero expire time: anything idle at all goes",
                     vec![done("zero", 1, 1), done("now", 1, 0)],
-                    Policy {
-                        task_expire_time: Duration::ZERO,
-                        ..policy(0, 0.0)
-                    },
+                    Policy { task_expire_time: Duration::ZERO, ..policy(0, 0.0) },
                 )
             },
         ];
@@ -435,16 +349,8 @@ mod tests {
         use Reason::{Expired as E, Quota as Q};
         let h = HOUR as i64;
         let cases = vec![
-            base(
-                "under quota: nothing",
-                vec![done("a", 40, 3), done("b", 60, 2)],
-                policy(100, 0.0),
-            ),
-            base(
-                "exactly at quota: nothing",
-                vec![done("a", 50, 3), done("b", 50, 2)],
-                policy(100, 0.0),
-            ),
+            base("under quota: nothing", vec![done("a", 40, 3), done("b", 60, 2)], policy(100, 0.0)),
+            base("exactly at quota: nothing", vec![done("a", 50, 3), done("b", 50, 2)], policy(100, 0.0)),
             Case {
                 evicted: vec![("a", Q)],
                 ..base(
@@ -495,19 +401,11 @@ mod tests {
                 quota_shortfall_bytes: 130,
                 ..base(
                     "shortfall when in-use and unfinished tasks hold the rest",
-                    vec![
-                        done("a", 50, 5),
-                        task("busy", 150, 4, true, true),
-                        task("dl", 80, 3, false, true),
-                    ],
+                    vec![done("a", 50, 5), task("busy", 150, 4, true, true), task("dl", 80, 3, false, true)],
                     policy(100, 0.0),
                 )
             },
-            base(
-                "quota 0 is off",
-                vec![done("a", u64::MAX / 2, 5), done("b", u64::MAX / 2, 4)],
-                policy(0, 0.0),
-            ),
+            base("quota 0 is off", vec![done("a", u64::MAX / 2, 5), done("b", u64::MAX / 2, 4)], policy(0, 0.0)),
             Case {
                 evicted: vec![("a", Q)],
                 ..base(
@@ -526,16 +424,10 @@ mod tests {
     fn disk_percent() {
         use Reason::{DiskPercent as D, Expired as E, Quota as Q};
         let h = HOUR as i64;
-        let usage = |total, used| Usage {
-            fs_total_bytes: total,
-            fs_used_bytes: used,
-        };
+        let usage = |total, used| Usage { fs_total_bytes: total, fs_used_bytes: used };
         let three = || vec![done("a", 10, 3), done("b", 10, 2), done("c", 10, 1)];
         let cases = vec![
-            Case {
-                usage: usage(1000, 950),
-                ..base("at the limit: nothing", three(), policy(0, 95.0))
-            },
+            Case { usage: usage(1000, 950), ..base("at the limit: nothing", three(), policy(0, 95.0)) },
             Case {
                 usage: usage(1000, 951),
                 evicted: vec![("a", D)],
@@ -550,11 +442,7 @@ mod tests {
                 usage: usage(1000, 1000),
                 evicted: vec![("a", D), ("b", D), ("c", D)],
                 disk_shortfall_bytes: 20,
-                ..base(
-                    "shortfall when nothing left to evict",
-                    three(),
-                    policy(0, 95.0),
-                )
+                ..base("shortfall when nothing left to evict", three(), policy(0, 95.0))
             },
             Case {
                 usage: usage(1000, 960),
@@ -576,38 +464,18 @@ mod tests {
                 disk_shortfall_bytes: 30,
                 ..base(
                     "in-use and unfinished protected",
-                    vec![
-                        task("busy", 10, 9, true, true),
-                        task("dl", 10, 8, false, false),
-                        done("c", 10, 1),
-                    ],
+                    vec![task("busy", 10, 9, true, true), task("dl", 10, 8, false, false), done("c", 10, 1)],
                     policy(0, 95.0),
                 )
             },
-            Case {
-                usage: usage(1000, 999),
-                ..base("percent 0 is off", three(), policy(0, 0.0))
-            },
-            Case {
-                usage: usage(1000, 999),
-                ..base("percent 100 is off", three(), policy(0, 100.0))
-            },
-            Case {
-                usage: usage(1000, 999),
-                ..base("percent NaN is off", three(), policy(0, f64::NAN))
-            },
-            Case {
-                usage: usage(0, 0),
-                ..base("zero-size filesystem is skipped", three(), policy(0, 95.0))
-            },
+            Case { usage: usage(1000, 999), ..base("percent 0 is off", three(), policy(0, 0.0)) },
+            Case { usage: usage(1000, 999), ..base("percent 100 is off", three(), policy(0, 100.0)) },
+            Case { usage: usage(1000, 999), ..base("percent NaN is off", three(), policy(0, f64::NAN)) },
+            Case { usage: usage(0, 0), ..base("zero-size filesystem is skipped", three(), policy(0, 95.0)) },
             Case {
                 usage: usage(1000, 5),
                 evicted: vec![("a", D)],
-                ..base(
-                    "fractional limit floors",
-                    vec![done("a", 5, 2)],
-                    policy(0, 0.1),
-                )
+                ..base("fractional limit floors", vec![done("a", 5, 2)], policy(0, 0.1))
             },
         ];
         for case in cases {
@@ -619,25 +487,15 @@ mod tests {
     fn edge_inputs() {
         check(base("empty input", vec![], policy(100, 95.0)));
         check(Case {
-            usage: Usage {
-                fs_total_bytes: 1000,
-                fs_used_bytes: 999,
-            },
+            usage: Usage { fs_total_bytes: 1000, fs_used_bytes: 999 },
             disk_shortfall_bytes: 49,
-            ..base(
-                "empty input over disk limit reports shortfall",
-                vec![],
-                policy(100, 95.0),
-            )
+            ..base("empty input over disk limit reports shortfall", vec![], policy(100, 95.0))
         });
         check(Case {
             evicted: vec![("dup", Reason::Expired)],
             ..base(
                 "duplicate ids planned once",
-                vec![
-                    done("dup", 10, 8 * HOUR as i64),
-                    done("dup", 10, 7 * HOUR as i64),
-                ],
+                vec![done("dup", 10, 8 * HOUR as i64), done("dup", 10, 7 * HOUR as i64)],
                 policy(0, 0.0),
             )
         });

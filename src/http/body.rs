@@ -68,12 +68,7 @@ enum SizePart {
     Cr,
 }
 
-const FRESH_SIZE_LINE: Chunk = Chunk::Size {
-    size: 0,
-    n_digits: 0,
-    part: SizePart::Digits,
-    line_bytes: 0,
-};
+const FRESH_SIZE_LINE: Chunk = Chunk::Size { size: 0, n_digits: 0, part: SizePart::Digits, line_bytes: 0 };
 
 impl BodyDecoder {
     pub fn new(f: Framing) -> Self {
@@ -175,53 +170,35 @@ fn data(start: usize, end: usize) -> Option<Step> {
 }
 
 fn bad_chunk(what: &str, byte: u8) -> HttpError {
-    HttpError::new(
-        HttpErrorKind::BadChunk,
-        format!("{what} (byte 0x{byte:02x})"),
-    )
+    HttpError::new(HttpErrorKind::BadChunk, format!("{what} (byte 0x{byte:02x})"))
 }
 
 /// Advances the chunk framing by one byte (never a data byte). `None` means the body ended.
 fn chunk_byte(chunk: Chunk, byte: u8) -> Result<Option<Chunk>, HttpError> {
     let next = match chunk {
-        Chunk::Size {
-            size,
-            n_digits,
-            part,
-            line_bytes,
-        } => return size_line_byte(size, n_digits, part, line_bytes, byte).map(Some),
+        Chunk::Size { size, n_digits, part, line_bytes } => {
+            return size_line_byte(size, n_digits, part, line_bytes, byte).map(Some)
+        }
         // `decode_chunked` handles data bytes itself.
         Chunk::Data { .. } => chunk,
         Chunk::DataCr if byte == b'\r' => Chunk::DataLf,
         Chunk::DataLf if byte == b'\n' => FRESH_SIZE_LINE,
         Chunk::DataCr | Chunk::DataLf => return Err(bad_chunk("no CRLF after chunk data", byte)),
-        Chunk::Trailer {
-            line_bytes,
-            total_bytes,
-            seen_cr,
-        } => return trailer_byte(line_bytes, total_bytes, seen_cr, byte),
+        Chunk::Trailer { line_bytes, total_bytes, seen_cr } => {
+            return trailer_byte(line_bytes, total_bytes, seen_cr, byte)
+        }
     };
     Ok(Some(next))
 }
 
 /// `chunk-size [ BWS ; chunk-ext ] CRLF`, bare LF accepted (RFC 9112 §2.2).
-fn size_line_byte(
-    size: u64,
-    n_digits: usize,
-    part: SizePart,
-    line_bytes: usize,
-    byte: u8,
-) -> Result<Chunk, HttpError> {
+fn size_line_byte(size: u64, n_digits: usize, part: SizePart, line_bytes: usize, byte: u8) -> Result<Chunk, HttpError> {
     if byte == b'\n' {
         if n_digits == 0 {
             return Err(bad_chunk("chunk-size line without a size", byte));
         }
         return Ok(match size {
-            0 => Chunk::Trailer {
-                line_bytes: 0,
-                total_bytes: 0,
-                seen_cr: false,
-            },
+            0 => Chunk::Trailer { line_bytes: 0, total_bytes: 0, seen_cr: false },
             _ => Chunk::Data { remaining: size },
         });
     }
@@ -230,12 +207,7 @@ fn size_line_byte(
     }
     // The line ending does not count against the line limit.
     if byte == b'\r' {
-        return Ok(Chunk::Size {
-            size,
-            n_digits,
-            part: SizePart::Cr,
-            line_bytes,
-        });
+        return Ok(Chunk::Size { size, n_digits, part: SizePart::Cr, line_bytes });
     }
     let line_bytes = line_bytes + 1;
     if line_bytes > MAX_CHUNK_LINE_BYTES {
@@ -250,17 +222,11 @@ fn size_line_byte(
             let size = size
                 .checked_mul(16)
                 .and_then(|s| s.checked_add(digit))
-                .ok_or_else(|| {
-                    HttpError::new(HttpErrorKind::BadChunk, "chunk size overflows u64")
-                })?;
+                .ok_or_else(|| HttpError::new(HttpErrorKind::BadChunk, "chunk size overflows u64"))?;
             (size, n_digits + 1, SizePart::Digits)
         }
         (SizePart::Digits | SizePart::Space, b' ' | b'\t' | b';') if n_digits > 0 => {
-            let part = if byte == b';' {
-                SizePart::Ext
-            } else {
-                SizePart::Space
-            };
+            let part = if byte == b';' { SizePart::Ext } else { SizePart::Space };
             (size, n_digits, part)
         }
         // Extensions are ignored, but must not smuggle control bytes.
@@ -269,21 +235,11 @@ fn size_line_byte(
         }
         _ => return Err(bad_chunk("unexpected byte in chunk-size line", byte)),
     };
-    Ok(Chunk::Size {
-        size,
-        n_digits,
-        part,
-        line_bytes,
-    })
+    Ok(Chunk::Size { size, n_digits, part, line_bytes })
 }
 
 /// Skips trailer fields up to the empty line. `None` = the body ended with this byte.
-fn trailer_byte(
-    line_bytes: usize,
-    total_bytes: usize,
-    seen_cr: bool,
-    byte: u8,
-) -> Result<Option<Chunk>, HttpError> {
+fn trailer_byte(line_bytes: usize, total_bytes: usize, seen_cr: bool, byte: u8) -> Result<Option<Chunk>, HttpError> {
     let total_bytes = total_bytes + 1;
     if total_bytes > MAX_TRAILER_BYTES {
         return Err(HttpError::new(
@@ -295,20 +251,10 @@ fn trailer_byte(
         (_, b'\n') if line_bytes == 0 => return Ok(None),
         (_, b'\n') => 0,
         (true, _) => return Err(bad_chunk("CR not followed by LF in trailer", byte)),
-        (false, b'\r') => {
-            return Ok(Some(Chunk::Trailer {
-                line_bytes,
-                total_bytes,
-                seen_cr: true,
-            }))
-        }
+        (false, b'\r') => return Ok(Some(Chunk::Trailer { line_bytes, total_bytes, seen_cr: true })),
         (false, _) => line_bytes + 1,
     };
-    Ok(Some(Chunk::Trailer {
-        line_bytes,
-        total_bytes,
-        seen_cr: false,
-    }))
+    Ok(Some(Chunk::Trailer { line_bytes, total_bytes, seen_cr: false }))
 }
 
 #[cfg(test)]
@@ -320,11 +266,7 @@ mod tests {
     /// bytes and appends the next piece, like a socket reader). Returns the body, the bytes left
     /// over after Done, or the first error. `Err(UnexpectedEof)` comes from `on_eof` when input
     /// runs out first.
-    fn run(
-        framing: Framing,
-        input: &[u8],
-        cuts: &[usize],
-    ) -> Result<(Vec<u8>, Vec<u8>), HttpErrorKind> {
+    fn run(framing: Framing, input: &[u8], cuts: &[usize]) -> Result<(Vec<u8>, Vec<u8>), HttpErrorKind> {
         let mut dec = BodyDecoder::new(framing);
         let mut buf = Vec::new();
         let mut body = Vec::new();
@@ -370,40 +312,20 @@ mod tests {
             assert_eq!(run(framing, input, &[cut]), expected, "cut {cut} {input:?}");
         }
         let bytewise: Vec<usize> = (0..=input.len()).collect();
-        assert_eq!(
-            run(framing, input, &bytewise),
-            expected,
-            "bytewise {input:?}"
-        );
+        assert_eq!(run(framing, input, &bytewise), expected, "bytewise {input:?}");
     }
 
     #[test]
     fn chunked_table() {
         let c = Framing::Chunked;
         check_body(c, b"5\r\nhello\r\n0\r\n\r\n", Ok((b"hello", b"")));
-        check_body(
-            c,
-            b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\nHTTP/1.1",
-            Ok((b"hello world", b"HTTP/1.1")),
-        );
+        check_body(c, b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\nHTTP/1.1", Ok((b"hello world", b"HTTP/1.1")));
         check_body(c, b"0\r\n\r\n", Ok((b"", b"")));
         check_body(c, b"A\nabcdefghij\r\n0\n\n", Ok((b"abcdefghij", b"")));
-        check_body(
-            c,
-            b"1a\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\n\r\n",
-            Ok((b"abcdefghijklmnopqrstuvwxyz", b"")),
-        );
-        check_body(
-            c,
-            b"00003;name=\"v a\";x\r\nabc\r\n0;e\r\n\r\n",
-            Ok((b"abc", b"")),
-        );
+        check_body(c, b"1a\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\n\r\n", Ok((b"abcdefghijklmnopqrstuvwxyz", b"")));
+        check_body(c, b"00003;name=\"v a\";x\r\nabc\r\n0;e\r\n\r\n", Ok((b"abc", b"")));
         check_body(c, b"3  \t;x\r\nabc\r\n0 \r\n\r\n", Ok((b"abc", b"")));
-        check_body(
-            c,
-            b"3\r\nabc\r\n0\r\nX-Trailer: 1\r\nY: 2\n\r\nrest",
-            Ok((b"abc", b"rest")),
-        );
+        check_body(c, b"3\r\nabc\r\n0\r\nX-Trailer: 1\r\nY: 2\n\r\nrest", Ok((b"abc", b"rest")));
         // Malformed framing.
         check_body(c, b"\r\nabc", Err(BadChunk));
         check_body(c, b"g\r\n", Err(BadChunk));
@@ -432,22 +354,12 @@ mod tests {
         long.resize(MAX_CHUNK_LINE_BYTES, b'x');
         let mut fits = long.clone();
         fits.extend_from_slice(b"\r\na\r\n0\r\n\r\n");
-        assert_eq!(
-            run(Framing::Chunked, &fits, &[]),
-            Ok((b"a".to_vec(), vec![]))
-        );
+        assert_eq!(run(Framing::Chunked, &fits, &[]), Ok((b"a".to_vec(), vec![])));
         long.push(b'x');
         long.extend_from_slice(b"\r\na\r\n0\r\n\r\n");
         check_body(Framing::Chunked, &long, Err(ChunkLineTooLong));
-        let leading_zeros = [
-            vec![b'0'; MAX_CHUNK_LINE_BYTES + 1],
-            b"1\r\na\r\n0\r\n\r\n".to_vec(),
-        ]
-        .concat();
-        assert_eq!(
-            run(Framing::Chunked, &leading_zeros, &[]),
-            Err(ChunkLineTooLong)
-        );
+        let leading_zeros = [vec![b'0'; MAX_CHUNK_LINE_BYTES + 1], b"1\r\na\r\n0\r\n\r\n".to_vec()].concat();
+        assert_eq!(run(Framing::Chunked, &leading_zeros, &[]), Err(ChunkLineTooLong));
 
         // Trailer section: exactly MAX_TRAILER_BYTES including its final CRLF is fine.
         let trailer = |total: usize| {
@@ -456,24 +368,10 @@ mod tests {
             v.extend_from_slice(b"\r\n\r\n");
             v
         };
-        assert_eq!(
-            run(Framing::Chunked, &trailer(MAX_TRAILER_BYTES), &[]),
-            Ok((vec![], vec![]))
-        );
-        assert_eq!(
-            run(Framing::Chunked, &trailer(MAX_TRAILER_BYTES + 1), &[]),
-            Err(TrailerTooLarge)
-        );
-        let many_lines = [
-            b"0\r\n".to_vec(),
-            b"X: y\r\n".repeat(MAX_TRAILER_BYTES / 6 + 1),
-            b"\r\n".to_vec(),
-        ]
-        .concat();
-        assert_eq!(
-            run(Framing::Chunked, &many_lines, &[]),
-            Err(TrailerTooLarge)
-        );
+        assert_eq!(run(Framing::Chunked, &trailer(MAX_TRAILER_BYTES), &[]), Ok((vec![], vec![])));
+        assert_eq!(run(Framing::Chunked, &trailer(MAX_TRAILER_BYTES + 1), &[]), Err(TrailerTooLarge));
+        let many_lines = [b"0\r\n".to_vec(), b"X: y\r\n".repeat(MAX_TRAILER_BYTES / 6 + 1), b"\r\n".to_vec()].concat();
+        assert_eq!(run(Framing::Chunked, &many_lines, &[]), Err(TrailerTooLarge));
     }
 
     #[test]
@@ -484,11 +382,7 @@ mod tests {
         check_body(Framing::Empty, b"rest", Ok((b"", b"rest")));
         check_body(Framing::Length(5), b"hel", Err(UnexpectedEof));
         check_body(Framing::Length(5), b"", Err(UnexpectedEof));
-        check_body(
-            Framing::Close,
-            b"anything at all",
-            Ok((b"anything at all", b"")),
-        );
+        check_body(Framing::Close, b"anything at all", Ok((b"anything at all", b"")));
         check_body(Framing::Close, b"", Ok((b"", b"")));
         check_body(Framing::Length(u64::MAX), b"abc", Err(UnexpectedEof));
     }
@@ -503,11 +397,7 @@ mod tests {
             assert_eq!(e.kind, UnexpectedEof);
             e.detail
         });
-        assert_eq!(
-            got.as_ref().copied().map_err(|d| d.as_str()),
-            expected,
-            "{framing:?} {input:?}"
-        );
+        assert_eq!(got.as_ref().copied().map_err(|d| d.as_str()), expected, "{framing:?} {input:?}");
     }
 
     #[test]
@@ -515,22 +405,10 @@ mod tests {
         check_eof(Framing::Close, b"abc", Ok(()));
         check_eof(Framing::Empty, b"", Ok(()));
         check_eof(Framing::Length(3), b"abc", Ok(()));
-        check_eof(
-            Framing::Length(10),
-            b"abc",
-            Err("7 bytes of the body missing"),
-        );
-        check_eof(
-            Framing::Chunked,
-            b"5\r\nab",
-            Err("3 bytes of a chunk missing"),
-        );
+        check_eof(Framing::Length(10), b"abc", Err("7 bytes of the body missing"));
+        check_eof(Framing::Chunked, b"5\r\nab", Err("3 bytes of a chunk missing"));
         check_eof(Framing::Chunked, b"5\r", Err("inside chunk framing"));
-        check_eof(
-            Framing::Chunked,
-            b"0\r\nX: 1\r\n",
-            Err("inside the chunked trailer"),
-        );
+        check_eof(Framing::Chunked, b"0\r\nX: 1\r\n", Err("inside the chunked trailer"));
         check_eof(Framing::Chunked, b"0\r\n\r\n", Ok(()));
     }
 
@@ -538,17 +416,11 @@ mod tests {
     fn remaining_tracks_length() {
         let mut dec = BodyDecoder::new(Framing::Length(10));
         assert_eq!(dec.remaining(), Some(10));
-        assert_eq!(
-            dec.decode(b"abcd").unwrap(),
-            (4, Some(Step::Data { start: 0, end: 4 }))
-        );
+        assert_eq!(dec.decode(b"abcd").unwrap(), (4, Some(Step::Data { start: 0, end: 4 })));
         assert_eq!(dec.remaining(), Some(6));
         assert!(!dec.is_done());
         assert_eq!(dec.decode(b"").unwrap(), (0, None));
-        assert_eq!(
-            dec.decode(b"efghijXYZ").unwrap(),
-            (6, Some(Step::Data { start: 0, end: 6 }))
-        );
+        assert_eq!(dec.decode(b"efghijXYZ").unwrap(), (6, Some(Step::Data { start: 0, end: 6 })));
         assert_eq!(dec.remaining(), Some(0));
         assert!(dec.is_done());
         assert_eq!(dec.decode(b"XYZ").unwrap(), (0, Some(Step::Done)));

@@ -12,34 +12,120 @@ use url::Url;
 use crate::error::{Error, Result};
 use crate::http::body::{BodyDecoder, Step};
 use crate::http::codec::{self, Framing, Request, ResponseHead};
-use crate::http::conn::{io_error, Conn, PoolKey};
+use crate::http::conn::{io_error, Conn, Dial, PoolKey, ProxyAddr};
+use crate::http::limit;
 use crate::http::pool::{self, PoolLimits};
 use crate::limits;
 
-/// What a request needs from the transport config (resolved once per task, cheap to clone).
-#[derive(Debug, Clone)]
+/// What a request needs from the transport config (built once per config block, cheap to clone).
+#[derive(Clone)]
 pub struct Options {
-    pub dial_timeout: Duration,
-    pub keep_alive: Duration,
+    pub dial: Dial,
     pub response_header_timeout: Duration,
     /// Longest silence allowed while a body streams.
     pub body_idle_timeout: Duration,
     pub pool: PoolLimits,
+    /// `maxConnsPerHost`: requests in flight per host across all cores (0 = unlimited).
+    pub max_conns_per_host: usize,
+    pub proxy: ProxyChoice,
+}
+
+/// Which proxy a request uses: the config's `proxy` for every scheme, or the environment's
+/// `HTTP_PROXY`/`HTTPS_PROXY` when the config says nothing; `NO_PROXY` applies to both.
+#[derive(Clone, Debug, Default)]
+pub struct ProxyChoice {
+    pub configured: Option<ProxyAddr>,
+    pub env_http: Option<ProxyAddr>,
+    pub env_https: Option<ProxyAddr>,
+    pub no_proxy: Vec<String>,
+}
+
+impl ProxyChoice {
+    pub fn from_config_and_env(configured: Option<&str>) -> Result<ProxyChoice> {
+        let env = |names: &[&str]| names.iter().find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()));
+        let parse_env = |v: Option<String>| v.map(|v| parse_proxy(&v)).transpose();
+        Ok(ProxyChoice {
+            configured: configured.map(parse_proxy).transpose()?,
+            env_http: parse_env(env(&["http_proxy", "HTTP_PROXY"]))?,
+            env_https: parse_env(env(&["https_proxy", "HTTPS_PROXY"]))?,
+            no_proxy: env(&["no_proxy", "NO_PROXY"])
+                .map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()).filter(|s| !s.is_empty()).collect())
+                .unwrap_or_default(),
+        })
+    }
+
+    /// The proxy for `url`, if any. Environment proxies skip loopback hosts (as Go does); a proxy
+    /// written in the config is used for every host not in `NO_PROXY`.
+    pub fn for_url(&self, url: &Url) -> Option<ProxyAddr> {
+        let host = url.host_str()?.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+        if self.no_proxy.iter().any(|p| no_proxy_matches(p, &host)) {
+            return None;
+        }
+        if let Some(p) = &self.configured {
+            return Some(p.clone());
+        }
+        if is_loopback(&host) {
+            return None;
+        }
+        match url.scheme() {
+            "https" => self.env_https.clone(),
+            _ => self.env_http.clone(),
+        }
+    }
+}
+
+fn no_proxy_matches(pattern: &str, host: &str) -> bool {
+    let pattern = pattern.split(':').next().unwrap_or(pattern);
+    pattern == "*"
+        || host == pattern.trim_start_matches('.')
+        || host.ends_with(&format!(".{}", pattern.trim_start_matches('.')))
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// `http://[user:pass@]host:port` → where to connect and the Basic credential. https proxies (TLS
+/// to the proxy itself) are not supported: say so instead of silently speaking plain text.
+pub fn parse_proxy(text: &str) -> Result<ProxyAddr> {
+    let with_scheme = if text.contains("://") { text.to_string() } else { format!("http://{text}") };
+    let url = Url::parse(&with_scheme).map_err(|e| Error::client(format!("invalid proxy `{text}`: {e}")))?;
+    if url.scheme() != "http" {
+        return Err(Error::client(format!("proxy scheme `{}` is not supported (use http://)", url.scheme())));
+    }
+    let host = url.host_str().ok_or_else(|| Error::client(format!("proxy `{text}` has no host")))?.to_string();
+    let auth = (!url.username().is_empty()).then(|| {
+        let user = percent_decode(url.username());
+        let pass = percent_decode(url.password().unwrap_or(""));
+        use base64::Engine;
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}")))
+    });
+    Ok(ProxyAddr { host, port: url.port().unwrap_or(80), auth })
+}
+
+fn percent_decode(s: &str) -> String {
+    url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned()).unwrap_or_default()
 }
 
 impl Options {
-    pub fn from_transport(t: &crate::config::TransportConfig) -> Options {
-        Options {
-            dial_timeout: t.dial_timeout,
-            keep_alive: t.keep_alive,
+    pub fn from_transport(t: &crate::config::TransportConfig) -> Result<Options> {
+        Ok(Options {
+            dial: Dial {
+                dial_timeout: t.dial_timeout,
+                keep_alive: t.keep_alive,
+                tls_handshake_timeout: t.tls_handshake_timeout,
+                tls: crate::http::tls::client_config(t.insecure_skip_verify, t.ca_file.as_deref())?,
+            },
             response_header_timeout: t.response_header_timeout,
-            body_idle_timeout: t.response_header_timeout.max(Duration::from_secs(30)),
+            body_idle_timeout: t.response_header_timeout.max(limits::MIN_BODY_IDLE_TIMEOUT),
             pool: PoolLimits {
                 max_idle_total: t.max_idle_conns,
                 max_idle_per_host: t.max_idle_conns_per_host,
                 idle_timeout: t.idle_conn_timeout,
             },
-        }
+            max_conns_per_host: t.max_conns_per_host,
+            proxy: ProxyChoice::from_config_and_env(t.proxy.as_deref())?,
+        })
     }
 }
 
@@ -51,29 +137,19 @@ pub struct Response {
     decoder: BodyDecoder,
     keep_alive: bool,
     opts: Options,
+    /// Held while the response is alive: counts against `maxConnsPerHost`.
+    _permit: limit::Permit,
 }
 
-pub fn pool_key(url: &Url) -> Result<PoolKey> {
+pub fn pool_key(url: &Url, proxy: Option<ProxyAddr>) -> Result<PoolKey> {
     let tls = match url.scheme() {
         "http" => false,
         "https" => true,
-        other => {
-            return Err(Error::client(format!(
-                "unsupported URL scheme `{other}` in {url}"
-            )))
-        }
+        other => return Err(Error::client(format!("unsupported URL scheme `{other}` in {url}"))),
     };
-    let host = url
-        .host_str()
-        .ok_or_else(|| Error::client(format!("URL has no host: {url}")))?;
-    let port = url
-        .port_or_known_default()
-        .unwrap_or(if tls { 443 } else { 80 });
-    Ok(PoolKey {
-        tls,
-        host: host.to_string(),
-        port,
-    })
+    let host = url.host_str().ok_or_else(|| Error::client(format!("URL has no host: {url}")))?;
+    let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
+    Ok(PoolKey { tls, host: host.to_string(), port, proxy })
 }
 
 fn host_header(url: &Url) -> String {
@@ -84,7 +160,13 @@ fn host_header(url: &Url) -> String {
     }
 }
 
-fn target(url: &Url) -> String {
+/// Origin-form (`/p?q`) normally; absolute-form for plain http through a proxy.
+fn target(url: &Url, via_proxy: bool) -> String {
+    if via_proxy && url.scheme() == "http" {
+        let mut u = url.clone();
+        u.set_fragment(None);
+        return u.to_string();
+    }
     match url.query() {
         Some(q) => format!("{}?{q}", url.path()),
         None => url.path().to_string(),
@@ -102,10 +184,7 @@ pub async fn get(
     let mut url = url.clone();
     let mut headers = headers.to_vec();
     if let Some((first, last)) = range {
-        headers.push((
-            "Range".into(),
-            crate::http::range::range_header(first, last),
-        ));
+        headers.push(("Range".into(), crate::http::range::range_header(first, last)));
     }
     for _ in 0..=limits::MAX_REDIRECTS {
         let resp = send(&url, &headers, opts).await?;
@@ -113,47 +192,40 @@ pub async fn get(
         if !matches!(status, 301 | 302 | 303 | 307 | 308) {
             return Ok(resp);
         }
-        let location = resp.head.header_str("location").ok_or_else(|| {
-            Error::origin(false, format!("{url}: {status} redirect without Location"))
-        })?;
-        let next = url.join(location).map_err(|e| {
-            Error::origin(
-                false,
-                format!("{url}: bad redirect Location `{location}`: {e}"),
-            )
-        })?;
+        let location = resp
+            .head
+            .header_str("location")
+            .ok_or_else(|| Error::origin(false, format!("{url}: {status} redirect without Location")))?;
+        let next = url
+            .join(location)
+            .map_err(|e| Error::origin(false, format!("{url}: bad redirect Location `{location}`: {e}")))?;
         drop(resp);
-        if next.host_str() != url.host_str()
-            || next.port_or_known_default() != url.port_or_known_default()
-        {
+        if next.host_str() != url.host_str() || next.port_or_known_default() != url.port_or_known_default() {
             headers.retain(|(k, _)| !k.eq_ignore_ascii_case("authorization"));
         }
         url = next;
     }
-    Err(Error::origin(
-        false,
-        format!("too many redirects (more than {})", limits::MAX_REDIRECTS),
-    ))
+    Err(Error::origin(false, format!("too many redirects (more than {})", limits::MAX_REDIRECTS)))
 }
 
 /// One request/response exchange, retried once on a fresh connection when a pooled one turns out
 /// to be stale (the server closed it while idle): GET is idempotent, so this is safe.
 async fn send(url: &Url, headers: &[(String, String)], opts: &Options) -> Result<Response> {
-    let key = pool_key(url)?;
+    let key = pool_key(url, opts.proxy.for_url(url))?;
     let mut req_bytes = Vec::with_capacity(512);
-    let target = target(url);
+    let plain_proxy = key.proxy.as_ref().filter(|_| !key.tls);
+    let target = target(url, plain_proxy.is_some());
     let host = host_header(url);
-    let req = Request {
-        method: "GET",
-        target: &target,
-        host: &host,
-        headers,
-        keep_alive: true,
-    };
+    let mut all_headers = headers.to_vec();
+    if let Some(auth) = plain_proxy.and_then(|p| p.auth.clone()) {
+        all_headers.push(("Proxy-Authorization".into(), auth));
+    }
+    let req = Request { method: "GET", target: &target, host: &host, headers: &all_headers, keep_alive: true };
     codec::write_request(&req, &mut req_bytes);
+    let permit = limit::acquire(&key, opts.max_conns_per_host).await;
 
     if let Some(conn) = pool::take(&key, &opts.pool) {
-        match exchange(conn, req_bytes.clone(), url, opts).await {
+        match exchange(conn, req_bytes.clone(), url, opts, permit.clone()).await {
             Ok(resp) => return Ok(resp),
             Err(e) if e.retryable => {
                 tracing::debug!(url = %url, error = %e, "stale pooled connection, retrying on a new one");
@@ -161,11 +233,11 @@ async fn send(url: &Url, headers: &[(String, String)], opts: &Options) -> Result
             Err(e) => return Err(e),
         }
     }
-    let conn = Conn::connect(&key, opts.dial_timeout, opts.keep_alive).await?;
-    exchange(conn, req_bytes, url, opts).await
+    let conn = Conn::connect(&key, &opts.dial).await?;
+    exchange(conn, req_bytes, url, opts, permit).await
 }
 
-async fn exchange(mut conn: Conn, req: Vec<u8>, url: &Url, opts: &Options) -> Result<Response> {
+async fn exchange(mut conn: Conn, req: Vec<u8>, url: &Url, opts: &Options, permit: limit::Permit) -> Result<Response> {
     let key = conn.key.clone();
     conn.n_requests += 1;
     let fut = async {
@@ -177,15 +249,11 @@ async fn exchange(mut conn: Conn, req: Vec<u8>, url: &Url, opts: &Options) -> Re
         Err(_) => {
             return Err(Error::origin(
                 true,
-                format!(
-                    "{url}: responseHeaderTimeout ({:?}) elapsed",
-                    opts.response_header_timeout
-                ),
+                format!("{url}: responseHeaderTimeout ({:?}) elapsed", opts.response_header_timeout),
             ))
         }
     };
-    let framing =
-        codec::framing(&head, false).map_err(|e| Error::origin(false, format!("{url}: {e}")))?;
+    let framing = codec::framing(&head, false).map_err(|e| Error::origin(false, format!("{url}: {e}")))?;
     let keep_alive = head.keep_alive() && !matches!(framing, Framing::Close);
     Ok(Response {
         head,
@@ -194,6 +262,7 @@ async fn exchange(mut conn: Conn, req: Vec<u8>, url: &Url, opts: &Options) -> Re
         decoder: BodyDecoder::new(framing),
         keep_alive,
         opts: opts.clone(),
+        _permit: permit,
     })
 }
 
@@ -213,18 +282,11 @@ impl Response {
             if out.len() >= want_bytes {
                 return Ok(true);
             }
-            let conn = self
-                .conn
-                .as_mut()
-                .ok_or_else(|| Error::internal("body read after release"))?;
-            let (consumed, step) = self
-                .decoder
-                .decode(conn.buffered())
-                .map_err(|e| Error::origin(false, format!("{}: {e}", self.url)))?;
+            let conn = self.conn.as_mut().ok_or_else(|| Error::internal("body read after release"))?;
+            let (consumed, step) =
+                self.decoder.decode(conn.buffered()).map_err(|e| Error::origin(false, format!("{}: {e}", self.url)))?;
             match step {
-                Some(Step::Data { start, end }) => {
-                    out.extend_from_slice(&conn.buffered()[start..end])
-                }
+                Some(Step::Data { start, end }) => out.extend_from_slice(&conn.buffered()[start..end]),
                 Some(Step::Done) => {}
                 None => {}
             }
@@ -236,28 +298,20 @@ impl Response {
     }
 
     async fn fill_more(&mut self) -> Result<()> {
-        let conn = self
-            .conn
-            .as_mut()
-            .ok_or_else(|| Error::internal("body read after release"))?;
+        let conn = self.conn.as_mut().ok_or_else(|| Error::internal("body read after release"))?;
         let key = conn.key.clone();
         let n = match compio::time::timeout(self.opts.body_idle_timeout, conn.fill()).await {
             Ok(r) => r.map_err(|e| io_error(&key, e))?,
             Err(_) => {
                 return Err(Error::origin(
                     true,
-                    format!(
-                        "{}: no body data for {:?} (idle read timeout)",
-                        self.url, self.opts.body_idle_timeout
-                    ),
+                    format!("{}: no body data for {:?} (idle read timeout)", self.url, self.opts.body_idle_timeout),
                 ))
             }
         };
         if n == 0 {
             self.keep_alive = false;
-            self.decoder
-                .on_eof()
-                .map_err(|e| Error::origin(true, format!("{}: {e}", self.url)))?;
+            self.decoder.on_eof().map_err(|e| Error::origin(true, format!("{}: {e}", self.url)))?;
         }
         Ok(())
     }

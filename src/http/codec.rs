@@ -53,10 +53,7 @@ impl HttpErrorKind {
 
 impl HttpError {
     pub fn new(kind: HttpErrorKind, detail: impl Into<String>) -> Self {
-        Self {
-            kind,
-            detail: detail.into(),
-        }
+        Self { kind, detail: detail.into() }
     }
 }
 
@@ -99,11 +96,7 @@ const OWNED_HEADERS: [&str; 4] = ["host", "connection", "content-length", "trans
 /// `-H Host:`); caller `Connection`/`Content-Length`/`Transfer-Encoding` are dropped.
 pub fn write_request(req: &Request<'_>, out: &mut Vec<u8>) {
     debug_assert!(req.headers.iter().all(|(n, v)| valid_header(n, v)));
-    let given = |name: &str| {
-        req.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-    };
+    let given = |name: &str| req.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name));
     let host = given("host").map_or(req.host, |(_, v)| v.as_str());
 
     out.extend_from_slice(req.method.as_bytes());
@@ -166,10 +159,7 @@ pub struct ResponseHead {
 impl ResponseHead {
     /// First value of `name`, compared case-insensitively.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
     }
 
     /// First value of `name` if it is valid UTF-8.
@@ -178,33 +168,22 @@ impl ResponseHead {
     }
 
     pub fn headers_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
-        self.headers
-            .iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+        self.headers.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
     }
 
     /// Whether the server lets us reuse the connection (RFC 9112 §9.3): HTTP/1.1 unless a
     /// `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`.
     pub fn keep_alive(&self) -> bool {
-        if self
-            .list_tokens("connection")
-            .any(|t| t.eq_ignore_ascii_case(b"close"))
-        {
+        if self.list_tokens("connection").any(|t| t.eq_ignore_ascii_case(b"close")) {
             return false;
         }
-        self.version_minor >= 1
-            || self
-                .list_tokens("connection")
-                .any(|t| t.eq_ignore_ascii_case(b"keep-alive"))
+        self.version_minor >= 1 || self.list_tokens("connection").any(|t| t.eq_ignore_ascii_case(b"keep-alive"))
     }
 
     /// Elements of a comma-separated list header across all its fields, OWS-trimmed; empty
     /// elements are kept so callers that must reject them can.
     fn list_tokens<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
-        self.headers_all(name)
-            .flat_map(|v| v.split(|&b| b == b','))
-            .map(trim_ows)
+        self.headers_all(name).flat_map(|v| v.split(|&b| b == b',')).map(trim_ows)
     }
 }
 
@@ -245,10 +224,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, HttpError
             _ => return Ok(Some((head, offset))),
         }
     }
-    Err(HttpError::new(
-        HttpErrorKind::HeadTooLarge,
-        format!("more than {MAX_INTERIM_RESPONSES} interim 1xx responses"),
-    ))
+    Err(HttpError::new(HttpErrorKind::HeadTooLarge, format!("more than {MAX_INTERIM_RESPONSES} interim 1xx responses")))
 }
 
 fn bad_status(status: u16) -> HttpError {
@@ -263,37 +239,21 @@ fn parse_one_head(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, HttpError
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(HttpError::new(
-                HttpErrorKind::TooManyHeaders,
-                format!("more than {MAX_HEADERS} header fields"),
-            ))
+            return Err(HttpError::new(HttpErrorKind::TooManyHeaders, format!("more than {MAX_HEADERS} header fields")))
         }
         Err(e) => return Err(HttpError::new(HttpErrorKind::MalformedHead, e.to_string())),
     };
     // httparse fills these three whenever it returns Complete; a None would be its bug, but we
     // still answer with an error rather than a panic.
-    let (Some(status), Some(version_minor), Some(reason)) = (resp.code, resp.version, resp.reason)
-    else {
-        return Err(HttpError::new(
-            HttpErrorKind::MalformedHead,
-            "incomplete status line",
-        ));
+    let (Some(status), Some(version_minor), Some(reason)) = (resp.code, resp.version, resp.reason) else {
+        return Err(HttpError::new(HttpErrorKind::MalformedHead, "incomplete status line"));
     };
     // RFC 9110 §15: status codes are 100..=599; others are not HTTP.
     if !(100..=599).contains(&status) {
         return Err(bad_status(status));
     }
-    let headers = resp
-        .headers
-        .iter()
-        .map(|h| (h.name.to_owned(), h.value.to_vec()))
-        .collect();
-    let head = ResponseHead {
-        status,
-        reason: reason.to_owned(),
-        version_minor,
-        headers,
-    };
+    let headers = resp.headers.iter().map(|h| (h.name.to_owned(), h.value.to_vec())).collect();
+    let head = ResponseHead { status, reason: reason.to_owned(), version_minor, headers };
     Ok(Some((head, len)))
 }
 
@@ -350,10 +310,7 @@ fn transfer_framing(head: &ResponseHead, has_content_length: bool) -> Result<Fra
 
 /// The coding name of a transfer-coding list element, without `;param=..`.
 fn coding_name(element: &[u8]) -> &[u8] {
-    let end = element
-        .iter()
-        .position(|&b| b == b';')
-        .unwrap_or(element.len());
+    let end = element.iter().position(|&b| b == b';').unwrap_or(element.len());
     trim_ows(&element[..end])
 }
 
@@ -370,10 +327,7 @@ fn content_length(head: &ResponseHead) -> Result<Option<u64>, HttpError> {
         })?;
         match found {
             Some(prev) if prev != n => {
-                return Err(HttpError::new(
-                    HttpErrorKind::BadContentLength,
-                    format!("differing values {prev} and {n}"),
-                ))
+                return Err(HttpError::new(HttpErrorKind::BadContentLength, format!("differing values {prev} and {n}")))
             }
             _ => found = Some(n),
         }
@@ -403,10 +357,7 @@ mod tests {
             status,
             reason: String::new(),
             version_minor: minor,
-            headers: headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-                .collect(),
+            headers: headers.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect(),
         }
     }
 
@@ -416,16 +367,9 @@ mod tests {
         let got = parse_head(input);
         match (&got, expected) {
             (Ok(Some((h, n))), Ok((status, reason, minor, len))) => {
-                assert_eq!(
-                    (h.status, h.reason.as_str(), h.version_minor, *n),
-                    (status, reason, minor, len)
-                );
+                assert_eq!((h.status, h.reason.as_str(), h.version_minor, *n), (status, reason, minor, len));
                 for cut in 0..len {
-                    assert_eq!(
-                        parse_head(&input[..cut]),
-                        Ok(None),
-                        "prefix {cut} of {input:?}"
-                    );
+                    assert_eq!(parse_head(&input[..cut]), Ok(None), "prefix {cut} of {input:?}");
                 }
             }
             (Err(e), Err(kind)) => assert_eq!(e.kind, kind, "{input:?}: {e}"),
@@ -438,31 +382,19 @@ mod tests {
         use HttpErrorKind::*;
         let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc";
         check_head(ok, Ok((200, "OK", 1, 38)));
-        check_head(
-            b"HTTP/1.0 404 Not Found\r\n\r\n",
-            Ok((404, "Not Found", 0, 26)),
-        );
+        check_head(b"HTTP/1.0 404 Not Found\r\n\r\n", Ok((404, "Not Found", 0, 26)));
         check_head(b"HTTP/1.1 204\r\n\r\n", Ok((204, "", 1, 16)));
         check_head(b"HTTP/1.1 200 OK\nA: b\n\n", Ok((200, "OK", 1, 22)));
         // Interim responses are skipped and counted in the consumed length.
         let interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early\r\nLink: </a>\r\n\r\nHTTP/1.1 206 P\r\n\r\n";
         check_head(interim, Ok((206, "P", 1, interim.len())));
-        check_head(
-            b"HTTP/1.1 101 Switching\r\nUpgrade: x\r\n\r\n",
-            Err(BadStatus),
-        );
+        check_head(b"HTTP/1.1 101 Switching\r\nUpgrade: x\r\n\r\n", Err(BadStatus));
         check_head(b"HTTP/1.1 099 X\r\n\r\n", Err(BadStatus));
         check_head(b"HTTP/1.1 600 X\r\n\r\n", Err(BadStatus));
         check_head(b"HTTP/2 200 OK\r\n\r\n", Err(MalformedHead));
         check_head(b"HTTP/1.1 2000 OK\r\n\r\n", Err(MalformedHead));
-        check_head(
-            b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
-            Err(MalformedHead),
-        );
-        check_head(
-            b"HTTP/1.1 200 OK\r\nA: x\r\n folded\r\n\r\n",
-            Err(MalformedHead),
-        );
+        check_head(b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n", Err(MalformedHead));
+        check_head(b"HTTP/1.1 200 OK\r\nA: x\r\n folded\r\n\r\n", Err(MalformedHead));
         check_head(b"HTTP/1.1 200 OK\r\nA: x\0y\r\n\r\n", Err(MalformedHead));
         check_head(b"garbage\r\n\r\n", Err(MalformedHead));
     }
@@ -492,17 +424,11 @@ mod tests {
             v
         };
         let exact = sized(MAX_HEAD_BYTES);
-        assert_eq!(
-            parse_head(&exact).map(|o| o.map(|(_, n)| n)),
-            Ok(Some(MAX_HEAD_BYTES))
-        );
+        assert_eq!(parse_head(&exact).map(|o| o.map(|(_, n)| n)), Ok(Some(MAX_HEAD_BYTES)));
         let over = sized(MAX_HEAD_BYTES + 1);
         check_head(&over, Err(HeadTooLarge));
         assert_eq!(parse_head(&over[..MAX_HEAD_BYTES - 1]), Ok(None));
-        assert_eq!(
-            parse_head(&over[..MAX_HEAD_BYTES]).map_err(|e| e.kind),
-            Err(HeadTooLarge)
-        );
+        assert_eq!(parse_head(&over[..MAX_HEAD_BYTES]).map_err(|e| e.kind), Err(HeadTooLarge));
 
         let mut flood = b"HTTP/1.1 103 E\r\n\r\n".repeat(MAX_INTERIM_RESPONSES + 1);
         flood.extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\n");
@@ -513,38 +439,19 @@ mod tests {
 
     #[test]
     fn header_lookup() {
-        let h = head(
-            200,
-            1,
-            &[
-                ("Content-Type", "a"),
-                ("x-multi", "1"),
-                ("X-Multi", "2"),
-                ("Bin", "\u{e9}"),
-            ],
-        );
+        let h = head(200, 1, &[("Content-Type", "a"), ("x-multi", "1"), ("X-Multi", "2"), ("Bin", "\u{e9}")]);
         assert_eq!(h.header("content-type"), Some(&b"a"[..]));
         assert_eq!(h.header("X-MULTI"), Some(&b"1"[..]));
-        assert_eq!(
-            h.headers_all("x-multi").collect::<Vec<_>>(),
-            vec![&b"1"[..], &b"2"[..]]
-        );
+        assert_eq!(h.headers_all("x-multi").collect::<Vec<_>>(), vec![&b"1"[..], &b"2"[..]]);
         assert_eq!(h.header("missing"), None);
         assert_eq!(h.header_str("bin"), Some("\u{e9}"));
-        let raw = ResponseHead {
-            headers: vec![("Bin".into(), vec![0xff])],
-            ..h
-        };
+        let raw = ResponseHead { headers: vec![("Bin".into(), vec![0xff])], ..h };
         assert_eq!(raw.header_str("bin"), None);
     }
 
     fn check_keep_alive(minor: u8, connection: &[&str], expected: bool) {
         let fields: Vec<(&str, &str)> = connection.iter().map(|v| ("Connection", *v)).collect();
-        assert_eq!(
-            head(200, minor, &fields).keep_alive(),
-            expected,
-            "1.{minor} {connection:?}"
-        );
+        assert_eq!(head(200, minor, &fields).keep_alive(), expected, "1.{minor} {connection:?}");
     }
 
     #[test]
@@ -569,10 +476,7 @@ mod tests {
         expected: Result<Framing, HttpErrorKind>,
     ) {
         let got = framing(&head(status, minor, fields), was_head).map_err(|e| e.kind);
-        assert_eq!(
-            got, expected,
-            "{status} 1.{minor} head={was_head} {fields:?}"
-        );
+        assert_eq!(got, expected, "{status} 1.{minor} head={was_head} {fields:?}");
     }
 
     #[test]
@@ -583,65 +487,20 @@ mod tests {
         check_framing(200, 1, false, &cl("10"), Ok(Length(10)));
         check_framing(200, 1, false, &cl("0"), Ok(Length(0)));
         check_framing(200, 1, false, &cl("007"), Ok(Length(7)));
-        check_framing(
-            200,
-            1,
-            false,
-            &cl("18446744073709551615"),
-            Ok(Length(u64::MAX)),
-        );
+        check_framing(200, 1, false, &cl("18446744073709551615"), Ok(Length(u64::MAX)));
         check_framing(200, 1, false, &[], Ok(Close));
         check_framing(200, 0, false, &[], Ok(Close));
         check_framing(200, 1, true, &cl("10"), Ok(Empty));
         check_framing(200, 1, true, &[("Transfer-Encoding", "chunked")], Ok(Empty));
-        check_framing(
-            204,
-            1,
-            false,
-            &[("Transfer-Encoding", "chunked")],
-            Ok(Empty),
-        );
+        check_framing(204, 1, false, &[("Transfer-Encoding", "chunked")], Ok(Empty));
         check_framing(304, 1, false, &cl("10"), Ok(Empty));
         check_framing(100, 1, false, &[], Ok(Empty));
-        check_framing(
-            200,
-            1,
-            false,
-            &[("Transfer-Encoding", "chunked")],
-            Ok(Chunked),
-        );
-        check_framing(
-            200,
-            1,
-            false,
-            &[("transfer-encoding", " Chunked ")],
-            Ok(Chunked),
-        );
-        check_framing(
-            200,
-            1,
-            false,
-            &[("Transfer-Encoding", "gzip, chunked")],
-            Ok(Chunked),
-        );
-        check_framing(
-            200,
-            1,
-            false,
-            &[
-                ("Transfer-Encoding", "gzip"),
-                ("Transfer-Encoding", "chunked"),
-            ],
-            Ok(Chunked),
-        );
+        check_framing(200, 1, false, &[("Transfer-Encoding", "chunked")], Ok(Chunked));
+        check_framing(200, 1, false, &[("transfer-encoding", " Chunked ")], Ok(Chunked));
+        check_framing(200, 1, false, &[("Transfer-Encoding", "gzip, chunked")], Ok(Chunked));
+        check_framing(200, 1, false, &[("Transfer-Encoding", "gzip"), ("Transfer-Encoding", "chunked")], Ok(Chunked));
         check_framing(200, 1, false, &[("Transfer-Encoding", "gzip")], Ok(Close));
-        check_framing(
-            200,
-            1,
-            false,
-            &[("Transfer-Encoding", "chunked, gzip")],
-            Ok(Close),
-        );
+        check_framing(200, 1, false, &[("Transfer-Encoding", "chunked, gzip")], Ok(Close));
         // Hostile shapes.
         check_framing(
             200,
@@ -657,57 +516,21 @@ mod tests {
             &[("Content-Length", "5"), ("Transfer-Encoding", "gzip")],
             Err(ConflictingFraming),
         );
-        check_framing(
-            200,
-            1,
-            false,
-            &[("Transfer-Encoding", "chunked, chunked")],
-            Err(ConflictingFraming),
-        );
-        check_framing(
-            200,
-            0,
-            false,
-            &[("Transfer-Encoding", "chunked")],
-            Err(ConflictingFraming),
-        );
+        check_framing(200, 1, false, &[("Transfer-Encoding", "chunked, chunked")], Err(ConflictingFraming));
+        check_framing(200, 0, false, &[("Transfer-Encoding", "chunked")], Err(ConflictingFraming));
         check_framing(200, 1, false, &cl("-1"), Err(BadContentLength));
         check_framing(200, 1, false, &cl("+1"), Err(BadContentLength));
         check_framing(200, 1, false, &cl(""), Err(BadContentLength));
         check_framing(200, 1, false, &cl("1 2"), Err(BadContentLength));
         check_framing(200, 1, false, &cl("0x10"), Err(BadContentLength));
-        check_framing(
-            200,
-            1,
-            false,
-            &cl("18446744073709551616"),
-            Err(BadContentLength),
-        );
-        check_framing(
-            200,
-            1,
-            false,
-            &cl("99999999999999999999999"),
-            Err(BadContentLength),
-        );
+        check_framing(200, 1, false, &cl("18446744073709551616"), Err(BadContentLength));
+        check_framing(200, 1, false, &cl("99999999999999999999999"), Err(BadContentLength));
         check_framing(200, 1, false, &cl("1,1"), Ok(Length(1)));
         check_framing(200, 1, false, &cl("1 , 1"), Ok(Length(1)));
-        check_framing(
-            200,
-            1,
-            false,
-            &[("Content-Length", "1"), ("content-length", "1")],
-            Ok(Length(1)),
-        );
+        check_framing(200, 1, false, &[("Content-Length", "1"), ("content-length", "1")], Ok(Length(1)));
         check_framing(200, 1, false, &cl("1,2"), Err(BadContentLength));
         check_framing(200, 1, false, &cl("1,"), Err(BadContentLength));
-        check_framing(
-            200,
-            1,
-            false,
-            &[("Content-Length", "1"), ("Content-Length", "2")],
-            Err(BadContentLength),
-        );
+        check_framing(200, 1, false, &[("Content-Length", "1"), ("Content-Length", "2")], Err(BadContentLength));
     }
 
     // ---- request ----
@@ -722,27 +545,17 @@ mod tests {
     fn write_request_table() {
         let ua = USER_AGENT;
         let hs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
-            v.iter()
-                .map(|(n, v)| (n.to_string(), v.to_string()))
-                .collect()
+            v.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
         };
         let none = hs(&[]);
-        let base = Request {
-            method: "GET",
-            target: "/a?b=c",
-            host: "example.com:8080",
-            headers: &none,
-            keep_alive: true,
-        };
+        let base =
+            Request { method: "GET", target: "/a?b=c", host: "example.com:8080", headers: &none, keep_alive: true };
         check_request(base, &format!("GET /a?b=c HTTP/1.1\r\nHost: example.com:8080\r\nUser-Agent: {ua}\r\nAccept-Encoding: identity\r\n\r\n"));
         check_request(
             Request { method: "HEAD", keep_alive: false, ..base },
             &format!("HEAD /a?b=c HTTP/1.1\r\nHost: example.com:8080\r\nUser-Agent: {ua}\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n"),
         );
-        let proxy = Request {
-            target: "http://example.com:8080/a",
-            ..base
-        };
+        let proxy = Request { target: "http://example.com:8080/a", ..base };
         check_request(proxy, &format!("GET http://example.com:8080/a HTTP/1.1\r\nHost: example.com:8080\r\nUser-Agent: {ua}\r\nAccept-Encoding: identity\r\n\r\n"));
         let user = hs(&[
             ("Range", "bytes=0-9"),
@@ -793,9 +606,6 @@ mod tests {
     fn error_display() {
         let e = HttpError::new(HttpErrorKind::BadChunk, "bad byte 0x7a");
         assert_eq!(e.to_string(), "bad chunked encoding: bad byte 0x7a");
-        assert_eq!(
-            HttpError::new(HttpErrorKind::UnexpectedEof, "").to_string(),
-            HttpErrorKind::UnexpectedEof.as_str()
-        );
+        assert_eq!(HttpError::new(HttpErrorKind::UnexpectedEof, "").to_string(), HttpErrorKind::UnexpectedEof.as_str());
     }
 }

@@ -8,7 +8,9 @@ pub mod body;
 pub mod client;
 pub mod codec;
 pub mod conn;
+pub mod limit;
 pub mod pool;
 pub mod range;
+pub mod tls;
 
 pub use client::{get, Response};

@@ -62,11 +62,8 @@ pub fn put(mut conn: Conn, limits: &PoolLimits) {
 }
 
 fn evict_oldest(pool: &mut Pool) {
-    let oldest = pool
-        .idle
-        .iter()
-        .filter_map(|(k, v)| v.first().map(|c| (k.clone(), c.idle_since)))
-        .min_by_key(|(_, t)| *t);
+    let oldest =
+        pool.idle.iter().filter_map(|(k, v)| v.first().map(|c| (k.clone(), c.idle_since))).min_by_key(|(_, t)| *t);
     if let Some((k, _)) = oldest {
         if let Some(list) = pool.idle.get_mut(&k) {
             list.remove(0);

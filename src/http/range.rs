@@ -20,21 +20,13 @@ pub struct ContentRange {
 /// The header value asking for bytes `first..=last_inclusive` (a closed range: the only form
 /// docker-registry honours).
 pub fn range_header(first: u64, last_inclusive: u64) -> String {
-    debug_assert!(
-        first <= last_inclusive,
-        "empty range {first}-{last_inclusive}"
-    );
+    debug_assert!(first <= last_inclusive, "empty range {first}-{last_inclusive}");
     format!("bytes={first}-{last_inclusive}")
 }
 
 /// Parses a satisfied-range `Content-Range` (`bytes a-b/N` or `bytes a-b/*`).
 pub fn parse_content_range(v: &[u8]) -> Result<ContentRange, HttpError> {
-    let bad = |why: &str| {
-        HttpError::new(
-            HttpErrorKind::BadContentRange,
-            format!("{why}: {}", shown(v)),
-        )
-    };
+    let bad = |why: &str| HttpError::new(HttpErrorKind::BadContentRange, format!("{why}: {}", shown(v)));
     let spec = range_spec(v).ok_or_else(|| bad("not a bytes range"))?;
     let (range, complete) = split_once(spec, b'/').ok_or_else(|| bad("no '/'"))?;
     let (first, last) = split_once(range, b'-').ok_or_else(|| bad("no first-last"))?;
@@ -53,11 +45,7 @@ pub fn parse_content_range(v: &[u8]) -> Result<ContentRange, HttpError> {
     if complete_len.is_some_and(|len| last >= len) {
         return Err(bad("range past the complete length"));
     }
-    Ok(ContentRange {
-        first,
-        last,
-        complete_len,
-    })
+    Ok(ContentRange { first, last, complete_len })
 }
 
 /// The complete length from the unsatisfied-range form `bytes */N` (sent with a 416).
@@ -77,10 +65,7 @@ pub fn check_partial(
     if got.first != first || got.last != last {
         return Err(HttpError::new(
             HttpErrorKind::BadContentRange,
-            format!(
-                "asked for bytes {first}-{last}, got {}-{}",
-                got.first, got.last
-            ),
+            format!("asked for bytes {first}-{last}, got {}-{}", got.first, got.last),
         ));
     }
     if let Some(total) = expected_total {
@@ -99,8 +84,7 @@ pub fn check_partial(
 fn range_spec(v: &[u8]) -> Option<&[u8]> {
     let v = v.trim_ascii();
     let (unit, rest) = split_once(v, b' ')?;
-    unit.eq_ignore_ascii_case(b"bytes")
-        .then(|| rest.trim_ascii_start())
+    unit.eq_ignore_ascii_case(b"bytes").then(|| rest.trim_ascii_start())
 }
 
 fn split_once(v: &[u8], sep: u8) -> Option<(&[u8], &[u8])> {
@@ -124,21 +108,9 @@ mod tests {
         let got = parse_content_range(v.as_bytes());
         match expected {
             Some((first, last, complete_len)) => {
-                assert_eq!(
-                    got,
-                    Ok(ContentRange {
-                        first,
-                        last,
-                        complete_len
-                    }),
-                    "{v:?}"
-                )
+                assert_eq!(got, Ok(ContentRange { first, last, complete_len }), "{v:?}")
             }
-            None => assert_eq!(
-                got.map_err(|e| e.kind),
-                Err(HttpErrorKind::BadContentRange),
-                "{v:?}"
-            ),
+            None => assert_eq!(got.map_err(|e| e.kind), Err(HttpErrorKind::BadContentRange), "{v:?}"),
         }
     }
 
@@ -150,10 +122,7 @@ mod tests {
         check_content_range("bytes 99-99/100", Some((99, 99, Some(100))));
         check_content_range("bytes 5-9/*", Some((5, 9, None)));
         check_content_range("  Bytes  5-9/*  ", Some((5, 9, None)));
-        check_content_range(
-            &format!("bytes 0-{}/{max}", max - 1),
-            Some((0, max - 1, Some(max))),
-        );
+        check_content_range(&format!("bytes 0-{}/{max}", max - 1), Some((0, max - 1, Some(max))));
         check_content_range(&format!("bytes {max}-{max}/*"), Some((max, max, None)));
         // Malformed.
         check_content_range("", None);
@@ -203,10 +172,7 @@ mod tests {
     fn range_header_format() {
         assert_eq!(range_header(0, 9), "bytes=0-9");
         assert_eq!(range_header(4_194_304, 8_388_607), "bytes=4194304-8388607");
-        assert_eq!(
-            range_header(u64::MAX, u64::MAX),
-            format!("bytes={0}-{0}", u64::MAX)
-        );
+        assert_eq!(range_header(u64::MAX, u64::MAX), format!("bytes={0}-{0}", u64::MAX));
     }
 
     fn check_partial_case(v: &str, asked: (u64, u64, Option<u64>), expected: Result<(), &str>) {
@@ -232,11 +198,7 @@ mod tests {
         check_partial_case("bytes 1-9/100", (0, 9, Some(100)), Err("got 1-9"));
         check_partial_case("bytes 0-8/100", (0, 9, Some(100)), Err("got 0-8"));
         check_partial_case("bytes 0-99/100", (0, 9, Some(100)), Err("got 0-99"));
-        check_partial_case(
-            "bytes 0-9/5",
-            (0, 9, Some(5)),
-            Err("past the complete length"),
-        );
+        check_partial_case("bytes 0-9/5", (0, 9, Some(5)), Err("past the complete length"));
         check_partial_case("nonsense", (0, 9, None), Err("not a bytes range"));
     }
 

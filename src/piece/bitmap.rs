@@ -15,10 +15,7 @@ pub struct AtomicBitmap {
 impl AtomicBitmap {
     pub fn new(n_bits: u64) -> AtomicBitmap {
         let n_words = n_bits.div_ceil(64) as usize;
-        AtomicBitmap {
-            words: (0..n_words).map(|_| AtomicU64::new(0)).collect(),
-            n_bits,
-        }
+        AtomicBitmap { words: (0..n_words).map(|_| AtomicU64::new(0)).collect(), n_bits }
     }
 
     pub fn len(&self) -> u64 {
@@ -31,11 +28,7 @@ impl AtomicBitmap {
 
     /// Sets bit `idx`; returns true when this call set it (false when it was already set).
     pub fn set(&self, idx: u64) -> bool {
-        assert!(
-            idx < self.n_bits,
-            "piece index {idx} out of range {}",
-            self.n_bits
-        );
+        assert!(idx < self.n_bits, "piece index {idx} out of range {}", self.n_bits);
         let mask = 1u64 << (idx % 64);
         let old = self.words[(idx / 64) as usize].fetch_or(mask, Ordering::AcqRel);
         old & mask == 0
@@ -50,10 +43,7 @@ impl AtomicBitmap {
     }
 
     pub fn count(&self) -> u64 {
-        self.words
-            .iter()
-            .map(|w| w.load(Ordering::Acquire).count_ones() as u64)
-            .sum()
+        self.words.iter().map(|w| w.load(Ordering::Acquire).count_ones() as u64).sum()
     }
 
     pub fn is_full(&self) -> bool {

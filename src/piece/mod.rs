@@ -33,10 +33,7 @@ pub struct Layout {
 
 impl Layout {
     pub fn for_len(content_len_bytes: u64) -> Layout {
-        Layout {
-            content_len_bytes,
-            piece_len_bytes: piece_len_for(content_len_bytes),
-        }
+        Layout { content_len_bytes, piece_len_bytes: piece_len_for(content_len_bytes) }
     }
 
     pub fn n_pieces(&self) -> u64 {
@@ -63,11 +60,7 @@ mod tests {
     const MIB: u64 = 1024 * 1024;
 
     fn check_len(content_len: u64, expected_piece_len: u64) {
-        assert_eq!(
-            piece_len_for(content_len),
-            expected_piece_len,
-            "content_len={content_len}"
-        );
+        assert_eq!(piece_len_for(content_len), expected_piece_len, "content_len={content_len}");
     }
 
     #[test]
@@ -87,11 +80,7 @@ mod tests {
 
     fn check_layout(content_len: u64, expected: &[(u64, u64)]) {
         let layout = Layout::for_len(content_len);
-        assert_eq!(
-            layout.n_pieces(),
-            expected.len() as u64,
-            "content_len={content_len}"
-        );
+        assert_eq!(layout.n_pieces(), expected.len() as u64, "content_len={content_len}");
         for (idx, want) in expected.iter().enumerate() {
             assert_eq!(layout.piece_range(idx as u64), Some(*want));
         }
@@ -106,9 +95,6 @@ mod tests {
         check_layout(p - 1, &[(0, p - 1)]);
         check_layout(p, &[(0, p)]);
         check_layout(p + 1, &[(0, p), (p, p + 1)]);
-        check_layout(
-            3 * p + 7,
-            &[(0, p), (p, 2 * p), (2 * p, 3 * p), (3 * p, 3 * p + 7)],
-        );
+        check_layout(3 * p + 7, &[(0, p), (p, 2 * p), (2 * p, 3 * p), (3 * p, 3 * p + 7)]);
     }
 }

@@ -36,10 +36,7 @@ pub fn export(src: &Path, out: &Path, allow_link: bool) -> Result<Method> {
         _ => PathBuf::from("."),
     };
     if !dir.is_dir() {
-        return Err(Error::client(format!(
-            "output directory {} does not exist",
-            dir.display()
-        )));
+        return Err(Error::client(format!("output directory {} does not exist", dir.display())));
     }
     let tmp = temp_name(&dir, out);
     let result = place(src, &tmp, allow_link).and_then(|method| {
@@ -53,14 +50,8 @@ pub fn export(src: &Path, out: &Path, allow_link: bool) -> Result<Method> {
 }
 
 fn temp_name(dir: &Path, out: &Path) -> PathBuf {
-    let base = out
-        .file_name()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    dir.join(format!(
-        ".{base}.dfget-{}.tmp",
-        uuid::Uuid::new_v4().simple()
-    ))
+    let base = out.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    dir.join(format!(".{base}.dfget-{}.tmp", uuid::Uuid::new_v4().simple()))
 }
 
 fn place(src: &Path, tmp: &Path, allow_link: bool) -> Result<Method> {
@@ -69,11 +60,7 @@ fn place(src: &Path, tmp: &Path, allow_link: bool) -> Result<Method> {
             Ok(()) => return Ok(Method::HardLink),
             // Cross-device, or a filesystem/policy that forbids links (fs.protected_hardlinks): fall
             // through to a copy. Anything else is a real error.
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EXDEV | libc::EPERM | libc::EMLINK)
-                ) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EXDEV | libc::EPERM | libc::EMLINK)) => {}
             Err(e) => return Err(disk_err(e, tmp, "hard-link task file to")),
         }
     }
@@ -97,10 +84,7 @@ fn copy_range(from: &File, to: &File) -> io::Result<()> {
         let chunk = (len - done).min(1 << 30) as usize;
         let n = rustix::fs::copy_file_range(from, None, to, None, chunk)?;
         if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "source shrank while copying",
-            ));
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "source shrank while copying"));
         }
         done += n as u64;
     }
@@ -121,10 +105,7 @@ mod tests {
         fs::write(&out, b"old").unwrap();
         assert_eq!(export(&src, &out, true).unwrap(), Method::HardLink);
         assert_eq!(fs::read(&out).unwrap(), b"new content");
-        assert_eq!(
-            fs::metadata(&out).unwrap().ino(),
-            fs::metadata(&src).unwrap().ino()
-        );
+        assert_eq!(fs::metadata(&out).unwrap().ino(), fs::metadata(&src).unwrap().ino());
         let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(leftovers.len(), 2, "no temp file left");
     }
@@ -138,10 +119,7 @@ mod tests {
         let m = export(&src, &out, false).unwrap();
         assert!(matches!(m, Method::Copy | Method::Reflink));
         assert_eq!(fs::read(&out).unwrap(), vec![7u8; 100_000]);
-        assert_ne!(
-            fs::metadata(&out).unwrap().ino(),
-            fs::metadata(&src).unwrap().ino()
-        );
+        assert_ne!(fs::metadata(&out).unwrap().ino(), fs::metadata(&src).unwrap().ino());
     }
 
     #[test]

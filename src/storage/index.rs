@@ -14,9 +14,7 @@ pub struct Index<T> {
 
 impl<T: Send + Sync + 'static> Default for Index<T> {
     fn default() -> Self {
-        Index {
-            map: SkipMap::new(),
-        }
+        Index { map: SkipMap::new() }
     }
 }
 

@@ -83,10 +83,7 @@ pub struct MetaError {
 
 impl MetaError {
     fn new(kind: MetaErrorKind, message: impl Into<String>) -> Self {
-        MetaError {
-            kind,
-            message: message.into(),
-        }
+        MetaError { kind, message: message.into() }
     }
 }
 
@@ -154,11 +151,7 @@ impl TaskMeta {
             url: &self.url,
             content_len: self.content_len,
             piece_len: self.piece_len,
-            pieces_done: self
-                .pieces_done
-                .iter()
-                .map(|&done| if done { '1' } else { '0' })
-                .collect(),
+            pieces_done: self.pieces_done.iter().map(|&done| if done { '1' } else { '0' }).collect(),
             piece_crcs: &self.piece_crcs,
             digest: self.digest.as_deref(),
             created_unix_ms: self.created_unix_ms,
@@ -186,9 +179,7 @@ impl TaskMeta {
         if got_crc != want_crc {
             return Err(MetaError::new(
                 MetaErrorKind::Checksum,
-                format!(
-                    "checksum mismatch (stored {want_crc:08x}, computed {got_crc:08x}): corrupt"
-                ),
+                format!("checksum mismatch (stored {want_crc:08x}, computed {got_crc:08x}): corrupt"),
             ));
         }
         let probe: VersionProbe = serde_json::from_slice(body).map_err(malformed)?;
@@ -197,17 +188,10 @@ impl TaskMeta {
             Some(v) => {
                 return Err(MetaError::new(
                     MetaErrorKind::Version,
-                    format!(
-                        "format version {v} is not supported (this build reads {META_VERSION})"
-                    ),
+                    format!("format version {v} is not supported (this build reads {META_VERSION})"),
                 ))
             }
-            None => {
-                return Err(MetaError::new(
-                    MetaErrorKind::Version,
-                    "no format version field \"v\"",
-                ))
-            }
+            None => return Err(MetaError::new(MetaErrorKind::Version, "no format version field \"v\"")),
         }
         let wire: WireIn = serde_json::from_slice(body).map_err(malformed)?;
         let meta = from_wire(wire)?;
@@ -218,39 +202,24 @@ impl TaskMeta {
     /// Finished = marked finished, length known and every piece present. `decode` guarantees the
     /// three agree; checking all of them keeps a half-built in-memory value from passing.
     pub fn is_finished(&self) -> bool {
-        self.finished_unix_ms.is_some()
-            && self.content_len.is_some()
-            && self.pieces_done.iter().all(|&done| done)
+        self.finished_unix_ms.is_some() && self.content_len.is_some() && self.pieces_done.iter().all(|&done| done)
     }
 }
 
 fn malformed(err: serde_json::Error) -> MetaError {
-    MetaError::new(
-        MetaErrorKind::Malformed,
-        format!("not a v{META_VERSION} meta: {err}"),
-    )
+    MetaError::new(MetaErrorKind::Malformed, format!("not a v{META_VERSION} meta: {err}"))
 }
 
 fn too_large(len: u64) -> MetaError {
-    MetaError::new(
-        MetaErrorKind::TooLarge,
-        format!("{len} bytes exceeds the {MAX_META_BYTES}-byte limit"),
-    )
+    MetaError::new(MetaErrorKind::TooLarge, format!("{len} bytes exceeds the {MAX_META_BYTES}-byte limit"))
 }
 
 /// Splits `body \n crc32:xxxxxxxx \n` into the body and the stored crc.
 fn split_trailer(bytes: &[u8]) -> Result<(&[u8], u32), MetaError> {
-    let torn = || {
-        MetaError::new(
-            MetaErrorKind::Truncated,
-            "missing or malformed checksum trailer: torn or truncated write",
-        )
-    };
+    let torn =
+        || MetaError::new(MetaErrorKind::Truncated, "missing or malformed checksum trailer: torn or truncated write");
     let without_nl = bytes.strip_suffix(b"\n").ok_or_else(torn)?;
-    let sep = without_nl
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .ok_or_else(torn)?;
+    let sep = without_nl.iter().rposition(|&b| b == b'\n').ok_or_else(torn)?;
     let (body, trailer) = (&without_nl[..sep], &without_nl[sep + 1..]);
     let hex = trailer.strip_prefix(CRC_PREFIX).ok_or_else(torn)?;
     if hex.len() != 8 {
@@ -272,10 +241,7 @@ fn from_wire(wire: WireIn) -> Result<TaskMeta, MetaError> {
     if wire.pieces_done.len() > MAX_PIECES {
         return Err(MetaError::new(
             MetaErrorKind::Inconsistent,
-            format!(
-                "{} pieces exceeds the limit of {MAX_PIECES}",
-                wire.pieces_done.len()
-            ),
+            format!("{} pieces exceeds the limit of {MAX_PIECES}", wire.pieces_done.len()),
         ));
     }
     let pieces_done = wire
@@ -284,10 +250,7 @@ fn from_wire(wire: WireIn) -> Result<TaskMeta, MetaError> {
         .map(|b| match b {
             b'1' => Ok(true),
             b'0' => Ok(false),
-            _ => Err(MetaError::new(
-                MetaErrorKind::Malformed,
-                "pieces_done holds a char other than 0/1",
-            )),
+            _ => Err(MetaError::new(MetaErrorKind::Malformed, "pieces_done holds a char other than 0/1")),
         })
         .collect::<Result<Vec<bool>, MetaError>>()?;
     Ok(TaskMeta {
@@ -309,22 +272,14 @@ fn from_wire(wire: WireIn) -> Result<TaskMeta, MetaError> {
 fn validate(meta: &TaskMeta) -> Result<(), String> {
     validate_strings(meta)?;
     if meta.piece_len == 0 || meta.piece_len > MAX_PIECE_LEN_BYTES {
-        return Err(format!(
-            "piece_len {} is outside 1..={MAX_PIECE_LEN_BYTES}",
-            meta.piece_len
-        ));
+        return Err(format!("piece_len {} is outside 1..={MAX_PIECE_LEN_BYTES}", meta.piece_len));
     }
     let n_pieces = meta.pieces_done.len();
     if n_pieces != meta.piece_crcs.len() {
-        return Err(format!(
-            "{n_pieces} piece flags but {} piece crcs",
-            meta.piece_crcs.len()
-        ));
+        return Err(format!("{n_pieces} piece flags but {} piece crcs", meta.piece_crcs.len()));
     }
     if n_pieces > MAX_PIECES {
-        return Err(format!(
-            "{n_pieces} pieces exceeds the limit of {MAX_PIECES}"
-        ));
+        return Err(format!("{n_pieces} pieces exceeds the limit of {MAX_PIECES}"));
     }
     match meta.content_len {
         Some(len) => {
@@ -351,28 +306,18 @@ fn validate(meta: &TaskMeta) -> Result<(), String> {
 
 /// Ids and digests end up in file names and comparisons, so only their expected shapes pass.
 fn validate_strings(meta: &TaskMeta) -> Result<(), String> {
-    let is_lower_hex = |s: &str| {
-        s.bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
+    let is_lower_hex = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     if meta.task_id.len() != TASK_ID_HEX_LEN || !is_lower_hex(&meta.task_id) {
-        return Err(format!(
-            "task_id is not {TASK_ID_HEX_LEN} lowercase hex chars"
-        ));
+        return Err(format!("task_id is not {TASK_ID_HEX_LEN} lowercase hex chars"));
     }
     if meta.url.is_empty() || meta.url.len() > MAX_URL_BYTES {
-        return Err(format!(
-            "url length {} is outside 1..={MAX_URL_BYTES}",
-            meta.url.len()
-        ));
+        return Err(format!("url length {} is outside 1..={MAX_URL_BYTES}", meta.url.len()));
     }
     if let Some(digest) = &meta.digest {
         let shape_ok = digest.len() <= MAX_DIGEST_BYTES
             && digest.split_once(':').is_some_and(|(algo, hex)| {
                 !algo.is_empty()
-                    && algo
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                    && algo.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
                     && !hex.is_empty()
                     && is_lower_hex(hex)
             });
@@ -393,11 +338,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         let _ = fs::remove_file(&tmp);
         return Err(err);
     }
-    sync_dir(
-        path.parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new(".")),
-    )
+    sync_dir(path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))
 }
 
 fn tmp_path(path: &Path) -> io::Result<PathBuf> {
@@ -413,11 +354,7 @@ fn tmp_path(path: &Path) -> io::Result<PathBuf> {
 }
 
 fn write_and_rename(tmp: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(tmp)?;
+    let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(tmp)?;
     file.write_all(bytes)?;
     file.sync_all()?;
     drop(file);
@@ -430,8 +367,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Reads and decodes the meta at `path`; every error message names the path.
 pub fn read(path: &Path) -> Result<TaskMeta, MetaError> {
-    let with_path =
-        |err: MetaError| MetaError::new(err.kind, format!("{}: {}", path.display(), err.message));
+    let with_path = |err: MetaError| MetaError::new(err.kind, format!("{}: {}", path.display(), err.message));
     let file = File::open(path).map_err(|err| {
         let kind = match err.kind() {
             io::ErrorKind::NotFound => MetaErrorKind::NotFound,
@@ -443,12 +379,7 @@ pub fn read(path: &Path) -> Result<TaskMeta, MetaError> {
     // One byte past the limit tells "too large" from "exactly at the limit" without trusting stat.
     file.take(MAX_META_BYTES + 1)
         .read_to_end(&mut bytes)
-        .map_err(|err| {
-            MetaError::new(
-                MetaErrorKind::Io,
-                format!("{}: read: {err}", path.display()),
-            )
-        })?;
+        .map_err(|err| MetaError::new(MetaErrorKind::Io, format!("{}: read: {err}", path.display())))?;
     if bytes.len() as u64 > MAX_META_BYTES {
         return Err(with_path(too_large(bytes.len() as u64)));
     }
@@ -503,12 +434,7 @@ mod tests {
     fn round_trip() {
         check_round_trip("partial", meta(), false);
         check_round_trip("finished with digest", finished(), true);
-        let unknown = TaskMeta {
-            content_len: None,
-            pieces_done: vec![true, true],
-            piece_crcs: vec![5, 6],
-            ..meta()
-        };
+        let unknown = TaskMeta { content_len: None, pieces_done: vec![true, true], piece_crcs: vec![5, 6], ..meta() };
         check_round_trip("unknown length, streaming", unknown, false);
         let empty = TaskMeta {
             content_len: Some(0),
@@ -518,23 +444,12 @@ mod tests {
             ..meta()
         };
         check_round_trip("empty content is zero pieces", empty, true);
-        let exact = TaskMeta {
-            content_len: Some(8 * MIB),
-            pieces_done: vec![false, false],
-            piece_crcs: vec![0, 0],
-            ..meta()
-        };
+        let exact =
+            TaskMeta { content_len: Some(8 * MIB), pieces_done: vec![false, false], piece_crcs: vec![0, 0], ..meta() };
         check_round_trip("length a multiple of piece_len", exact, false);
-        let odd_url = TaskMeta {
-            url: "https://ex.com/ü\n\"q\"?a=1&b=\u{7f}".to_string(),
-            ..meta()
-        };
+        let odd_url = TaskMeta { url: "https://ex.com/ü\n\"q\"?a=1&b=\u{7f}".to_string(), ..meta() };
         check_round_trip("url with escapes and non-ascii", odd_url, false);
-        let max_ts = TaskMeta {
-            created_unix_ms: u64::MAX,
-            last_access_unix_ms: 0,
-            ..finished()
-        };
+        let max_ts = TaskMeta { created_unix_ms: u64::MAX, last_access_unix_ms: 0, ..finished() };
         check_round_trip("timestamps unordered and extreme", max_ts, true);
     }
 
@@ -546,10 +461,7 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert!(lines[0].starts_with("{\"v\":1,"), "{}", lines[0]);
         assert!(lines[0].contains("\"pieces_done\":\"101\""), "{}", lines[0]);
-        assert_eq!(
-            lines[1],
-            format!("crc32:{:08x}", crc32fast::hash(lines[0].as_bytes()))
-        );
+        assert_eq!(lines[1], format!("crc32:{:08x}", crc32fast::hash(lines[0].as_bytes())));
     }
 
     #[test]
@@ -582,10 +494,7 @@ mod tests {
         }
         let mut longer = good.clone();
         longer.extend_from_slice(b"\n");
-        assert!(
-            TaskMeta::decode(&longer).is_err(),
-            "trailing newline accepted"
-        );
+        assert!(TaskMeta::decode(&longer).is_err(), "trailing newline accepted");
     }
 
     fn check_decode_err(name: &str, bytes: &[u8], kind: MetaErrorKind) {
@@ -601,74 +510,26 @@ mod tests {
         let v1 = String::from_utf8(meta().encode()).expect("utf8");
         let body = v1.lines().next().expect("body");
         let cases: Vec<(&str, Vec<u8>, MetaErrorKind)> = vec![
-            (
-                "version 2",
-                with_trailer(&body.replace("\"v\":1", "\"v\":2")),
-                Version,
-            ),
-            (
-                "version 0",
-                with_trailer(&body.replace("\"v\":1", "\"v\":0")),
-                Version,
-            ),
-            (
-                "no version",
-                with_trailer(&body.replace("\"v\":1,", "")),
-                Version,
-            ),
-            (
-                "version as string",
-                with_trailer(&body.replace("\"v\":1", "\"v\":\"1\"")),
-                Malformed,
-            ),
-            (
-                "future format, other fields",
-                with_trailer(r#"{"v":9,"blob":[1,2]}"#),
-                Version,
-            ),
-            (
-                "unknown field",
-                with_trailer(&body.replace("\"v\":1,", "\"v\":1,\"extra\":0,")),
-                Malformed,
-            ),
-            (
-                "missing field",
-                with_trailer(&body.replace("\"piece_len\":4194304,", "")),
-                Malformed,
-            ),
-            (
-                "piece flag not 0/1",
-                with_trailer(&body.replace("\"101\"", "\"1x1\"")),
-                Malformed,
-            ),
-            (
-                "negative number",
-                with_trailer(&body.replace("\"piece_len\":4194304", "\"piece_len\":-1")),
-                Malformed,
-            ),
+            ("version 2", with_trailer(&body.replace("\"v\":1", "\"v\":2")), Version),
+            ("version 0", with_trailer(&body.replace("\"v\":1", "\"v\":0")), Version),
+            ("no version", with_trailer(&body.replace("\"v\":1,", "")), Version),
+            ("version as string", with_trailer(&body.replace("\"v\":1", "\"v\":\"1\"")), Malformed),
+            ("future format, other fields", with_trailer(r#"{"v":9,"blob":[1,2]}"#), Version),
+            ("unknown field", with_trailer(&body.replace("\"v\":1,", "\"v\":1,\"extra\":0,")), Malformed),
+            ("missing field", with_trailer(&body.replace("\"piece_len\":4194304,", "")), Malformed),
+            ("piece flag not 0/1", with_trailer(&body.replace("\"101\"", "\"1x1\"")), Malformed),
+            ("negative number", with_trailer(&body.replace("\"piece_len\":4194304", "\"piece_len\":-1")), Malformed),
             ("not json", with_trailer("hello"), Malformed),
             ("json array", with_trailer("[1]"), Malformed),
             ("empty body", with_trailer(""), Malformed),
             ("empty file", vec![], Truncated),
             (
                 "uppercase crc",
-                body.to_string()
-                    .into_bytes()
-                    .into_iter()
-                    .chain(b"\ncrc32:DEADBEEF\n".iter().copied())
-                    .collect(),
+                body.to_string().into_bytes().into_iter().chain(b"\ncrc32:DEADBEEF\n".iter().copied()).collect(),
                 Truncated,
             ),
-            (
-                "wrong crc",
-                format!("{body}\ncrc32:00000000\n").into_bytes(),
-                Checksum,
-            ),
-            (
-                "too large",
-                vec![b' '; MAX_META_BYTES as usize + 1],
-                TooLarge,
-            ),
+            ("wrong crc", format!("{body}\ncrc32:00000000\n").into_bytes(), Checksum),
+            ("too large", vec![b' '; MAX_META_BYTES as usize + 1], TooLarge),
         ];
         for (name, bytes, kind) in cases {
             check_decode_err(name, &bytes, kind);
@@ -678,57 +539,16 @@ mod tests {
     #[test]
     fn inconsistent_fields() {
         let cases: Vec<(&str, TaskMeta)> = vec![
-            (
-                "crc count differs",
-                TaskMeta {
-                    piece_crcs: vec![1, 2],
-                    ..meta()
-                },
-            ),
-            (
-                "too few pieces for length",
-                TaskMeta {
-                    content_len: Some(12 * MIB + 1),
-                    ..meta()
-                },
-            ),
-            (
-                "too many pieces for length",
-                TaskMeta {
-                    content_len: Some(8 * MIB),
-                    ..meta()
-                },
-            ),
+            ("crc count differs", TaskMeta { piece_crcs: vec![1, 2], ..meta() }),
+            ("too few pieces for length", TaskMeta { content_len: Some(12 * MIB + 1), ..meta() }),
+            ("too many pieces for length", TaskMeta { content_len: Some(8 * MIB), ..meta() }),
             (
                 "empty content with a piece",
-                TaskMeta {
-                    content_len: Some(0),
-                    pieces_done: vec![true],
-                    piece_crcs: vec![0],
-                    ..meta()
-                },
+                TaskMeta { content_len: Some(0), pieces_done: vec![true], piece_crcs: vec![0], ..meta() },
             ),
-            (
-                "finished with a piece missing",
-                TaskMeta {
-                    finished_unix_ms: Some(5),
-                    ..meta()
-                },
-            ),
-            (
-                "finished, length unknown",
-                TaskMeta {
-                    content_len: None,
-                    ..finished()
-                },
-            ),
-            (
-                "piece_len zero",
-                TaskMeta {
-                    piece_len: 0,
-                    ..meta()
-                },
-            ),
+            ("finished with a piece missing", TaskMeta { finished_unix_ms: Some(5), ..meta() }),
+            ("finished, length unknown", TaskMeta { content_len: None, ..finished() }),
+            ("piece_len zero", TaskMeta { piece_len: 0, ..meta() }),
             (
                 "piece_len over cap",
                 TaskMeta {
@@ -739,69 +559,15 @@ mod tests {
                     ..meta()
                 },
             ),
-            (
-                "task id short",
-                TaskMeta {
-                    task_id: "abc".to_string(),
-                    ..meta()
-                },
-            ),
-            (
-                "task id path",
-                TaskMeta {
-                    task_id: format!("../{}", &ID[3..]),
-                    ..meta()
-                },
-            ),
-            (
-                "task id uppercase",
-                TaskMeta {
-                    task_id: ID.to_uppercase(),
-                    ..meta()
-                },
-            ),
-            (
-                "url empty",
-                TaskMeta {
-                    url: String::new(),
-                    ..meta()
-                },
-            ),
-            (
-                "url too long",
-                TaskMeta {
-                    url: "h".repeat(MAX_URL_BYTES + 1),
-                    ..meta()
-                },
-            ),
-            (
-                "digest without algo",
-                TaskMeta {
-                    digest: Some(format!(":{ID}")),
-                    ..meta()
-                },
-            ),
-            (
-                "digest without hex",
-                TaskMeta {
-                    digest: Some("sha256:".to_string()),
-                    ..meta()
-                },
-            ),
-            (
-                "digest not hex",
-                TaskMeta {
-                    digest: Some("sha256:xyz".to_string()),
-                    ..meta()
-                },
-            ),
-            (
-                "digest no colon",
-                TaskMeta {
-                    digest: Some(ID.to_string()),
-                    ..meta()
-                },
-            ),
+            ("task id short", TaskMeta { task_id: "abc".to_string(), ..meta() }),
+            ("task id path", TaskMeta { task_id: format!("../{}", &ID[3..]), ..meta() }),
+            ("task id uppercase", TaskMeta { task_id: ID.to_uppercase(), ..meta() }),
+            ("url empty", TaskMeta { url: String::new(), ..meta() }),
+            ("url too long", TaskMeta { url: "h".repeat(MAX_URL_BYTES + 1), ..meta() }),
+            ("digest without algo", TaskMeta { digest: Some(format!(":{ID}")), ..meta() }),
+            ("digest without hex", TaskMeta { digest: Some("sha256:".to_string()), ..meta() }),
+            ("digest not hex", TaskMeta { digest: Some("sha256:xyz".to_string()), ..meta() }),
+            ("digest no colon", TaskMeta { digest: Some(ID.to_string()), ..meta() }),
             (
                 "too many pieces",
                 TaskMeta {
@@ -832,11 +598,7 @@ mod tests {
             ..meta()
         };
         let bytes = m.encode();
-        assert!(
-            bytes.len() as u64 <= MAX_META_BYTES,
-            "{} bytes",
-            bytes.len()
-        );
+        assert!(bytes.len() as u64 <= MAX_META_BYTES, "{} bytes", bytes.len());
         assert_eq!(TaskMeta::decode(&bytes), Ok(m));
     }
 
@@ -893,21 +655,14 @@ mod tests {
             }
             let err = read(&path).expect_err(name);
             assert_eq!(err.kind, kind, "{name}: {err}");
-            assert!(
-                err.message.contains(name),
-                "{name}: message lacks the path: {err}"
-            );
+            assert!(err.message.contains(name), "{name}: message lacks the path: {err}");
         };
         check("missing", None, MetaErrorKind::NotFound);
         check("empty", Some(b""), MetaErrorKind::Truncated);
         let big = vec![b'x'; MAX_META_BYTES as usize + 1];
         check("big", Some(&big), MetaErrorKind::TooLarge);
         let good = meta().encode();
-        check(
-            "torn",
-            Some(&good[..good.len() / 2]),
-            MetaErrorKind::Truncated,
-        );
+        check("torn", Some(&good[..good.len() / 2]), MetaErrorKind::Truncated);
         let dir_path = dir.path().join("adir");
         fs::create_dir(&dir_path).expect("mkdir");
         check("adir", None, MetaErrorKind::Io);

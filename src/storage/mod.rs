@@ -27,9 +27,7 @@ pub struct Store {
 
 impl Store {
     pub fn new(data_dir: &Path) -> Store {
-        Store {
-            root: data_dir.join("tasks"),
-        }
+        Store { root: data_dir.join("tasks") }
     }
 
     pub fn root(&self) -> &Path {
@@ -86,9 +84,7 @@ fn preallocate(file: &File, len_bytes: u64) -> io::Result<()> {
     }
     match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len_bytes) {
         Ok(()) => Ok(()),
-        Err(rustix::io::Errno::OPNOTSUPP) | Err(rustix::io::Errno::NOSYS) => {
-            file.set_len(len_bytes)
-        }
+        Err(rustix::io::Errno::OPNOTSUPP) | Err(rustix::io::Errno::NOSYS) => file.set_len(len_bytes),
         Err(e) => Err(e.into()),
     }
 }
@@ -96,9 +92,7 @@ fn preallocate(file: &File, len_bytes: u64) -> io::Result<()> {
 pub fn disk_err(e: io::Error, path: &Path, what: &str) -> Error {
     let hint = match e.raw_os_error() {
         Some(libc::ENOSPC) => " (no space left on the data dir's filesystem)",
-        Some(libc::EACCES) | Some(libc::EPERM) => {
-            " (permission denied: check the data dir's owner)"
-        }
+        Some(libc::EACCES) | Some(libc::EPERM) => " (permission denied: check the data dir's owner)",
         _ => "",
     };
     Error::disk(format!("{what} {}: {e}{hint}", path.display()))
@@ -106,29 +100,17 @@ pub fn disk_err(e: io::Error, path: &Path, what: &str) -> Error {
 
 /// Recomputes the crc32 of every piece of a finished file and compares with the recorded ones.
 /// Blocking: run it off the IO path (`spawn_blocking`).
-pub fn verify_pieces(
-    path: &Path,
-    len_bytes: u64,
-    piece_len_bytes: u64,
-    crcs: &[u32],
-) -> Result<()> {
+pub fn verify_pieces(path: &Path, len_bytes: u64, piece_len_bytes: u64, crcs: &[u32]) -> Result<()> {
     let mut file = File::open(path).map_err(|e| disk_err(e, path, "open task file"))?;
-    let actual_len = file
-        .metadata()
-        .map_err(|e| disk_err(e, path, "stat task file"))?
-        .len();
+    let actual_len = file.metadata().map_err(|e| disk_err(e, path, "stat task file"))?.len();
     if actual_len != len_bytes {
-        return Err(Error::disk(format!(
-            "task file {} has {actual_len} bytes, expected {len_bytes}",
-            path.display()
-        )));
+        return Err(Error::disk(format!("task file {} has {actual_len} bytes, expected {len_bytes}", path.display())));
     }
     let mut buf = vec![0u8; piece_len_bytes.min(len_bytes).max(1) as usize];
     for (idx, want) in crcs.iter().enumerate() {
         let start = idx as u64 * piece_len_bytes;
         let n = (len_bytes - start).min(piece_len_bytes) as usize;
-        file.read_exact(&mut buf[..n])
-            .map_err(|e| disk_err(e, path, "read task file"))?;
+        file.read_exact(&mut buf[..n]).map_err(|e| disk_err(e, path, "read task file"))?;
         let got = crc32fast::hash(&buf[..n]);
         if got != *want {
             return Err(Error::disk(format!(
@@ -147,16 +129,12 @@ pub fn verify_sha256(path: &Path, len_bytes: u64, want: &str) -> Result<()> {
     let mut h = Sha256::new();
     if len_bytes > 0 {
         // SAFETY: the task file is ours and no writer touches it once all pieces are recorded.
-        let map =
-            unsafe { memmap2::Mmap::map(&file) }.map_err(|e| disk_err(e, path, "map task file"))?;
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| disk_err(e, path, "map task file"))?;
         h.update(&map[..]);
     }
     let got = format!("sha256:{}", hex::encode(h.finalize()));
     if got != want {
-        return Err(Error::origin(
-            false,
-            format!("digest mismatch: expected {want}, got {got}"),
-        ));
+        return Err(Error::origin(false, format!("digest mismatch: expected {want}, got {got}")));
     }
     Ok(())
 }

@@ -40,11 +40,7 @@ pub fn filter_url(url: &str, filter: &[String]) -> String {
 
 /// Parses Dragonfly's `--filter` syntax: keys separated by `&`.
 pub fn parse_filter(spec: &str) -> Vec<String> {
-    spec.split('&')
-        .map(str::trim)
-        .filter(|k| !k.is_empty())
-        .map(String::from)
-        .collect()
+    spec.split('&').map(str::trim).filter(|k| !k.is_empty()).map(String::from).collect()
 }
 
 pub fn task_id(url: &str, filter: &[String], digest: &str, tag: &str, application: &str) -> String {
@@ -63,11 +59,7 @@ mod tests {
     use super::*;
 
     fn check_filter(url: &str, filter: &str, expected: &str) {
-        assert_eq!(
-            filter_url(url, &parse_filter(filter)),
-            expected,
-            "url={url} filter={filter}"
-        );
+        assert_eq!(filter_url(url, &parse_filter(filter)), expected, "url={url} filter={filter}");
     }
 
     #[test]
@@ -77,11 +69,7 @@ mod tests {
         check_filter("http://h/f?a=1&b=2", "a", "http://h/f?b=2");
         check_filter("http://h/f?a=1&b=2", "a&b", "http://h/f");
         check_filter("http://h/f?b=2&a=1&c", "a", "http://h/f?b=2&c");
-        check_filter(
-            "http://h/f?X-Amz-Date=1&k=v#frag",
-            "X-Amz-Date",
-            "http://h/f?k=v#frag",
-        );
+        check_filter("http://h/f?X-Amz-Date=1&k=v#frag", "X-Amz-Date", "http://h/f?k=v#frag");
         check_filter("http://h/f?ab=1", "a", "http://h/f?ab=1");
     }
 
@@ -94,14 +82,7 @@ mod tests {
         let cases = [
             ("http://h/f", "", "", "", "", sha("http://h/f")),
             ("http://h/f?t=1", "t", "", "", "", sha("http://h/f")),
-            (
-                "http://h/f",
-                "",
-                "sha256:ab",
-                "",
-                "",
-                sha("http://h/fsha256:ab"),
-            ),
+            ("http://h/f", "", "sha256:ab", "", "", sha("http://h/fsha256:ab")),
             ("http://h/f", "", "", "tag", "app", sha("http://h/ftagapp")),
             ("http://h/f", "", "d", "t", "a", sha("http://h/fdta")),
         ];

@@ -34,12 +34,7 @@ pub struct DaemonOpts {
 impl Default for DaemonOpts {
     fn default() -> Self {
         // Two cores: enough to show parallel pieces, modest on a shared 2-core CI machine.
-        DaemonOpts {
-            extra_yaml: String::new(),
-            cores: Some(2),
-            log_level: None,
-            console: false,
-        }
+        DaemonOpts { extra_yaml: String::new(), cores: Some(2), log_level: None, console: false }
     }
 }
 
@@ -55,23 +50,12 @@ impl Daemon {
     }
 
     pub fn start(opts: DaemonOpts) -> Daemon {
-        let dir = tempfile::Builder::new()
-            .prefix("dfget-e2e-")
-            .tempdir()
-            .expect("temp dir");
+        let dir = tempfile::Builder::new().prefix("dfget-e2e-").tempdir().expect("temp dir");
         let socket = dir.path().join("dfdaemon.sock");
         let config_path = dir.path().join("dfget.yaml");
-        fs::write(
-            &config_path,
-            config_yaml(dir.path(), &socket, &opts.extra_yaml),
-        )
-        .expect("write config");
+        fs::write(&config_path, config_yaml(dir.path(), &socket, &opts.extra_yaml)).expect("write config");
         let child = spawn(dir.path(), &config_path, &opts);
-        let mut daemon = Daemon {
-            dir,
-            socket,
-            child: Some(child),
-        };
+        let mut daemon = Daemon { dir, socket, child: Some(child) };
         daemon.wait_healthy();
         daemon
     }
@@ -146,16 +130,10 @@ impl Daemon {
             health_check(&self.socket)
         });
         if let Some(status) = exited {
-            panic!(
-                "daemon exited during start-up ({status})\n{}",
-                self.diagnostics()
-            );
+            panic!("daemon exited during start-up ({status})\n{}", self.diagnostics());
         }
         if !healthy {
-            panic!(
-                "daemon not healthy within {HEALTH_LIMIT:?}\n{}",
-                self.diagnostics()
-            );
+            panic!("daemon not healthy within {HEALTH_LIMIT:?}\n{}", self.diagnostics());
         }
     }
 }
@@ -230,10 +208,7 @@ fn health_check(socket: &Path) -> bool {
     };
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-    if stream
-        .write_all(b"GET /healthy HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .is_err()
-    {
+    if stream.write_all(b"GET /healthy HTTP/1.1\r\nHost: localhost\r\n\r\n").is_err() {
         return false;
     }
     // Only the status line matters; read until it is complete or the peer stops.

@@ -65,11 +65,7 @@ pub fn assert_bytes_eq(got: &[u8], expected: &[u8], what: &str) {
     if got == expected {
         return;
     }
-    let first_diff = got
-        .iter()
-        .zip(expected.iter())
-        .position(|(a, b)| a != b)
-        .unwrap_or(got.len().min(expected.len()));
+    let first_diff = got.iter().zip(expected.iter()).position(|(a, b)| a != b).unwrap_or(got.len().min(expected.len()));
     panic!(
         "{what}: content differs: got {} bytes, expected {} bytes, first difference at offset {} \
          (piece {})",
@@ -84,12 +80,7 @@ pub fn assert_bytes_eq(got: &[u8], expected: &[u8], what: &str) {
 pub fn dir_entries(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("read_dir {}: {e}", dir.display()))
-        .map(|e| {
-            e.expect("dir entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
+        .map(|e| e.expect("dir entry").file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
     names
@@ -120,9 +111,7 @@ pub fn regular_files_under(root: &Path) -> Vec<PathBuf> {
 /// Runs `cmd` with piped output, killing it and panicking if it outlives `limit`, so a hung
 /// client fails the test instead of hanging CI.
 pub fn run_with_limit(cmd: &mut Command, limit: Duration) -> Output {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     // Drain both pipes on threads: a child blocked on a full pipe would never exit.
     let out_reader = drain(child.stdout.take());
@@ -131,11 +120,7 @@ pub fn run_with_limit(cmd: &mut Command, limit: Duration) -> Output {
     let stdout = out_reader.join().unwrap_or_default();
     let stderr = err_reader.join().unwrap_or_default();
     match status {
-        Some(status) => Output {
-            status,
-            stdout,
-            stderr,
-        },
+        Some(status) => Output { status, stdout, stderr },
         None => panic!(
             "{cmd:?} did not finish within {limit:?}\nstdout: {}\nstderr: {}",
             String::from_utf8_lossy(&stdout),

@@ -45,10 +45,7 @@ impl Nginx {
     /// multi-piece download from there takes long enough to show parallel connections).
     pub fn start(root: &Path) -> Nginx {
         let binary = nginx_binary();
-        let prefix = tempfile::Builder::new()
-            .prefix("dfget-nginx-")
-            .tempdir()
-            .expect("temp dir");
+        let prefix = tempfile::Builder::new().prefix("dfget-nginx-").tempdir().expect("temp dir");
         for dir in ["logs", "client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
             fs::create_dir_all(prefix.path().join(dir)).expect("nginx prefix dirs");
         }
@@ -59,13 +56,7 @@ impl Nginx {
             fs::write(&conf, nginx_conf(prefix.path(), root, port)).expect("write nginx.conf");
             let mut child = spawn(&binary, prefix.path(), &conf);
             match wait_ready(&mut child, port, prefix.path()) {
-                Ok(()) => {
-                    return Nginx {
-                        prefix,
-                        port,
-                        child: Some(child),
-                    }
-                }
+                Ok(()) => return Nginx { prefix, port, child: Some(child) },
                 // Most likely the port was taken between free_port() and nginx's bind.
                 Err(e) => {
                     terminate(&mut child, Duration::from_secs(3));
@@ -91,12 +82,8 @@ impl Nginx {
 
     /// The parsed access log (nginx writes a line when a request completes).
     pub fn access_log_entries(&self) -> Vec<AccessEntry> {
-        let text =
-            fs::read_to_string(self.prefix.path().join("logs/access.log")).unwrap_or_default();
-        text.lines()
-            .filter_map(parse_access_line)
-            .filter(|e| e.uri != READY_PATH)
-            .collect()
+        let text = fs::read_to_string(self.prefix.path().join("logs/access.log")).unwrap_or_default();
+        text.lines().filter_map(parse_access_line).filter(|e| e.uri != READY_PATH).collect()
     }
 }
 
@@ -203,14 +190,7 @@ fn parse_access_line(line: &str) -> Option<AccessEntry> {
     let status = tail.next()?.parse().ok()?;
     let body_bytes_sent = tail.next()?.parse().ok()?;
     let range = (range != "-" && !range.is_empty()).then(|| range.to_string());
-    Some(AccessEntry {
-        connection,
-        method,
-        uri,
-        range,
-        status,
-        body_bytes_sent,
-    })
+    Some(AccessEntry { connection, method, uri, range, status, body_bytes_sent })
 }
 
 /// The nginx binary, installed with apt-get when missing (CI runs as root on Debian).
@@ -282,10 +262,7 @@ mod tests {
             status,
             body_bytes_sent: bytes,
         };
-        check(
-            r#"7 GET /a b "bytes=0-9" 206 10"#,
-            Some(entry(7, Some("bytes=0-9"), 206, 10)),
-        );
+        check(r#"7 GET /a b "bytes=0-9" 206 10"#, Some(entry(7, Some("bytes=0-9"), 206, 10)));
         check(r#"8 GET /a b "-" 200 5"#, Some(entry(8, None, 200, 5)));
         check("garbage", None);
     }

@@ -42,40 +42,22 @@ pub struct Serve {
 
 impl Serve {
     pub fn normal() -> Serve {
-        Serve {
-            mode: Mode::Normal,
-            first_byte_delay: Duration::ZERO,
-        }
+        Serve { mode: Mode::Normal, first_byte_delay: Duration::ZERO }
     }
     pub fn ignore_range() -> Serve {
-        Serve {
-            mode: Mode::IgnoreRange,
-            ..Serve::normal()
-        }
+        Serve { mode: Mode::IgnoreRange, ..Serve::normal() }
     }
     pub fn chunked() -> Serve {
-        Serve {
-            mode: Mode::Chunked,
-            ..Serve::normal()
-        }
+        Serve { mode: Mode::Chunked, ..Serve::normal() }
     }
     pub fn close_delimited() -> Serve {
-        Serve {
-            mode: Mode::CloseDelimited,
-            ..Serve::normal()
-        }
+        Serve { mode: Mode::CloseDelimited, ..Serve::normal() }
     }
     pub fn status(code: u16) -> Serve {
-        Serve {
-            mode: Mode::Status(code),
-            ..Serve::normal()
-        }
+        Serve { mode: Mode::Status(code), ..Serve::normal() }
     }
     pub fn with_delay(self, delay: Duration) -> Serve {
-        Serve {
-            first_byte_delay: delay,
-            ..self
-        }
+        Serve { first_byte_delay: delay, ..self }
     }
 }
 
@@ -94,10 +76,7 @@ pub struct Request {
 
 impl Request {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -131,11 +110,7 @@ impl TestOrigin {
         });
         let acceptor_shared = Arc::clone(&shared);
         let acceptor = std::thread::spawn(move || accept_loop(listener, acceptor_shared));
-        TestOrigin {
-            addr,
-            shared,
-            acceptor: Some(acceptor),
-        }
+        TestOrigin { addr, shared, acceptor: Some(acceptor) }
     }
 
     pub fn port(&self) -> u16 {
@@ -153,11 +128,7 @@ impl TestOrigin {
 
     pub fn add_with(&self, path: &str, bytes: Vec<u8>, serve: Serve) {
         assert!(path.starts_with('/'), "origin paths start with '/': {path}");
-        self.shared
-            .files
-            .lock()
-            .unwrap()
-            .insert(path.to_string(), (Arc::new(bytes), serve));
+        self.shared.files.lock().unwrap().insert(path.to_string(), (Arc::new(bytes), serve));
     }
 
     pub fn requests(&self) -> Vec<Request> {
@@ -166,18 +137,11 @@ impl TestOrigin {
 
     /// Requests whose path (query stripped) is `path`.
     pub fn requests_for(&self, path: &str) -> Vec<Request> {
-        self.requests()
-            .into_iter()
-            .filter(|r| r.path == path)
-            .collect()
+        self.requests().into_iter().filter(|r| r.path == path).collect()
     }
 
     pub fn distinct_connections(&self, path: &str) -> usize {
-        self.requests_for(path)
-            .iter()
-            .map(|r| r.conn_id)
-            .collect::<BTreeSet<_>>()
-            .len()
+        self.requests_for(path).iter().map(|r| r.conn_id).collect::<BTreeSet<_>>().len()
     }
 
     /// How often each Range header value (None = no Range) was requested for `path`.
@@ -263,18 +227,11 @@ fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Head>> {
         let mut line = String::new();
         let n = reader.read_line(&mut line)?;
         if n == 0 {
-            return if lines.is_empty() {
-                Ok(None)
-            } else {
-                Err(io::ErrorKind::UnexpectedEof.into())
-            };
+            return if lines.is_empty() { Ok(None) } else { Err(io::ErrorKind::UnexpectedEof.into()) };
         }
         total += n;
         if total > MAX_HEAD_BYTES {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "request head too large",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "request head too large"));
         }
         let line = line.trim_end_matches(['\r', '\n']).to_string();
         if line.is_empty() {
@@ -286,45 +243,29 @@ fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Head>> {
         lines.push(line);
     }
     let mut parts = lines[0].split_whitespace();
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
-    else {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "bad request line",
-        ));
+    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "bad request line"));
     };
     let headers = lines[1..]
         .iter()
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
-    Ok(Some(Head {
-        method: method.to_string(),
-        target: target.to_string(),
-        version: version.to_string(),
-        headers,
-    }))
+    Ok(Some(Head { method: method.to_string(), target: target.to_string(), version: version.to_string(), headers }))
 }
 
 fn header<'a>(head: &'a Head, name: &str) -> Option<&'a str> {
-    head.headers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.as_str())
+    head.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
 }
 
 fn skip_request_body(reader: &mut BufReader<TcpStream>, head: &Head) -> io::Result<()> {
-    let len: u64 = header(head, "content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let len: u64 = header(head, "content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
     io::copy(&mut reader.by_ref().take(len), &mut io::sink())?;
     Ok(())
 }
 
 fn client_keeps_alive(head: &Head) -> bool {
-    let connection = header(head, "connection")
-        .unwrap_or("")
-        .to_ascii_lowercase();
+    let connection = header(head, "connection").unwrap_or("").to_ascii_lowercase();
     if head.version == "HTTP/1.0" {
         return connection.contains("keep-alive");
     }
@@ -371,12 +312,7 @@ fn respond(
             Ok(keep)
         }
         Mode::Chunked => {
-            write_head(
-                w,
-                200,
-                &[("Transfer-Encoding", "chunked".to_string())],
-                keep,
-            )?;
+            write_head(w, 200, &[("Transfer-Encoding", "chunked".to_string())], keep)?;
             if !head_only {
                 write_chunked(w, &body, shared)?;
             }
@@ -392,13 +328,7 @@ fn respond(
     }
 }
 
-fn respond_status(
-    w: &mut TcpStream,
-    req: &Request,
-    code: u16,
-    keep: bool,
-    shared: &Shared,
-) -> io::Result<bool> {
+fn respond_status(w: &mut TcpStream, req: &Request, code: u16, keep: bool, shared: &Shared) -> io::Result<bool> {
     let body = format!("status {code} for {}\n", req.target).into_bytes();
     write_head(w, code, &[("Content-Length", body.len().to_string())], keep)?;
     if !req.method.eq_ignore_ascii_case("HEAD") {
@@ -418,16 +348,10 @@ fn respond_ranged(
     let len = body.len() as u64;
     let (code, slice, mut headers) = match range.map(|r| parse_range(r, len)) {
         None | Some(RangeAnswer::Full) => (200, body, vec![]),
-        Some(RangeAnswer::Partial(first, last)) => (
-            206,
-            &body[first as usize..=last as usize],
-            vec![("Content-Range", format!("bytes {first}-{last}/{len}"))],
-        ),
-        Some(RangeAnswer::Unsatisfiable) => (
-            416,
-            &body[..0],
-            vec![("Content-Range", format!("bytes */{len}"))],
-        ),
+        Some(RangeAnswer::Partial(first, last)) => {
+            (206, &body[first as usize..=last as usize], vec![("Content-Range", format!("bytes {first}-{last}/{len}"))])
+        }
+        Some(RangeAnswer::Unsatisfiable) => (416, &body[..0], vec![("Content-Range", format!("bytes */{len}"))]),
     };
     headers.push(("Accept-Ranges", "bytes".to_string()));
     headers.push(("Content-Length", slice.len().to_string()));
@@ -468,11 +392,7 @@ fn parse_range(value: &str, len: u64) -> RangeAnswer {
             let Ok(first) = first.parse::<u64>() else {
                 return RangeAnswer::Full;
             };
-            let last = if last.is_empty() {
-                Ok(u64::MAX)
-            } else {
-                last.parse::<u64>()
-            };
+            let last = if last.is_empty() { Ok(u64::MAX) } else { last.parse::<u64>() };
             let Ok(last) = last else {
                 return RangeAnswer::Full;
             };
@@ -501,12 +421,7 @@ fn reason(code: u16) -> &'static str {
     }
 }
 
-fn write_head(
-    w: &mut TcpStream,
-    code: u16,
-    headers: &[(&str, String)],
-    keep: bool,
-) -> io::Result<()> {
+fn write_head(w: &mut TcpStream, code: u16, headers: &[(&str, String)], keep: bool) -> io::Result<()> {
     let mut head = format!("HTTP/1.1 {code} {}\r\n", reason(code));
     head.push_str("Content-Type: application/octet-stream\r\n");
     for (name, value) in headers {
@@ -522,9 +437,7 @@ fn write_head(
 fn write_counted(w: &mut TcpStream, bytes: &[u8], shared: &Shared) -> io::Result<()> {
     for chunk in bytes.chunks(WRITE_CHUNK_BYTES) {
         w.write_all(chunk)?;
-        shared
-            .bytes_served
-            .fetch_add(chunk.len() as u64, Ordering::SeqCst);
+        shared.bytes_served.fetch_add(chunk.len() as u64, Ordering::SeqCst);
     }
     Ok(())
 }
@@ -543,11 +456,7 @@ mod tests {
     use super::*;
 
     fn check(value: &str, len: u64, expected: RangeAnswer) {
-        assert_eq!(
-            parse_range(value, len),
-            expected,
-            "Range {value:?} on {len} bytes"
-        );
+        assert_eq!(parse_range(value, len), expected, "Range {value:?} on {len} bytes");
     }
 
     #[test]

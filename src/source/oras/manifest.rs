@@ -4,14 +4,16 @@
 //! Invariant: a returned digest is `sha256:` + 64 lowercase hex (checked, so the IO layer can put
 //! it in a path and verify the blob with sha256), and a `Parsed::Manifest` names exactly one layer
 //! whose media type is the SIF layer type or Apptainer's legacy typo type — as Apptainer demands.
-//! Input is bounded: at most [`MAX_MANIFEST_BYTES`], and serde_json's recursion limit (128) turns
-//! deeply nested JSON into an error rather than a stack overflow.
+//! Input is bounded: at most [`MAX_MANIFEST_BYTES`], and deep nesting is an error, never a stack
+//! overflow (serde_json stops typed fields at depth 128 and skips unknown ones without recursing;
+//! the tests feed 100 000 levels).
 //!
 //! Types come from `oci-spec` (`ImageManifest`, `ImageIndex`): its `MediaType::Other` keeps
 //! unknown and typo media types, its `Digest` rejects malformed digests, and Docker schema-2
 //! manifests and manifest lists have the same shape, so it parses those too. Only the "which kind
 //! is this" sniff uses a small struct of our own, because it must look at a body before knowing
-//! which oci-spec type to ask for.
+//! which oci-spec type to ask for. oci-spec requires `schemaVersion` and `config`, which every
+//! OCI/Docker-v2 manifest (and oras-py's) carries, so that strictness costs nothing real.
 
 use oci_spec::image::{Arch, Descriptor, ImageIndex, ImageManifest, Os};
 use serde::de::IgnoredAny;
