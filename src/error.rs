@@ -29,25 +29,45 @@ impl Source {
     }
 }
 
+/// What kind of failure, where callers branch on it (fallbacks, exit codes, tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Kind {
+    #[default]
+    Other,
+    /// The TLS handshake failed (wrong protocol, untrusted certificate).
+    TlsHandshake,
+    /// One of the configured timeouts elapsed.
+    Timeout,
+    /// The origin answered with this HTTP status.
+    Status(u16),
+    /// Size or digest of the content did not match what was expected.
+    Integrity,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {
     pub source: Source,
+    pub kind: Kind,
     pub retryable: bool,
     pub message: String,
 }
 
 impl Error {
     pub fn origin(retryable: bool, message: impl Into<String>) -> Error {
-        Error { source: Source::Origin, retryable, message: message.into() }
+        Error { source: Source::Origin, kind: Kind::Other, retryable, message: message.into() }
     }
     pub fn client(message: impl Into<String>) -> Error {
-        Error { source: Source::Client, retryable: false, message: message.into() }
+        Error { source: Source::Client, kind: Kind::Other, retryable: false, message: message.into() }
     }
     pub fn disk(message: impl Into<String>) -> Error {
-        Error { source: Source::Disk, retryable: false, message: message.into() }
+        Error { source: Source::Disk, kind: Kind::Other, retryable: false, message: message.into() }
     }
     pub fn internal(message: impl Into<String>) -> Error {
-        Error { source: Source::Internal, retryable: false, message: message.into() }
+        Error { source: Source::Internal, kind: Kind::Other, retryable: false, message: message.into() }
+    }
+    pub fn with_kind(mut self, kind: Kind) -> Error {
+        self.kind = kind;
+        self
     }
     /// Prefixes the message with what was being done.
     pub fn context(mut self, what: impl fmt::Display) -> Error {

@@ -13,4 +13,5 @@ pub mod gc;
 pub mod http;
 pub mod limits;
 pub mod piece;
+pub mod source;
 pub mod storage;

@@ -77,6 +77,10 @@ pub const RETRY_BACKOFF_MS: u64 = 100;
 /// shorter than this: a slow origin that answered quickly may still pause between body reads).
 pub const MIN_BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Error bodies (a 401's or 404's page) read and dropped so the connection can be reused; a
+/// longer one closes the connection instead.
+pub const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
 /// Body of one socket API request (a download request is a URL, a path and a few headers).
 pub const MAX_API_BODY_BYTES: usize = 1024 * 1024;
 

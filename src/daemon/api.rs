@@ -14,7 +14,8 @@ use compio::io::{AsyncRead, AsyncWriteExt};
 use compio::net::UnixStream;
 use serde::{Deserialize, Serialize};
 
-use crate::daemon::task::{State, Task};
+use crate::daemon::task::{Spec, State, Task};
+use crate::source::Fetch;
 use crate::daemon::{engine, Shared};
 use crate::error::{Error, Result};
 use crate::limits;
@@ -190,14 +191,7 @@ async fn download(shared: &Arc<Shared>, stream: &mut UnixStream, body: &[u8]) ->
 
 async fn run_download(shared: &Arc<Shared>, stream: &mut UnixStream, req: &DownloadRequest) -> Result<Event> {
     let started = Instant::now();
-    let spec = validate(req)?;
-    let id = crate::storage::task_id::task_id(
-        req.url.as_str(),
-        &req.filter,
-        spec.digest.as_deref().unwrap_or(""),
-        &req.tag,
-        &req.application,
-    );
+    let (spec, id) = prepare(shared, req).await?;
     let (task, reused) = obtain_task(shared, &id, spec).await?;
     task.touch();
     send_event(stream, &Event::Started { task: task.id.clone(), peer: task.peer_id.clone() }).await?;
@@ -302,25 +296,64 @@ async fn follow(task: &Arc<Task>, stream: &mut UnixStream) -> Result<()> {
     }
 }
 
-/// Checks a download request before any task exists: URL scheme, header syntax, digest syntax.
-fn validate(req: &DownloadRequest) -> Result<crate::daemon::task::Spec> {
-    let url = url::Url::parse(&req.url).map_err(|e| Error::client(format!("invalid URL `{}`: {e}", req.url)))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(Error::client(format!("unsupported URL scheme `{}` (http, https)", url.scheme())));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(Error::client(format!("URL has no host: {}", req.url)));
-    }
+/// Turns a request into the task it asks for: `(spec, task id)`. For `oras://` this talks to the
+/// registry (manifest, auth) so that the task id can come from the blob digest: two tags of one
+/// blob share one cache entry.
+async fn prepare(shared: &Shared, req: &DownloadRequest) -> Result<(Spec, String)> {
     for (k, v) in &req.headers {
         if !crate::http::codec::valid_header(k, v) {
             return Err(Error::client(format!("invalid header `{k}`")));
         }
     }
-    let digest = req.digest.as_deref().map(parse_digest).transpose()?;
     if !std::path::Path::new(&req.output).is_absolute() {
         return Err(Error::client(format!("output path must be absolute: {}", req.output)));
     }
-    Ok(crate::daemon::task::Spec { url, headers: req.headers.clone(), digest })
+    let digest = req.digest.as_deref().map(parse_digest).transpose()?;
+    if req.url.starts_with("oras://") {
+        return prepare_oras(shared, req, digest).await;
+    }
+    let url = url::Url::parse(&req.url).map_err(|e| Error::client(format!("invalid URL `{}`: {e}", req.url)))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(Error::client(format!("unsupported URL scheme `{}` (http, https, oras)", url.scheme())));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(Error::client(format!("URL has no host: {}", req.url)));
+    }
+    let id = crate::storage::task_id::task_id(
+        &req.url,
+        &req.filter,
+        digest.as_deref().unwrap_or(""),
+        &req.tag,
+        &req.application,
+    );
+    let fetch = Fetch { url, headers: req.headers.clone(), opts: shared.http_opts.clone(), auth: None };
+    Ok((Spec { display_url: req.url.clone(), fetch, digest, expected_len: None }, id))
+}
+
+async fn prepare_oras(shared: &Shared, req: &DownloadRequest, digest: Option<String>) -> Result<(Spec, String)> {
+    use crate::source::oras::{reference::Reference, registry};
+    let reference = Reference::parse(&req.url).map_err(|e| Error::client(e.to_string()))?;
+    let insecure = &shared.config.oras.insecure_registries;
+    let resolved = registry::resolve(&reference, &shared.oras_opts, insecure).await?;
+    if let Some(d) = &digest {
+        if *d != resolved.layer.digest {
+            return Err(Error::client(format!("--digest {d} does not match the image layer {}", resolved.layer.digest)));
+        }
+    }
+    let id = crate::storage::task_id::task_id(&resolved.layer.digest, &[], "", &req.tag, &req.application);
+    let fetch = Fetch {
+        url: resolved.blob_url,
+        headers: req.headers.clone(),
+        opts: shared.oras_opts.clone(),
+        auth: Some(resolved.auth),
+    };
+    let spec = Spec {
+        display_url: req.url.clone(),
+        fetch,
+        digest: Some(resolved.layer.digest),
+        expected_len: Some(resolved.layer.size),
+    };
+    Ok((spec, id))
 }
 
 /// `sha256:<64 hex>` (case-insensitive hex, normalised to lowercase).

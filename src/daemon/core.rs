@@ -117,7 +117,7 @@ fn core_main(idx: usize, shared: Arc<Shared>, inbox: flume::Receiver<CoreMsg>, l
                 },
                 CoreMsg::Work { task, n_workers } => {
                     for _ in 0..n_workers {
-                        compio::runtime::spawn(engine::piece_worker(shared.clone(), task.clone())).detach();
+                        compio::runtime::spawn(engine::piece_worker(task.clone())).detach();
                     }
                 }
                 CoreMsg::Shutdown => break,

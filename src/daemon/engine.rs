@@ -54,8 +54,7 @@ pub async fn drive(shared: Arc<Shared>, task: Arc<Task>) {
 }
 
 async fn download(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
-    let opts = shared.http_opts.clone();
-    let first = with_retries(|| task::first_request(task, &opts)).await?;
+    let first = with_retries(|| task::first_request(task)).await?;
     match first {
         FirstResponse::Empty => {
             shared.store.create_task_file(&task.id, Some(0))?;
@@ -77,7 +76,7 @@ async fn download(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
                     }
                     // The first response broke mid-body: fetch piece 0 again like any other piece.
                     drop(resp);
-                    fetch_piece_with_retries(task, &file, g.layout, 0, &opts).await?;
+                    fetch_piece_with_retries(task, &file, g.layout, 0).await?;
                 }
             }
         }
@@ -144,7 +143,7 @@ pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 
 
 /// Piece worker: one of several per core per task. Takes piece indexes from the task's shared
 /// cursor until none remain, or the task failed.
-pub async fn piece_worker(shared: Arc<Shared>, task: Arc<Task>) {
+pub async fn piece_worker(task: Arc<Task>) {
     let Some(Geometry { layout, .. }) = task.geometry() else {
         return;
     };
@@ -152,17 +151,12 @@ pub async fn piece_worker(shared: Arc<Shared>, task: Arc<Task>) {
         Ok(f) => f,
         Err(e) => return task.fail(e),
     };
-    let opts = shared_opts(&shared);
     while let Some(piece_idx) = task.take_piece() {
-        if let Err(e) = fetch_piece_with_retries(&task, &file, layout, piece_idx, &opts).await {
+        if let Err(e) = fetch_piece_with_retries(&task, &file, layout, piece_idx).await {
             task.fail(e.context(format_args!("piece {piece_idx}")));
             return;
         }
     }
-}
-
-fn shared_opts(shared: &Shared) -> client::Options {
-    shared.http_opts.clone()
 }
 
 async fn fetch_piece_with_retries(
@@ -170,9 +164,8 @@ async fn fetch_piece_with_retries(
     file: &compio::fs::File,
     layout: Layout,
     piece_idx: u64,
-    opts: &client::Options,
 ) -> Result<()> {
-    with_retries(|| fetch_piece(task, file, layout, piece_idx, opts)).await
+    with_retries(|| fetch_piece(task, file, layout, piece_idx)).await
 }
 
 async fn fetch_piece(
@@ -180,30 +173,29 @@ async fn fetch_piece(
     file: &compio::fs::File,
     layout: Layout,
     piece_idx: u64,
-    opts: &client::Options,
 ) -> Result<()> {
     if task.state() != State::Running {
         return Ok(());
     }
     let (start, end) = layout.piece_range(piece_idx).ok_or_else(|| Error::internal("piece index past the end"))?;
-    let mut resp = client::get(&task.spec.url, &task.spec.headers, Some((start, end - 1)), opts).await?;
+    let mut resp = task.spec.fetch.get(Some((start, end - 1))).await?;
     match resp.status() {
         206 => {
             let cr = resp.head.header("content-range").unwrap_or(b"");
             crate::http::range::check_partial(cr, start, end - 1, Some(layout.content_len_bytes))
-                .map_err(|e| Error::origin(false, format!("{}: piece {piece_idx}: {e}", task.spec.url)))?;
+                .map_err(|e| Error::origin(false, format!("{}: piece {piece_idx}: {e}", task.spec.display_url)))?;
         }
         200 => {
             return Err(Error::origin(
                 false,
-                format!("{}: origin ignored Range on piece {piece_idx} after honouring it", task.spec.url),
+                format!("{}: origin ignored Range on piece {piece_idx} after honouring it", task.spec.display_url),
             ))
         }
         s => {
             let retryable = s >= 500 || s == 429;
             return Err(Error::origin(
                 retryable,
-                format!("{} returned {s} {} for piece {piece_idx}", task.spec.url, resp.head.reason),
+                format!("{} returned {s} {} for piece {piece_idx}", task.spec.display_url, resp.head.reason),
             ));
         }
     }

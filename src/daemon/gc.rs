@@ -34,7 +34,7 @@ pub fn list_tasks(shared: &Shared) -> Vec<TaskInfo> {
         .iter()
         .map(|t| TaskInfo {
             id: t.id.clone(),
-            url: t.spec.url.to_string(),
+            url: t.spec.display_url.clone(),
             len_bytes: t.geometry().map(|g| g.layout.content_len_bytes),
             completed_bytes: t.completed_bytes(),
             state: match t.state() {
@@ -94,7 +94,8 @@ fn restore_one(shared: &Arc<Shared>, id: &str) -> bool {
         return false;
     }
     let layout = Layout { content_len_bytes: len, piece_len_bytes: meta.piece_len };
-    let spec = Spec { url, headers: Vec::new(), digest: meta.digest.clone() };
+    let fetch = crate::source::Fetch { url, headers: Vec::new(), opts: shared.http_opts.clone(), auth: None };
+    let spec = Spec { display_url: meta.url.clone(), fetch, digest: meta.digest.clone(), expected_len: Some(len) };
     let task = Task::finished(id.to_string(), shared.new_peer_id(), spec, data_path, layout, &meta.piece_crcs);
     task.last_access_unix_ms.store(meta.last_access_unix_ms, Ordering::Release);
     shared.index.get_or_create(id, || Arc::new(task));

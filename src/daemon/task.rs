@@ -17,10 +17,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use compio::buf::BufResult;
 use compio::io::AsyncWriteAtExt;
-use url::Url;
 
 use crate::error::{Error, Result};
-use crate::http::client::{self, Options};
+use crate::error::Kind;
+use crate::http::client;
 use crate::piece::bitmap::AtomicBitmap;
 use crate::piece::{Layout, DEFAULT_PIECE_LEN_BYTES};
 
@@ -32,13 +32,16 @@ pub enum State {
     Failed = 2,
 }
 
-/// What a request asks for; everything that decides the task id is in here.
-#[derive(Debug, Clone)]
+/// What a task downloads and what the result must match.
+#[derive(Clone)]
 pub struct Spec {
-    pub url: Url,
-    pub headers: Vec<(String, String)>,
-    /// `sha256:<hex>`, lowercase.
+    /// The URL the user asked for (`http(s)://` or `oras://`), for logs and metadata.
+    pub display_url: String,
+    pub fetch: crate::source::Fetch,
+    /// `sha256:<hex>`, lowercase: verified before the task is done.
     pub digest: Option<String>,
+    /// Known in advance (an OCI descriptor's size): the origin's length must match.
+    pub expected_len: Option<u64>,
 }
 
 /// Piece geometry plus how the origin is read. Set once, when the first response arrives.
@@ -153,7 +156,7 @@ impl Task {
         let now = now_unix_ms();
         crate::storage::meta::TaskMeta {
             task_id: self.id.clone(),
-            url: self.spec.url.to_string(),
+            url: self.spec.display_url.clone(),
             content_len: g.map(|g| g.layout.content_len_bytes),
             piece_len: g.map(|g| g.layout.piece_len_bytes).unwrap_or(DEFAULT_PIECE_LEN_BYTES),
             pieces_done: self.pieces_done(),
@@ -224,18 +227,19 @@ pub enum FirstResponse {
 }
 
 /// Sends the first GET (piece 0's range) and classifies the answer.
-pub async fn first_request(task: &Task, opts: &Options) -> Result<FirstResponse> {
-    let resp = client::get(&task.spec.url, &task.spec.headers, Some((0, DEFAULT_PIECE_LEN_BYTES - 1)), opts).await?;
+pub async fn first_request(task: &Task) -> Result<FirstResponse> {
+    let resp = task.spec.fetch.get(Some((0, DEFAULT_PIECE_LEN_BYTES - 1))).await?;
     match resp.status() {
         206 => {
             let cr = resp.head.header("content-range").unwrap_or(b"");
             let cr = crate::http::range::parse_content_range(cr)
-                .map_err(|e| Error::origin(false, format!("{}: {e}", task.spec.url)))?;
+                .map_err(|e| Error::origin(false, format!("{}: {e}", task.spec.display_url)))?;
             let Some(total) = cr.complete_len else {
                 drop(resp);
-                let resp = client::get(&task.spec.url, &task.spec.headers, None, opts).await?;
+                let resp = task.spec.fetch.get(None).await?;
                 return stream_or_error(task, resp);
             };
+            check_len(task, total)?;
             let layout = Layout::for_len(total);
             let expected_last = layout.piece_range(0).map(|(_, e)| e - 1);
             if cr.first != 0 || Some(cr.last) > expected_last {
@@ -243,7 +247,7 @@ pub async fn first_request(task: &Task, opts: &Options) -> Result<FirstResponse>
                     false,
                     format!(
                         "{}: 206 with Content-Range {}-{}/{total} for a request of bytes=0-{}",
-                        task.spec.url,
+                        task.spec.display_url,
                         cr.first,
                         cr.last,
                         DEFAULT_PIECE_LEN_BYTES - 1
@@ -259,12 +263,25 @@ pub async fn first_request(task: &Task, opts: &Options) -> Result<FirstResponse>
         416 => {
             let total = resp.head.header("content-range").and_then(crate::http::range::parse_unsatisfied_range);
             if total == Some(0) {
+                check_len(task, 0)?;
                 task.set_geometry(Geometry { layout: Layout::for_len(0), ranged: true });
                 return Ok(FirstResponse::Empty);
             }
-            Err(Error::origin(false, format!("{}: 416 Range Not Satisfiable for bytes=0-", task.spec.url)))
+            Err(Error::origin(false, format!("{}: 416 Range Not Satisfiable for bytes=0-", task.spec.display_url)))
         }
         _ => stream_or_error(task, resp),
+    }
+}
+
+/// The origin's length must match a length known in advance (an OCI descriptor's size).
+fn check_len(task: &Task, len_bytes: u64) -> Result<()> {
+    match task.spec.expected_len {
+        Some(want) if want != len_bytes => Err(Error::origin(
+            false,
+            format!("{}: origin has {len_bytes} bytes, the descriptor says {want}", task.spec.display_url),
+        )
+        .with_kind(Kind::Integrity)),
+        _ => Ok(()),
     }
 }
 
@@ -272,7 +289,8 @@ fn stream_or_error(task: &Task, resp: client::Response) -> Result<FirstResponse>
     let status = resp.status();
     if status != 200 {
         let retryable = status >= 500 || status == 429;
-        return Err(Error::origin(retryable, format!("{} returned {status} {}", task.spec.url, resp.head.reason)));
+        return Err(Error::origin(retryable, format!("{} returned {status} {}", task.spec.display_url, resp.head.reason))
+            .with_kind(Kind::Status(status)));
     }
     let len_bytes = match crate::http::codec::framing(&resp.head, false) {
         Ok(crate::http::codec::Framing::Length(n)) => Some(n),
@@ -280,6 +298,7 @@ fn stream_or_error(task: &Task, resp: client::Response) -> Result<FirstResponse>
         _ => None,
     };
     if let Some(len) = len_bytes {
+        check_len(task, len)?;
         task.set_geometry(Geometry { layout: Layout::for_len(len), ranged: false });
     }
     Ok(FirstResponse::Stream { resp, len_bytes })

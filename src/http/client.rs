@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use url::Url;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::http::body::{BodyDecoder, Step};
 use crate::http::codec::{self, Framing, Request, ResponseHead};
 use crate::http::conn::{io_error, Conn, Dial, PoolKey, ProxyAddr};
@@ -250,7 +250,8 @@ async fn exchange(mut conn: Conn, req: Vec<u8>, url: &Url, opts: &Options, permi
             return Err(Error::origin(
                 true,
                 format!("{url}: responseHeaderTimeout ({:?}) elapsed", opts.response_header_timeout),
-            ))
+            )
+            .with_kind(Kind::Timeout))
         }
     };
     let framing = codec::framing(&head, false).map_err(|e| Error::origin(false, format!("{url}: {e}")))?;
@@ -306,7 +307,8 @@ impl Response {
                 return Err(Error::origin(
                     true,
                     format!("{}: no body data for {:?} (idle read timeout)", self.url, self.opts.body_idle_timeout),
-                ))
+                )
+                .with_kind(Kind::Timeout))
             }
         };
         if n == 0 {

@@ -430,6 +430,13 @@ mod tests {
         assert_eq!(parse_head(&over[..MAX_HEAD_BYTES - 1]), Ok(None));
         assert_eq!(parse_head(&over[..MAX_HEAD_BYTES]).map_err(|e| e.kind), Err(HeadTooLarge));
 
+        // Body bytes buffered past the limit behind a complete head are not the head's problem.
+        let mut with_body = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n".to_vec();
+        let head_len = with_body.len();
+        with_body.resize(head_len + 100_000, b'x');
+        let got = parse_head(&with_body).map(|o| o.map(|(h, n)| (h.status, n)));
+        assert_eq!(got, Ok(Some((200, head_len))));
+
         let mut flood = b"HTTP/1.1 103 E\r\n\r\n".repeat(MAX_INTERIM_RESPONSES + 1);
         flood.extend_from_slice(b"HTTP/1.1 200 OK\r\n\r\n");
         check_head(&flood, Err(HeadTooLarge));

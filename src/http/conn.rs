@@ -16,7 +16,7 @@ use compio::io::{AsyncRead, AsyncWriteExt};
 use compio::net::TcpStream;
 use rustls::ClientConnection;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Kind, Result};
 use crate::http::codec::{self, ResponseHead};
 use crate::limits;
 
@@ -109,7 +109,8 @@ impl Conn {
                     return Err(Error::origin(
                         true,
                         format!("{key}: tlsHandshakeTimeout ({:?}) elapsed", dial.tls_handshake_timeout),
-                    ))
+                    )
+                    .with_kind(Kind::Timeout))
                 }
             }
         }
@@ -147,13 +148,14 @@ impl Conn {
             .map_err(|e| Error::internal(format!("TLS setup for {}: {e}", self.key)))?;
         self.tls = Some(Box::new(tls));
         loop {
-            self.flush_tls().await.map_err(|e| io_error(&self.key, e))?;
+            self.flush_tls().await.map_err(|e| io_error(&self.key, e).with_kind(Kind::TlsHandshake))?;
             if !self.tls.as_ref().is_some_and(|t| t.is_handshaking()) {
                 return Ok(());
             }
-            let n = self.read_ciphertext().await.map_err(|e| io_error(&self.key, e))?;
+            let n = self.read_ciphertext().await.map_err(|e| io_error(&self.key, e).with_kind(Kind::TlsHandshake))?;
             if n == 0 {
-                return Err(Error::origin(true, format!("{}: connection closed during the TLS handshake", self.key)));
+                return Err(Error::origin(true, format!("{}: connection closed during the TLS handshake", self.key))
+                    .with_kind(Kind::TlsHandshake));
             }
             self.feed_tls().map_err(|e| tls_error(&self.key, e))?;
         }
@@ -351,7 +353,8 @@ async fn tcp_connect(key: &PoolKey, host: &str, port: u16, dial: &Dial) -> Resul
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(connect_error(key, host, port, e)),
         Err(_) => {
-            return Err(Error::origin(true, format!("connect to {key}: dialTimeout ({:?}) elapsed", dial.dial_timeout)))
+            return Err(Error::origin(true, format!("connect to {key}: dialTimeout ({:?}) elapsed", dial.dial_timeout))
+                .with_kind(Kind::Timeout))
         }
     };
     let _ = stream.set_nodelay(true);
@@ -381,7 +384,7 @@ fn tls_error(key: &PoolKey, e: rustls::Error) -> Error {
         _ => "",
     };
     // A certificate the user must act on will not fix itself: not retryable.
-    Error::origin(false, format!("{key}: TLS handshake failed: {e}{hint}"))
+    Error::origin(false, format!("{key}: TLS handshake failed: {e}{hint}")).with_kind(Kind::TlsHandshake)
 }
 
 pub fn io_error(key: &PoolKey, e: io::Error) -> Error {

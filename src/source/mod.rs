@@ -1,0 +1,33 @@
+//! Sources: how a task's bytes are fetched, per URL scheme. `http(s)://` is a plain GET with the
+//! request's headers; `oras://` first resolves a registry manifest to one SIF blob, then fetches the
+//! blob like any HTTP content, with registry auth attached and refreshed on 401.
+//!
+//! Invariant: a `Fetch` is all a piece worker needs — it never parses the original URL again, so
+//! every core fetches pieces the same way the home core resolved them.
+
+pub mod oras;
+
+use std::sync::Arc;
+
+use url::Url;
+
+use crate::error::Result;
+use crate::http::client::{self, Options, Response};
+
+/// How to GET the task's content: URL, headers, transport options, and registry auth if any.
+#[derive(Clone)]
+pub struct Fetch {
+    pub url: Url,
+    pub headers: Vec<(String, String)>,
+    pub opts: Options,
+    pub auth: Option<Arc<oras::registry::RegistryAuth>>,
+}
+
+impl Fetch {
+    pub async fn get(&self, range: Option<(u64, u64)>) -> Result<Response> {
+        match &self.auth {
+            None => client::get(&self.url, &self.headers, range, &self.opts).await,
+            Some(auth) => auth.get(&self.url, &self.headers, range, &self.opts).await,
+        }
+    }
+}

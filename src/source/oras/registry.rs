@@ -1,0 +1,233 @@
+//! Talking to an OCI registry: resolve a reference to its SIF layer (manifest, index → linux/amd64
+//! child, digest checks), and the auth state every core's piece workers share for the blob.
+//!
+//! Auth follows the challenge: a 401 with `WWW-Authenticate: Bearer realm=..` → a token from the
+//! realm (Basic credentials only when we have them), `Basic` → Basic. A later 401 refreshes. The
+//! `Authorization` value is shared across cores behind a std `Mutex` that is held only to clone or
+//! replace a `String`, never across an await.
+//!
+//! Invariant: secrets (passwords, tokens) never enter an error message or a log line, and
+//! `Authorization` never follows a redirect to another host (the HTTP client drops it).
+
+use std::sync::{Arc, Mutex};
+
+use url::Url;
+
+use super::auth::{self, Challenge};
+use super::creds::{self, Credential};
+use super::manifest::{self, Layer, Parsed};
+use super::reference::Reference;
+use crate::error::{Error, Kind, Result};
+use crate::http::client::{self, Options, Response};
+
+pub struct RegistryAuth {
+    registry: String,
+    repository: String,
+    credential: Option<Credential>,
+    header: Mutex<Option<String>>,
+}
+
+impl RegistryAuth {
+    pub fn new(reference: &Reference, credential: Option<Credential>) -> RegistryAuth {
+        RegistryAuth {
+            registry: reference.registry.clone(),
+            repository: reference.repository.clone(),
+            credential,
+            header: Mutex::new(None),
+        }
+    }
+
+    fn current(&self) -> Option<String> {
+        self.header.lock().ok().and_then(|h| h.clone())
+    }
+
+    /// GET with the current Authorization; on 401, answer the challenge once and retry.
+    pub async fn get(
+        &self,
+        url: &Url,
+        headers: &[(String, String)],
+        range: Option<(u64, u64)>,
+        opts: &Options,
+    ) -> Result<Response> {
+        let mut answered = false;
+        loop {
+            let mut all = headers.to_vec();
+            if let Some(h) = self.current() {
+                all.push(("Authorization".into(), h));
+            }
+            let resp = client::get(url, &all, range, opts).await?;
+            if resp.status() != 401 || answered {
+                if resp.status() == 401 {
+                    return Err(self.unauthorized());
+                }
+                return Ok(resp);
+            }
+            let challenge = resp.head.header_str("www-authenticate").map(str::to_string);
+            resp.discard(crate::limits::MAX_ERROR_BODY_BYTES).await;
+            self.answer(challenge.as_deref(), opts).await?;
+            answered = true;
+        }
+    }
+
+    fn unauthorized(&self) -> Error {
+        let hint = if self.credential.is_some() {
+            "the registry rejected the credentials from the docker config"
+        } else {
+            "no credentials for this registry (add them to ~/.docker/config.json, e.g. with `docker login`)"
+        };
+        Error::origin(false, format!("unauthorized: {}/{}: {hint}", self.registry, self.repository))
+            .with_kind(Kind::Status(401))
+    }
+
+    async fn answer(&self, challenge: Option<&str>, opts: &Options) -> Result<()> {
+        let challenge = challenge.ok_or_else(|| {
+            Error::origin(false, format!("{}: 401 without WWW-Authenticate", self.registry)).with_kind(Kind::Status(401))
+        })?;
+        let parsed = auth::parse_www_authenticate(challenge)
+            .map_err(|e| Error::origin(false, format!("{}: {e}", self.registry)))?;
+        let header = match parsed {
+            Challenge::Basic { .. } => match &self.credential {
+                Some(c) => creds::basic_header(c),
+                None => return Err(self.unauthorized()),
+            },
+            Challenge::Bearer { realm, service, scope } => {
+                let scope = scope.unwrap_or_else(|| auth::pull_scope(&self.repository));
+                self.fetch_token(&realm, service.as_deref(), &scope, opts).await?
+            }
+        };
+        if let Ok(mut h) = self.header.lock() {
+            *h = Some(header);
+        }
+        Ok(())
+    }
+
+    async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str, opts: &Options) -> Result<String> {
+        let url = auth::token_url(realm, service, scope);
+        let url = Url::parse(&url).map_err(|e| Error::origin(false, format!("{}: bad token realm: {e}", self.registry)))?;
+        let headers: Vec<(String, String)> =
+            self.credential.iter().map(|c| ("Authorization".to_string(), creds::basic_header(c))).collect();
+        let resp = client::get(&url, &headers, None, opts).await?;
+        match resp.status() {
+            200 => {}
+            401 | 403 => return Err(self.unauthorized()),
+            s => {
+                return Err(Error::origin(s >= 500, format!("token service {} answered {s}", url.host_str().unwrap_or("")))
+                    .with_kind(Kind::Status(s)))
+            }
+        }
+        let body = read_all(resp, auth::MAX_TOKEN_RESPONSE_BYTES).await?;
+        let token = auth::parse_token_response(&body).map_err(|e| Error::origin(false, format!("{}: {e}", self.registry)))?;
+        Ok(auth::bearer_header(&token))
+    }
+}
+
+/// What a reference resolved to: the blob to fetch, and how.
+pub struct Resolved {
+    pub layer: Layer,
+    pub blob_url: Url,
+    pub auth: Arc<RegistryAuth>,
+}
+
+/// Resolves `reference` to its one SIF layer. https first; for loopback and `insecure` registries,
+/// plain http when the TLS handshake fails (go-containerregistry's behaviour).
+pub async fn resolve(reference: &Reference, opts: &Options, insecure: &[String]) -> Result<Resolved> {
+    let credential = load_credential(&reference.registry);
+    let auth = Arc::new(RegistryAuth::new(reference, credential));
+    let may_fall_back = reference.is_loopback() || insecure.iter().any(|h| h.eq_ignore_ascii_case(&reference.registry));
+    let mut base = format!("https://{}", reference.registry);
+    let layer = match fetch_layer(reference, &base, &auth, opts).await {
+        Err(e) if may_fall_back && e.kind == Kind::TlsHandshake => {
+            tracing::debug!(registry = %reference.registry, "TLS handshake failed, trying plain http: {e}");
+            base = format!("http://{}", reference.registry);
+            fetch_layer(reference, &base, &auth, opts).await?
+        }
+        other => other?,
+    };
+    let blob_url = Url::parse(&format!("{base}{}", reference.blob_path(&layer.digest)))
+        .map_err(|e| Error::internal(format!("blob URL: {e}")))?;
+    Ok(Resolved { layer, blob_url, auth })
+}
+
+async fn fetch_layer(reference: &Reference, base: &str, auth: &RegistryAuth, opts: &Options) -> Result<Layer> {
+    let mut path = reference.manifest_path();
+    let mut expect_digest = reference.digest.clone();
+    for _ in 0..=manifest::MAX_INDEX_DEPTH {
+        let (bytes, content_type) = fetch_manifest(reference, base, &path, auth, opts).await?;
+        if let Some(d) = &expect_digest {
+            manifest::check_digest(&bytes, d).map_err(|e| oras_err(reference, e).with_kind(Kind::Integrity))?;
+        }
+        match manifest::parse(&bytes, content_type.as_deref()).map_err(|e| oras_err(reference, e))? {
+            Parsed::Manifest(layer) => return Ok(layer),
+            Parsed::Index { child_digest } => {
+                path = reference.manifest_path_for(&child_digest);
+                expect_digest = Some(child_digest);
+            }
+        }
+    }
+    Err(Error::origin(false, format!("{reference}: image index nested deeper than {}", manifest::MAX_INDEX_DEPTH)))
+}
+
+fn oras_err(reference: &Reference, e: super::reference::OrasError) -> Error {
+    Error::origin(false, format!("{reference}: {e}"))
+}
+
+async fn fetch_manifest(
+    reference: &Reference,
+    base: &str,
+    path: &str,
+    auth: &RegistryAuth,
+    opts: &Options,
+) -> Result<(Vec<u8>, Option<String>)> {
+    let url = Url::parse(&format!("{base}{path}")).map_err(|e| Error::internal(format!("manifest URL: {e}")))?;
+    let headers = vec![("Accept".to_string(), manifest::MANIFEST_ACCEPT.to_string())];
+    let resp = auth.get(&url, &headers, None, opts).await?;
+    match resp.status() {
+        200 => {}
+        404 => {
+            return Err(Error::origin(false, format!("{reference}: manifest unknown (404 for {path})")).with_kind(Kind::Status(404)))
+        }
+        s => {
+            return Err(Error::origin(s >= 500 || s == 429, format!("{reference}: registry answered {s} for {path}"))
+                .with_kind(Kind::Status(s)))
+        }
+    }
+    let content_type = resp.head.header_str("content-type").map(|c| c.split(';').next().unwrap_or(c).trim().to_string());
+    let bytes = read_all(resp, manifest::MAX_MANIFEST_BYTES).await?;
+    Ok((bytes, content_type))
+}
+
+/// Reads a whole (small) body, refusing more than `max_bytes`.
+pub async fn read_all(mut resp: Response, max_bytes: usize) -> Result<Vec<u8>> {
+    let mut body = Vec::new();
+    while resp.read_into(&mut body, max_bytes + 1).await? {
+        if body.len() > max_bytes {
+            return Err(Error::origin(false, format!("{}: response body over {max_bytes} bytes", resp.url)));
+        }
+    }
+    if body.len() > max_bytes {
+        return Err(Error::origin(false, format!("{}: response body over {max_bytes} bytes", resp.url)));
+    }
+    Ok(body)
+}
+
+/// The first credential found for `registry` in the docker config files, in Apptainer's order.
+/// Unreadable or malformed files are logged (without contents) and skipped.
+fn load_credential(registry: &str) -> Option<Credential> {
+    let docker_config = std::env::var_os("DOCKER_CONFIG").filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    for path in creds::candidate_paths(docker_config.as_deref(), home.as_deref()) {
+        let Ok(text) = std::fs::read_to_string(&path) else { continue };
+        match creds::lookup_with_notes(&text, registry) {
+            Ok(found) => {
+                for note in &found.notes {
+                    tracing::info!(file = %path.display(), "{note}");
+                }
+                if found.credential.is_some() {
+                    return found.credential;
+                }
+            }
+            Err(e) => tracing::warn!(file = %path.display(), "skipping docker config: {e}"),
+        }
+    }
+    None
+}
