@@ -7,13 +7,13 @@
 // ---- HTTP client (src/http) -------------------------------------------------------------------
 
 /// Bytes of response head (status line + headers, including any skipped 1xx interim heads) we
-/// buffer before giving up. 64 KiB is well above what real servers send (nginx and Go default to
-/// 8 KiB-1 MiB for *request* heads; response heads are typically < 2 KiB) and bounds the memory a
-/// hostile origin can pin per connection.
+/// buffer before giving up. Real response heads (registries, object stores, CDNs) are a few KiB;
+/// 64 KiB leaves room for long `Link`/`Set-Cookie` fields and bounds the memory a hostile origin
+/// can pin per connection.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 
-/// Header fields in one response head. httparse needs a fixed slot array; 100 is the figure
-/// hyper and Go's textproto use in practice and far above a registry's or CDN's ~30.
+/// Header fields in one response head. httparse needs a fixed slot array; 100 is hyper's default
+/// and far above the ~30 a registry or CDN sends.
 pub const MAX_HEADERS: usize = 100;
 
 /// 1xx interim responses (100 Continue, 103 Early Hints) skipped before the final head. The byte
@@ -28,8 +28,8 @@ pub const MAX_CHUNK_LINE_BYTES: usize = 1024;
 /// skipping so a peer cannot keep a body "open" forever with an endless trailer).
 pub const MAX_TRAILER_BYTES: usize = 16 * 1024;
 
-/// Redirects followed for one request. Go's net/http stops at 10, and so does curl's default
-/// `--max-redirs` in practice for registries (blob 307 to storage is one hop).
+/// Redirects followed for one request. Go's net/http (so Dragonfly's dfget) stops after 10;
+/// registries need one hop (blob 307 to storage).
 pub const MAX_REDIRECTS: usize = 10;
 
 /// Bytes of one user-supplied request header line (`name: value`). nginx rejects a request line
@@ -49,8 +49,8 @@ const _: () = assert!(MAX_TRAILER_BYTES <= MAX_HEAD_BYTES);
 // The smallest header line is "a:\r\n" (4 bytes): the count limit must be the one that bites
 // before the byte limit for a flood of tiny headers, else MAX_HEADERS would be dead code.
 const _: () = assert!(MAX_HEADERS * 4 < MAX_HEAD_BYTES);
-// RFC 9110 §15.4 notes clients should detect cycles; the old RFC 2068 advice was 5 hops, and
-// registry → storage redirects need at least 2.
+// RFC 2068 §10.3 told clients to allow 5 redirects before calling it a loop; fewer would break
+// real registry → storage → CDN chains.
 const _: () = assert!(MAX_REDIRECTS >= 5);
 
 // ---- Daemon (src/daemon, src/client) -------------------------------------------------------------
@@ -81,6 +81,10 @@ pub const MIN_BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from
 /// longer one closes the connection instead.
 pub const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 
+/// How often a running task's progress is persisted (data synced, then metadata). A SIGKILL loses
+/// at most the pieces finished since: cheap to refetch, and the sync stays off the hot path.
+pub const META_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Body of one socket API request (a download request is a URL, a path and a few headers).
 pub const MAX_API_BODY_BYTES: usize = 1024 * 1024;
 
@@ -94,6 +98,10 @@ pub const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_mil
 /// Upper bound of `--cores`: one runtime and ring per core; beyond this the rings' memory and the
 /// origin's connection count grow with no gain for one host's downloads.
 pub const MAX_CORES: usize = 256;
+
+/// Idle time after which a daemon that `dfget` spawned (not one an operator started) exits, as
+/// Dragonfly's does, so a one-off download does not leave a daemon behind forever.
+pub const SPAWNED_ALIVE_TIME: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// How long `dfget` waits for a daemon it spawned to answer, and how often it asks.
 pub const SPAWN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);

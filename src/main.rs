@@ -16,6 +16,7 @@ fn main() -> ExitCode {
                 ExitCode::from(client::EXIT_DAEMON)
             }
         },
+        Some(Command::Tasks(args)) => client::run_tasks(args),
         None => client::run_download(cli.download),
     }
 }

@@ -267,7 +267,7 @@ fn assert_clean_failure(daemon: &Daemon, result: &Output, out_parent: &Path, cau
     assert!(!result.status.success(), "dfget succeeded, expected failure; stderr: {stderr}");
     let lower = stderr.to_ascii_lowercase();
     assert!(causes.iter().any(|c| lower.contains(c)), "stderr does not name the cause (one of {causes:?}): {stderr:?}");
-    assert!(!stderr.trim().is_empty(), "empty stderr on failure");
+    assert_eq!(stderr.trim().lines().count(), 1, "want a one-line reason on stderr: {stderr:?}");
     assert_eq!(dir_entries(out_parent), Vec::<String>::new(), "OUT or temp files left behind");
     assert!(daemon.is_healthy(), "daemon unhealthy after a failed download\n{}", daemon.diagnostics());
 

@@ -47,6 +47,40 @@ pub struct Cli {
 pub enum Command {
     /// Run the download daemon in the foreground.
     Daemon(DaemonArgs),
+    /// Inspect and manage the daemon's task cache.
+    Tasks(TasksArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TasksArgs {
+    #[command(subcommand)]
+    pub action: TasksAction,
+    /// The daemon's socket (default: from --config, else the per-user default).
+    #[arg(long, global = true)]
+    pub daemon_sock: Option<PathBuf>,
+    /// Config file used to find the daemon's socket.
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TasksAction {
+    /// List tasks: id, state, size, last access, URL.
+    Ls {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one task as JSON.
+    Stat { id: String },
+    /// Remove a task from the cache (refused while in use unless --force).
+    Rm {
+        id: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run a GC pass now.
+    Gc,
 }
 
 #[derive(Debug, Args)]
@@ -199,11 +233,15 @@ fn absolute(p: &Path) -> Result<PathBuf, String> {
 }
 
 fn socket_path(args: &DownloadArgs) -> Result<PathBuf, String> {
-    if let Some(s) = &args.daemon_sock {
-        return Ok(s.clone());
+    resolve_socket(args.daemon_sock.as_deref(), args.config.as_deref())
+}
+
+fn resolve_socket(daemon_sock: Option<&Path>, config: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(s) = daemon_sock {
+        return Ok(s.to_path_buf());
     }
-    let (path, required) = match &args.config {
-        Some(p) => (p.clone(), true),
+    let (path, required) = match config {
+        Some(p) => (p.to_path_buf(), true),
         None => (Config::default_path(), false),
     };
     Config::load_path(&path, required).map(|l| l.config.socket_path).map_err(|e| e.to_string())
@@ -249,5 +287,65 @@ impl Progress {
         if let Some(bar) = self.bar.take() {
             bar.finish();
         }
+    }
+}
+
+/// `dfget tasks ...`: one request to the daemon, printed as a table or JSON.
+pub fn run_tasks(args: TasksArgs) -> ExitCode {
+    let sock = match resolve_socket(args.daemon_sock.as_deref(), args.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("dfget: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let (method, path) = match &args.action {
+        TasksAction::Ls { .. } => ("GET", "/tasks".to_string()),
+        TasksAction::Stat { id } => ("GET", format!("/tasks/{id}")),
+        TasksAction::Rm { id, force } => ("DELETE", format!("/tasks/{id}{}", if *force { "?force=true" } else { "" })),
+        TasksAction::Gc => ("POST", "/gc".to_string()),
+    };
+    match socket::request(&sock, method, &path) {
+        Ok((200, body)) => {
+            match args.action {
+                TasksAction::Ls { json: false } => print_task_table(&body),
+                _ => println!("{body}"),
+            }
+            ExitCode::from(EXIT_OK)
+        }
+        Ok((status, body)) => {
+            let msg = serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
+                .unwrap_or(body);
+            eprintln!("dfget: {msg}");
+            ExitCode::from(if status == 404 || status == 409 { EXIT_USAGE } else { EXIT_DAEMON })
+        }
+        Err(e) => {
+            eprintln!("dfget: {e}");
+            ExitCode::from(EXIT_DAEMON)
+        }
+    }
+}
+
+fn print_task_table(body: &str) {
+    let Ok(tasks) = serde_json::from_str::<Vec<serde_json::Value>>(body) else {
+        println!("{body}");
+        return;
+    };
+    println!("{:<16} {:<8} {:>14} {:>24}  URL", "TASK", "STATE", "BYTES", "LAST ACCESS (UTC)");
+    for t in tasks {
+        let id = t["id"].as_str().unwrap_or("");
+        let last = t["last_access_unix_ms"].as_u64().unwrap_or(0);
+        let ts = crate::daemon::log::timestamp(std::time::UNIX_EPOCH + Duration::from_millis(last));
+        let len = t["len_bytes"].as_u64().map(|n| n.to_string()).unwrap_or_else(|| "?".into());
+        println!(
+            "{:<16} {:<8} {:>14} {:>24}  {}",
+            id.get(..16).unwrap_or(id),
+            t["state"].as_str().unwrap_or(""),
+            len,
+            ts,
+            t["url"].as_str().unwrap_or("")
+        );
     }
 }

@@ -168,3 +168,17 @@ fn read_status(reader: &mut impl BufRead) -> Result<u16, String> {
         }
     }
 }
+
+/// One small request/response exchange with the daemon: (status, body).
+pub fn request(sock: &Path, method: &str, path: &str) -> Result<(u16, String), String> {
+    let mut s = UnixStream::connect(sock)
+        .map_err(|e| format!("no daemon is listening on {} ({e}); start one with `dfget daemon`", sock.display()))?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: dfdaemon\r\nContent-Length: 0\r\n\r\n");
+    s.write_all(req.as_bytes()).map_err(|e| format!("sending to the daemon: {e}"))?;
+    let mut reader = BufReader::new(s);
+    let status = read_status(&mut reader)?;
+    let mut body = String::new();
+    reader.take(16 * 1024 * 1024).read_to_string(&mut body).map_err(|e| format!("reading from the daemon: {e}"))?;
+    Ok((status, body))
+}

@@ -15,10 +15,10 @@ use compio::net::UnixStream;
 use serde::{Deserialize, Serialize};
 
 use crate::daemon::task::{Spec, State, Task};
-use crate::source::Fetch;
-use crate::daemon::{engine, Shared};
+use crate::daemon::{engine, gc, Shared};
 use crate::error::{Error, Result};
 use crate::limits;
+use crate::source::Fetch;
 
 /// What `dfget` sends to start a download.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -63,24 +63,43 @@ pub async fn serve(shared: Arc<Shared>, mut stream: UnixStream) {
             return;
         }
     };
-    let result = match (req.method.as_str(), req.path.as_str()) {
-        ("GET", "/healthy") => {
-            let body = serde_json::json!({"ok": true, "driver": shared.driver, "cores": shared.cores.len(), "tasks": shared.index.len()});
-            respond_json(&mut stream, 200, &body).await
-        }
-        ("GET", "/tasks") => respond_json(&mut stream, 200, &crate::daemon::gc::list_tasks(&shared)).await,
-        ("POST", "/download") => download(&shared, &mut stream, &req.body).await,
-        _ => {
-            respond_json(
-                &mut stream,
-                404,
-                &serde_json::json!({"error": format!("no route {} {}", req.method, req.path)}),
-            )
-            .await
-        }
-    };
+    shared.last_request_unix_ms.store(crate::daemon::task::now_unix_ms(), Ordering::Release);
+    let result = route(&shared, &mut stream, &req).await;
     if let Err(e) = result {
         tracing::debug!("client connection ended: {e}");
+    }
+}
+
+async fn route(shared: &Arc<Shared>, stream: &mut UnixStream, req: &HttpReq) -> Result<()> {
+    let (path, query) = req.path.split_once('?').unwrap_or((req.path.as_str(), ""));
+    let force = query.split('&').any(|kv| kv == "force=true" || kv == "force=1");
+    match (req.method.as_str(), path) {
+        ("GET", "/healthy") => {
+            let body = serde_json::json!({"ok": true, "driver": shared.driver, "cores": shared.cores.len(), "tasks": shared.index.len()});
+            respond_json(stream, 200, &body).await
+        }
+        ("POST", "/download") => download(shared, stream, &req.body).await,
+        ("GET", "/tasks") => respond_json(stream, 200, &gc::list_tasks(shared)).await,
+        ("POST", "/gc") => {
+            let n = gc::collect(shared);
+            respond_json(stream, 200, &serde_json::json!({"evicted": n})).await
+        }
+        ("GET", p) if p.starts_with("/tasks/") => {
+            let id = &p["/tasks/".len()..];
+            match gc::list_tasks(shared).into_iter().find(|t| t.id == id) {
+                Some(t) => respond_json(stream, 200, &t).await,
+                None => respond_json(stream, 404, &serde_json::json!({"error": format!("no task {id}")})).await,
+            }
+        }
+        ("DELETE", p) if p.starts_with("/tasks/") => {
+            let id = &p["/tasks/".len()..];
+            match gc::remove(shared, id, force) {
+                Ok(true) => respond_json(stream, 200, &serde_json::json!({"removed": id})).await,
+                Ok(false) => respond_json(stream, 404, &serde_json::json!({"error": format!("no task {id}")})).await,
+                Err(e) => respond_json(stream, 409, &serde_json::json!({"error": e.message})).await,
+            }
+        }
+        (m, p) => respond_json(stream, 404, &serde_json::json!({"error": format!("no route {m} {p}")})).await,
     }
 }
 
@@ -150,6 +169,7 @@ async fn respond_json(stream: &mut UnixStream, status: u16, body: &impl Serializ
         200 => "OK",
         400 => "Bad Request",
         404 => "Not Found",
+        409 => "Conflict",
         _ => "Error",
     };
     let mut out = format!(
@@ -300,6 +320,9 @@ async fn follow(task: &Arc<Task>, stream: &mut UnixStream) -> Result<()> {
 /// registry (manifest, auth) so that the task id can come from the blob digest: two tags of one
 /// blob share one cache entry.
 async fn prepare(shared: &Shared, req: &DownloadRequest) -> Result<(Spec, String)> {
+    if req.headers.len() > limits::MAX_REQUEST_HEADERS {
+        return Err(Error::client(format!("more than {} request headers", limits::MAX_REQUEST_HEADERS)));
+    }
     for (k, v) in &req.headers {
         if !crate::http::codec::valid_header(k, v) {
             return Err(Error::client(format!("invalid header `{k}`")));
@@ -337,7 +360,10 @@ async fn prepare_oras(shared: &Shared, req: &DownloadRequest, digest: Option<Str
     let resolved = registry::resolve(&reference, &shared.oras_opts, insecure).await?;
     if let Some(d) = &digest {
         if *d != resolved.layer.digest {
-            return Err(Error::client(format!("--digest {d} does not match the image layer {}", resolved.layer.digest)));
+            return Err(Error::client(format!(
+                "--digest {d} does not match the image layer {}",
+                resolved.layer.digest
+            )));
         }
     }
     let id = crate::storage::task_id::task_id(&resolved.layer.digest, &[], "", &req.tag, &req.application);

@@ -54,7 +54,13 @@ pub async fn drive(shared: Arc<Shared>, task: Arc<Task>) {
 }
 
 async fn download(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
+    if resume(shared, task).await? {
+        return wait_all_pieces(shared, task).await;
+    }
     let first = with_retries(|| task::first_request(task)).await?;
+    if let Some(g) = task.geometry() {
+        crate::daemon::gc::admit(shared, g.layout.content_len_bytes)?;
+    }
     match first {
         FirstResponse::Empty => {
             shared.store.create_task_file(&task.id, Some(0))?;
@@ -84,7 +90,29 @@ async fn download(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
             stream_whole(shared, task, &mut resp, len_bytes).await?;
         }
     }
-    wait_all_pieces(task).await
+    wait_all_pieces(shared, task).await
+}
+
+/// Picks up a task a previous run left unfinished: same URL, same layout, file still there. The
+/// recorded pieces are re-checked against their crcs (a piece that fails is fetched again), then
+/// every core fetches only what is missing. Returns false when there is nothing to resume.
+async fn resume(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<bool> {
+    let Some(meta) = shared.partial.remove(&task.id).map(|e| e.value().clone()) else { return Ok(false) };
+    let Some(len) = meta.content_len else { return Ok(false) };
+    let layout = Layout::for_len(len);
+    if meta.url != task.spec.display_url || meta.piece_len != layout.piece_len_bytes {
+        return Ok(false);
+    }
+    let path = task.data_path.clone();
+    let (crcs, done) = (meta.piece_crcs.clone(), meta.pieces_done.clone());
+    let still_good = blocking(move || Ok(crate::storage::recheck_pieces(&path, layout, &done, &crcs))).await?;
+    let n_good = still_good.iter().filter(|d| **d).count();
+    tracing::info!(task = %task.id, pieces_on_disk = n_good, n_pieces = layout.n_pieces(), "resuming unfinished task");
+    task.resume_from(layout, &still_good, &meta.piece_crcs);
+    if !task.all_pieces_done() {
+        shared.broadcast_work(task, layout.n_pieces() - n_good as u64);
+    }
+    Ok(true)
 }
 
 /// Single-stream mode: the home core reads the whole body and cuts it into pieces.
@@ -94,6 +122,9 @@ async fn stream_whole(
     resp: &mut client::Response,
     len_bytes: Option<u64>,
 ) -> Result<()> {
+    if let Some(len) = len_bytes {
+        crate::daemon::gc::admit(shared, len)?;
+    }
     shared.store.create_task_file(&task.id, len_bytes)?;
     let file = open_task_file(task).await?;
     let piece_len = task.geometry().map(|g| g.layout.piece_len_bytes).unwrap_or(DEFAULT_PIECE_LEN_BYTES);
@@ -106,7 +137,11 @@ async fn stream_whole(
     Ok(())
 }
 
-async fn wait_all_pieces(task: &Task) -> Result<()> {
+/// Waits for every piece, persisting progress every `META_FLUSH_INTERVAL` so a crash or kill loses
+/// at most the pieces in flight (data is synced before the metadata that records it).
+async fn wait_all_pieces(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
+    let mut flushed_pieces = 0u64;
+    let mut last_flush = std::time::Instant::now();
     loop {
         let listener = task.event.listen();
         if let Some(e) = task.failure() {
@@ -115,8 +150,23 @@ async fn wait_all_pieces(task: &Task) -> Result<()> {
         if task.all_pieces_done() {
             return Ok(());
         }
-        listener.await;
+        let _ = compio::time::timeout(limits::META_FLUSH_INTERVAL, listener).await;
+        if last_flush.elapsed() >= limits::META_FLUSH_INTERVAL {
+            let n = task.n_pieces_done();
+            if n != flushed_pieces && task.geometry().is_some_and(|g| g.ranged) {
+                persist(shared, task).await?;
+                flushed_pieces = n;
+            }
+            last_flush = std::time::Instant::now();
+        }
     }
+}
+
+/// Syncs the task file's data, then writes the metadata that records its pieces.
+pub async fn persist(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
+    let meta = task.to_meta();
+    let (data_path, meta_path) = (task.data_path.clone(), shared.store.meta_path(&task.id));
+    blocking(move || crate::storage::persist_meta(&data_path, &meta_path, &meta)).await
 }
 
 /// Digest check (when asked for) and metadata, off the IO path.
@@ -127,13 +177,7 @@ async fn finalize(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
         let len = g.layout.content_len_bytes;
         blocking(move || crate::storage::verify_sha256(&path, len, &want)).await?;
     }
-    let meta = task.to_meta();
-    let meta_path = shared.store.meta_path(&task.id);
-    blocking(move || {
-        crate::storage::meta::write_atomic(&meta_path, &meta.encode())
-            .map_err(|e| crate::storage::disk_err(e, &meta_path, "write task metadata"))
-    })
-    .await
+    persist(shared, task).await
 }
 
 /// Runs blocking work (hashing, fsync) on compio's blocking pool so the core keeps serving IO.
@@ -159,21 +203,11 @@ pub async fn piece_worker(task: Arc<Task>) {
     }
 }
 
-async fn fetch_piece_with_retries(
-    task: &Task,
-    file: &compio::fs::File,
-    layout: Layout,
-    piece_idx: u64,
-) -> Result<()> {
+async fn fetch_piece_with_retries(task: &Task, file: &compio::fs::File, layout: Layout, piece_idx: u64) -> Result<()> {
     with_retries(|| fetch_piece(task, file, layout, piece_idx)).await
 }
 
-async fn fetch_piece(
-    task: &Task,
-    file: &compio::fs::File,
-    layout: Layout,
-    piece_idx: u64,
-) -> Result<()> {
+async fn fetch_piece(task: &Task, file: &compio::fs::File, layout: Layout, piece_idx: u64) -> Result<()> {
     if task.state() != State::Running {
         return Ok(());
     }

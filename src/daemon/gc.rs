@@ -28,24 +28,33 @@ pub struct TaskInfo {
 }
 
 pub fn list_tasks(shared: &Shared) -> Vec<TaskInfo> {
-    shared
-        .index
-        .values()
-        .iter()
-        .map(|t| TaskInfo {
-            id: t.id.clone(),
-            url: t.spec.display_url.clone(),
-            len_bytes: t.geometry().map(|g| g.layout.content_len_bytes),
-            completed_bytes: t.completed_bytes(),
-            state: match t.state() {
-                State::Running => "running",
-                State::Done => "done",
-                State::Failed => "failed",
-            },
-            last_access_unix_ms: t.last_access_unix_ms.load(Ordering::Acquire),
-            readers: t.n_readers.load(Ordering::Acquire),
-        })
-        .collect()
+    let parked = shared.partial.iter().map(|e| {
+        let m = e.value();
+        TaskInfo {
+            id: m.task_id.clone(),
+            url: m.url.clone(),
+            len_bytes: m.content_len,
+            completed_bytes: 0,
+            state: "parked",
+            last_access_unix_ms: m.last_access_unix_ms,
+            readers: 0,
+        }
+    });
+    let mut all: Vec<TaskInfo> = parked.collect();
+    all.extend(shared.index.values().iter().map(|t| TaskInfo {
+        id: t.id.clone(),
+        url: t.spec.display_url.clone(),
+        len_bytes: t.geometry().map(|g| g.layout.content_len_bytes),
+        completed_bytes: t.completed_bytes(),
+        state: match t.state() {
+            State::Running => "running",
+            State::Done => "done",
+            State::Failed => "failed",
+        },
+        last_access_unix_ms: t.last_access_unix_ms.load(Ordering::Acquire),
+        readers: t.n_readers.load(Ordering::Acquire),
+    }));
+    all
 }
 
 /// Loads finished tasks from their metadata so they are cache hits after a restart. Unfinished or
@@ -86,12 +95,17 @@ fn restore_one(shared: &Arc<Shared>, id: &str) -> bool {
             return false;
         }
     };
-    let (Some(len), true, Ok(url)) = (meta.content_len, meta.is_finished(), url::Url::parse(&meta.url)) else {
+    let (Some(len), Ok(url)) = (meta.content_len, url::Url::parse(&meta.url)) else {
         return false;
     };
     let data_path = shared.store.data_path(id);
     if std::fs::metadata(&data_path).map(|m| m.len()).ok() != Some(len) {
         return false;
+    }
+    if !meta.is_finished() {
+        // Resumed by the next request for this id (engine::resume), expired by the GC otherwise.
+        shared.partial.insert(id.to_string(), meta);
+        return true;
     }
     let layout = Layout { content_len_bytes: len, piece_len_bytes: meta.piece_len };
     let fetch = crate::source::Fetch { url, headers: Vec::new(), opts: shared.http_opts.clone(), auth: None };
@@ -132,13 +146,30 @@ fn view(t: &Task) -> TaskView {
     }
 }
 
+fn partial_view(m: &crate::storage::meta::TaskMeta) -> TaskView {
+    TaskView {
+        id: m.task_id.clone(),
+        len_bytes: m.content_len.unwrap_or(0),
+        last_access: UNIX_EPOCH + Duration::from_millis(m.last_access_unix_ms),
+        finished: false,
+        in_use: false,
+    }
+}
+
 /// One GC pass: plan, then evict. Returns the number of evicted tasks.
 pub fn collect(shared: &Shared) -> usize {
     let tasks = shared.index.values();
-    let views: Vec<TaskView> = tasks.iter().map(|t| view(t)).collect();
+    let mut views: Vec<TaskView> = tasks.iter().map(|t| view(t)).collect();
+    views.extend(shared.partial.iter().map(|e| partial_view(e.value())));
     let plan = plan::plan(&views, usage(shared), SystemTime::now(), &policy(shared));
     let mut n = 0;
     for ev in &plan.evictions {
+        if shared.partial.remove(&ev.id).is_some() {
+            let _ = shared.store.remove_task(&ev.id);
+            tracing::info!(task = %ev.id, reason = ?ev.reason, "gc evicted unfinished task");
+            n += 1;
+            continue;
+        }
         let Some(task) = tasks.iter().find(|t| t.id == ev.id) else {
             continue;
         };
@@ -158,13 +189,93 @@ pub fn collect(shared: &Shared) -> usize {
     n
 }
 
+/// Runs GC every `gcInterval`, and watches the idle clock: with `aliveTime` set (or 5 minutes for a
+/// daemon that `dfget` spawned), the daemon stops itself after that long with no request and no
+/// running task.
 pub async fn run_loop(shared: Arc<Shared>) {
-    let interval = shared.config.gc_interval.max(Duration::from_millis(100));
+    let gc_interval = shared.config.gc_interval.max(Duration::from_millis(100));
+    let tick = gc_interval.min(Duration::from_secs(1));
+    let alive = alive_time(&shared);
+    let mut since_gc = Duration::ZERO;
     loop {
-        compio::time::sleep(interval).await;
+        compio::time::sleep(tick).await;
         if shared.shutting_down.load(Ordering::Acquire) {
             return;
         }
-        collect(&shared);
+        since_gc += tick;
+        if since_gc >= gc_interval {
+            since_gc = Duration::ZERO;
+            collect(&shared);
+        }
+        if let Some(limit) = alive {
+            let idle_ms =
+                crate::daemon::task::now_unix_ms().saturating_sub(shared.last_request_unix_ms.load(Ordering::Acquire));
+            let running = shared.index.values().iter().any(|t| t.state() == State::Running);
+            if !running && Duration::from_millis(idle_ms) >= limit {
+                tracing::info!(idle_ms, "no request for aliveTime ({limit:?}): stopping");
+                // The main thread's sigwait turns this into the normal shutdown path.
+                // SAFETY: kill(2) on our own pid with a signal we handle synchronously.
+                unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+                return;
+            }
+        }
     }
+}
+
+fn alive_time(shared: &Shared) -> Option<Duration> {
+    let configured = shared.config.alive_time;
+    if !configured.is_zero() {
+        return Some(configured);
+    }
+    std::env::var_os("DFGET_SPAWNED").map(|_| crate::limits::SPAWNED_ALIVE_TIME)
+}
+
+/// Admission of a new task of `len_bytes`: refused outright when larger than the quota; otherwise,
+/// if it would push the cache over the quota, a GC pass runs first to make room.
+pub fn admit(shared: &Shared, len_bytes: u64) -> crate::error::Result<()> {
+    let pol = policy(shared);
+    plan::admit(len_bytes, &pol).map_err(|e| crate::error::Error::disk(e.to_string()))?;
+    if pol.disk_gc_threshold_bytes > 0 {
+        let used: u64 =
+            shared.index.values().iter().filter_map(|t| t.geometry()).map(|g| g.layout.content_len_bytes).sum();
+        if used.saturating_add(len_bytes) > pol.disk_gc_threshold_bytes {
+            collect(shared);
+        }
+    }
+    Ok(())
+}
+
+/// At shutdown (cores stopped): record each running task's pieces so the next start resumes it.
+pub fn park_all(shared: &Shared) {
+    let mut n = 0;
+    for task in shared.index.values() {
+        if task.state() != State::Running || !task.geometry().is_some_and(|g| g.ranged) {
+            continue;
+        }
+        let meta = task.to_meta();
+        match crate::storage::persist_meta(&task.data_path, &shared.store.meta_path(&task.id), &meta) {
+            Ok(()) => n += 1,
+            Err(e) => tracing::warn!(task = %task.id, "cannot park task: {e}"),
+        }
+    }
+    tracing::info!(parked = n, "unfinished tasks parked for resume");
+}
+
+/// Removes one task. Refused while it runs or is being exported unless `force`.
+pub fn remove(shared: &Shared, id: &str, force: bool) -> crate::error::Result<bool> {
+    if shared.partial.remove(id).is_some() {
+        shared.store.remove_task(id)?;
+        return Ok(true);
+    }
+    let Some(task) = shared.index.get(id) else { return Ok(false) };
+    let busy = task.state() == State::Running || task.n_readers.load(Ordering::Acquire) > 0;
+    if busy && !force {
+        return Err(crate::error::Error::client(format!("task {id} is in use (running or exporting); use --force")));
+    }
+    if busy {
+        task.fail(crate::error::Error::client("task removed by an operator"));
+    }
+    shared.index.remove_if_same(id, &task);
+    shared.store.remove_task(id)?;
+    Ok(true)
 }

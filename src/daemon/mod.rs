@@ -29,6 +29,10 @@ pub struct Shared {
     pub config: Config,
     pub store: Store,
     pub index: Index<Task>,
+    /// Unfinished tasks found at start, waiting for a request to resume them (id → metadata).
+    pub partial: crossbeam_skiplist::SkipMap<String, crate::storage::meta::TaskMeta>,
+    /// Last time a client request arrived (unix ms): the idle clock of `aliveTime`.
+    pub last_request_unix_ms: std::sync::atomic::AtomicU64,
     pub cores: Vec<flume::Sender<core::CoreMsg>>,
     pub http_opts: Options,
     /// The seed's `oras:` block (or `download.resourceClients.oras`): registries' transport.
@@ -85,6 +89,8 @@ pub fn run(
         oras_opts: Options::from_transport(&config.oras).map_err(|e| anyhow::anyhow!("oras transport: {e}"))?,
         store,
         index: Index::default(),
+        partial: crossbeam_skiplist::SkipMap::new(),
+        last_request_unix_ms: std::sync::atomic::AtomicU64::new(task::now_unix_ms()),
         cores: senders,
         peer_prefix: format!("{}-{}", local_ip(), std::process::id()),
         driver: driver.clone(),
@@ -99,9 +105,21 @@ pub fn run(
         data_dir = %shared.config.data_dir.display(),
         "dfget daemon started"
     );
+    if shared.config.storage.strategy == crate::config::Strategy::Advance {
+        tracing::info!(
+            "storage.strategy io.d7y.storage.v2.advance runs as simple: the task file lives in dataDir and OUT is \
+             hard-linked from it (reflink or copy across filesystems); see ARCHITECTURE.md"
+        );
+    }
     crate::daemon::gc::restore(&shared);
     core::run_cores(shared.clone(), receivers, listener)?;
+    // Cores have stopped: nothing writes any more. Park what was running, then honour keepStorage.
     let _ = std::fs::remove_file(&shared.config.socket_path);
+    gc::park_all(&shared);
+    if !shared.config.keep_storage {
+        tracing::info!("keepStorage is false: removing the task cache");
+        let _ = std::fs::remove_dir_all(shared.store.root());
+    }
     tracing::info!("dfget daemon stopped");
     Ok(())
 }

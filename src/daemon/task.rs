@@ -18,8 +18,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use compio::buf::BufResult;
 use compio::io::AsyncWriteAtExt;
 
-use crate::error::{Error, Result};
 use crate::error::Kind;
+use crate::error::{Error, Result};
 use crate::http::client;
 use crate::piece::bitmap::AtomicBitmap;
 use crate::piece::{Layout, DEFAULT_PIECE_LEN_BYTES};
@@ -206,8 +206,33 @@ impl Task {
         if !g.ranged || self.state() != State::Running {
             return None;
         }
-        let idx = self.next_piece.fetch_add(1, Ordering::AcqRel);
-        (idx < g.layout.n_pieces()).then_some(idx)
+        let bitmap = self.bitmap.get()?;
+        loop {
+            let idx = self.next_piece.fetch_add(1, Ordering::AcqRel);
+            if idx >= g.layout.n_pieces() {
+                return None;
+            }
+            // Pieces restored from a previous run are already on disk.
+            if !bitmap.get(idx) {
+                return Some(idx);
+            }
+        }
+    }
+
+    /// Lays out a task resumed from a previous run's metadata and records the pieces it had.
+    pub fn resume_from(&self, layout: Layout, done: &[bool], crcs: &[u32]) {
+        self.set_geometry(Geometry { layout, ranged: true });
+        for (idx, (ok, crc)) in done.iter().zip(crcs).enumerate() {
+            if *ok {
+                let (s, e) = layout.piece_range(idx as u64).unwrap_or((0, 0));
+                self.record_piece(idx as u64, *crc, e - s);
+            }
+        }
+        self.next_piece.store(0, Ordering::Release);
+    }
+
+    pub fn n_pieces_done(&self) -> u64 {
+        self.bitmap.get().map(|b| b.count()).unwrap_or(0)
     }
 }
 
@@ -289,8 +314,11 @@ fn stream_or_error(task: &Task, resp: client::Response) -> Result<FirstResponse>
     let status = resp.status();
     if status != 200 {
         let retryable = status >= 500 || status == 429;
-        return Err(Error::origin(retryable, format!("{} returned {status} {}", task.spec.display_url, resp.head.reason))
-            .with_kind(Kind::Status(status)));
+        return Err(Error::origin(
+            retryable,
+            format!("{} returned {status} {}", task.spec.display_url, resp.head.reason),
+        )
+        .with_kind(Kind::Status(status)));
     }
     let len_bytes = match crate::http::codec::framing(&resp.head, false) {
         Ok(crate::http::codec::Framing::Length(n)) => Some(n),

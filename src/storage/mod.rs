@@ -138,3 +138,32 @@ pub fn verify_sha256(path: &Path, len_bytes: u64, want: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Which of the recorded pieces still match their crc (a resumed task trusts only those).
+/// Blocking. Unreadable pieces count as missing.
+pub fn recheck_pieces(path: &Path, layout: crate::piece::Layout, done: &[bool], crcs: &[u32]) -> Vec<bool> {
+    use std::os::unix::fs::FileExt;
+    let Ok(file) = File::open(path) else { return vec![false; done.len()] };
+    if file.metadata().map(|m| m.len()).ok() != Some(layout.content_len_bytes) {
+        return vec![false; done.len()];
+    }
+    let mut buf = vec![0u8; layout.piece_len_bytes.min(layout.content_len_bytes).max(1) as usize];
+    done.iter()
+        .zip(crcs)
+        .enumerate()
+        .map(|(idx, (was_done, want))| {
+            let Some((start, end)) = layout.piece_range(idx as u64) else { return false };
+            let n = (end - start) as usize;
+            *was_done && file.read_exact_at(&mut buf[..n], start).is_ok() && crc32fast::hash(&buf[..n]) == *want
+        })
+        .collect()
+}
+
+/// Makes the recorded pieces durable before the record: fdatasync the task file, then write the
+/// metadata atomically. Blocking.
+pub fn persist_meta(data_path: &Path, meta_path: &Path, meta: &meta::TaskMeta) -> Result<()> {
+    if let Ok(f) = File::open(data_path) {
+        f.sync_data().map_err(|e| disk_err(e, data_path, "sync task file"))?;
+    }
+    meta::write_atomic(meta_path, &meta.encode()).map_err(|e| disk_err(e, meta_path, "write task metadata"))
+}

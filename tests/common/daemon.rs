@@ -95,10 +95,11 @@ impl Daemon {
         poll_until(Duration::from_secs(5), || self.core_log().contains(needle))
     }
 
-    /// Runs `dfget ARGS --daemon-sock SOCK` to completion (killed and panics after 180 s).
+    /// Runs `dfget ARGS --daemon-sock SOCK --no-spawn` to completion (killed and panics after
+    /// 180 s). `--no-spawn`: a client must not hide a dead test daemon by starting its own.
     pub fn dfget(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_dfget"));
-        cmd.args(args).arg("--daemon-sock").arg(&self.socket);
+        cmd.args(args).arg("--daemon-sock").arg(&self.socket).arg("--no-spawn");
         run_with_limit(&mut cmd, CLIENT_LIMIT)
     }
 

@@ -80,8 +80,11 @@ impl Request {
     }
 }
 
+/// A registered body and how to serve it.
+type Entry = (Arc<Vec<u8>>, Serve);
+
 struct Shared {
-    files: Mutex<HashMap<String, (Arc<Vec<u8>>, Serve)>>,
+    files: Mutex<HashMap<String, Entry>>,
     requests: Mutex<Vec<Request>>,
     bytes_served: AtomicU64,
     next_conn: AtomicU64,
@@ -287,13 +290,7 @@ fn record(conn_id: u64, head: &Head, shared: &Shared) -> Request {
 }
 
 /// Writes one response; returns whether the connection stays open.
-fn respond(
-    w: &mut TcpStream,
-    req: &Request,
-    entry: Option<(Arc<Vec<u8>>, Serve)>,
-    keep: bool,
-    shared: &Shared,
-) -> io::Result<bool> {
+fn respond(w: &mut TcpStream, req: &Request, entry: Option<Entry>, keep: bool, shared: &Shared) -> io::Result<bool> {
     let Some((body, serve)) = entry else {
         return respond_status(w, req, 404, keep, shared);
     };

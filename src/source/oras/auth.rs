@@ -26,14 +26,8 @@ const MAX_TOKEN_LIFETIME_SECS: u64 = 24 * 60 * 60;
 /// What the registry asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Challenge {
-    Bearer {
-        realm: String,
-        service: Option<String>,
-        scope: Option<String>,
-    },
-    Basic {
-        realm: Option<String>,
-    },
+    Bearer { realm: String, service: Option<String>, scope: Option<String> },
+    Basic { realm: Option<String> },
 }
 
 fn challenge_err(message: String) -> OrasError {
@@ -49,10 +43,7 @@ struct RawChallenge {
 impl RawChallenge {
     /// Repeated parameters are invalid per RFC; the first one wins rather than failing the pull.
     fn param(&self, name: &str) -> Option<String> {
-        self.params
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
+        self.params.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
     }
 }
 
@@ -61,52 +52,31 @@ impl RawChallenge {
 /// only an error when nothing usable is left.
 pub fn parse_www_authenticate(value: &str) -> Result<Challenge, OrasError> {
     if value.len() > MAX_HEADER_BYTES {
-        return Err(challenge_err(format!(
-            "WWW-Authenticate is {} bytes, limit {MAX_HEADER_BYTES}",
-            value.len()
-        )));
+        return Err(challenge_err(format!("WWW-Authenticate is {} bytes, limit {MAX_HEADER_BYTES}", value.len())));
     }
-    let challenges = Parser {
-        s: value.as_bytes(),
-        pos: 0,
-        n_params: 0,
-    }
-    .challenges()?;
+    let challenges = Parser { s: value.as_bytes(), pos: 0, n_params: 0 }.challenges()?;
     if let Some(bearer) = challenges.iter().find(|c| c.scheme == "bearer") {
         return bearer_challenge(bearer);
     }
     if let Some(basic) = challenges.iter().find(|c| c.scheme == "basic") {
-        return Ok(Challenge::Basic {
-            realm: basic.param("realm"),
-        });
+        return Ok(Challenge::Basic { realm: basic.param("realm") });
     }
     let schemes: Vec<&str> = challenges.iter().map(|c| c.scheme.as_str()).collect();
     Err(challenge_err(if schemes.is_empty() {
         "WWW-Authenticate is empty".to_owned()
     } else {
-        format!(
-            "unsupported authentication scheme(s) [{}]: only Bearer and Basic are supported",
-            schemes.join(", ")
-        )
+        format!("unsupported authentication scheme(s) [{}]: only Bearer and Basic are supported", schemes.join(", "))
     }))
 }
 
 fn bearer_challenge(c: &RawChallenge) -> Result<Challenge, OrasError> {
-    let realm = c
-        .param("realm")
-        .ok_or_else(|| challenge_err("Bearer challenge has no realm".to_owned()))?;
-    let url = url::Url::parse(&realm)
-        .map_err(|e| challenge_err(format!("Bearer realm {realm:?} is not a URL: {e}")))?;
+    let realm = c.param("realm").ok_or_else(|| challenge_err("Bearer challenge has no realm".to_owned()))?;
+    let url =
+        url::Url::parse(&realm).map_err(|e| challenge_err(format!("Bearer realm {realm:?} is not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.fragment().is_some() || !url.has_host() {
-        return Err(challenge_err(format!(
-            "Bearer realm {realm:?} must be an http(s) URL without a fragment"
-        )));
+        return Err(challenge_err(format!("Bearer realm {realm:?} must be an http(s) URL without a fragment")));
     }
-    Ok(Challenge::Bearer {
-        realm,
-        service: c.param("service"),
-        scope: c.param("scope"),
-    })
+    Ok(Challenge::Bearer { realm, service: c.param("service"), scope: c.param("scope") })
 }
 
 /// A cursor over the header bytes. Grammar (RFC 9110): `challenge = scheme [ 1*SP ( token68 /
@@ -148,10 +118,7 @@ impl Parser<'_> {
             Some(b) => format!("byte 0x{b:02x}"),
             None => "end of header".to_owned(),
         };
-        challenge_err(format!(
-            "malformed WWW-Authenticate: unexpected {what} at offset {}",
-            self.pos
-        ))
+        challenge_err(format!("malformed WWW-Authenticate: unexpected {what} at offset {}", self.pos))
     }
 
     fn challenges(mut self) -> Result<Vec<RawChallenge>, OrasError> {
@@ -204,9 +171,7 @@ impl Parser<'_> {
             }
             self.n_params += 1;
             if self.n_params > MAX_PARAMS {
-                return Err(challenge_err(format!(
-                    "WWW-Authenticate has more than {MAX_PARAMS} parameters"
-                )));
+                return Err(challenge_err(format!("WWW-Authenticate has more than {MAX_PARAMS} parameters")));
             }
         }
     }
@@ -244,11 +209,7 @@ impl Parser<'_> {
         let mut out = Vec::new();
         loop {
             match self.peek() {
-                None => {
-                    return Err(challenge_err(
-                        "malformed WWW-Authenticate: unterminated quoted string".to_owned(),
-                    ))
-                }
+                None => return Err(challenge_err("malformed WWW-Authenticate: unterminated quoted string".to_owned())),
                 Some(b'"') => {
                     self.pos += 1;
                     break;
@@ -264,8 +225,7 @@ impl Parser<'_> {
             self.pos += 1;
         }
         // The header came in as &str and we only dropped ASCII backslashes, so this is UTF-8.
-        String::from_utf8(out)
-            .map_err(|_| challenge_err("malformed WWW-Authenticate: bad UTF-8".to_owned()))
+        String::from_utf8(out).map_err(|_| challenge_err("malformed WWW-Authenticate: bad UTF-8".to_owned()))
     }
 }
 
@@ -288,12 +248,7 @@ pub fn token_url(ch_realm: &str, service: Option<&str>, scope: &str) -> String {
         Err(_) => {
             let query: Vec<String> = pairs
                 .iter()
-                .map(|(k, v)| {
-                    format!(
-                        "{k}={}",
-                        url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()
-                    )
-                })
+                .map(|(k, v)| format!("{k}={}", url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()))
                 .collect();
             let sep = if ch_realm.contains('?') { '&' } else { '?' };
             if query.is_empty() {
@@ -320,10 +275,7 @@ pub struct Token {
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Token")
-            .field(
-                "value",
-                &format_args!("<redacted, {} bytes>", self.value.len()),
-            )
+            .field("value", &format_args!("<redacted, {} bytes>", self.value.len()))
             .field("expires_in_secs", &self.expires_in_secs)
             .finish()
     }
@@ -348,56 +300,32 @@ pub fn parse_token_response(bytes: &[u8]) -> Result<Token, OrasError> {
     let json: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
         OrasError::new(
             OrasErrorKind::BadToken,
-            format!(
-                "token response is not JSON (line {}, column {})",
-                e.line(),
-                e.column()
-            ),
+            format!("token response is not JSON (line {}, column {})", e.line(), e.column()),
         )
     })?;
-    let field = |name: &str| {
-        json.get(name)
-            .and_then(|v| v.as_str())
-            .filter(|s| !s.is_empty())
-    };
+    let field = |name: &str| json.get(name).and_then(|v| v.as_str()).filter(|s| !s.is_empty());
     let value = field("access_token")
         .or_else(|| field("token"))
-        .ok_or_else(|| {
-            token_err("token response has neither a \"token\" nor an \"access_token\" string")
-        })?;
+        .ok_or_else(|| token_err("token response has neither a \"token\" nor an \"access_token\" string"))?;
     if value.len() > MAX_TOKEN_BYTES {
         return Err(token_err("token is longer than 16 KiB"));
     }
     if !value.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(token_err(
-            "token holds characters that cannot go in an HTTP header",
-        ));
+        return Err(token_err("token holds characters that cannot go in an HTTP header"));
     }
-    let expires_in = json.get("expires_in").and_then(|v| {
-        v.as_u64().or_else(|| {
-            v.as_f64()
-                .filter(|f| f.is_finite() && *f >= 0.0)
-                .map(|f| f as u64)
-        })
-    });
-    let expires_in_secs = expires_in
-        .unwrap_or(DEFAULT_TOKEN_LIFETIME_SECS)
-        .clamp(DEFAULT_TOKEN_LIFETIME_SECS, MAX_TOKEN_LIFETIME_SECS);
-    Ok(Token {
-        value: value.to_owned(),
-        expires_in_secs,
-    })
+    let expires_in = json
+        .get("expires_in")
+        .and_then(|v| v.as_u64().or_else(|| v.as_f64().filter(|f| f.is_finite() && *f >= 0.0).map(|f| f as u64)));
+    let expires_in_secs =
+        expires_in.unwrap_or(DEFAULT_TOKEN_LIFETIME_SECS).clamp(DEFAULT_TOKEN_LIFETIME_SECS, MAX_TOKEN_LIFETIME_SECS);
+    Ok(Token { value: value.to_owned(), expires_in_secs })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn bearer(
-        realm: &str,
-        service: Option<&str>,
-        scope: Option<&str>,
-    ) -> Result<Challenge, &'static str> {
+    fn bearer(realm: &str, service: Option<&str>, scope: Option<&str>) -> Result<Challenge, &'static str> {
         Ok(Challenge::Bearer {
             realm: realm.to_owned(),
             service: service.map(str::to_owned),
@@ -406,9 +334,7 @@ mod tests {
     }
 
     fn basic(realm: Option<&str>) -> Result<Challenge, &'static str> {
-        Ok(Challenge::Basic {
-            realm: realm.map(str::to_owned),
-        })
+        Ok(Challenge::Basic { realm: realm.map(str::to_owned) })
     }
 
     /// `expected`: the challenge, or a substring of the BadChallenge message.
@@ -417,11 +343,7 @@ mod tests {
             (Ok(got), Ok(want)) => assert_eq!(got, want, "{input}"),
             (Err(e), Err(want)) => {
                 assert_eq!(e.kind, OrasErrorKind::BadChallenge, "{input}");
-                assert!(
-                    e.message.contains(want),
-                    "{input}: {:?} lacks {want:?}",
-                    e.message
-                );
+                assert!(e.message.contains(want), "{input}: {:?} lacks {want:?}", e.message);
             }
             (got, want) => panic!("{input}: got {got:?}, want {want:?}"),
         }
@@ -434,71 +356,37 @@ mod tests {
             // docker-registry's exact header
             (
                 r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:test/img:pull""#,
-                bearer(
-                    realm,
-                    Some("registry.example"),
-                    Some("repository:test/img:pull"),
-                ),
+                bearer(realm, Some("registry.example"), Some("repository:test/img:pull")),
             ),
-            (
-                r#"Basic realm="Registry Realm""#,
-                basic(Some("Registry Realm")),
-            ),
+            (r#"Basic realm="Registry Realm""#, basic(Some("Registry Realm"))),
             ("Basic", basic(None)),
             (
                 r#"bEaReR   REALM = "https://auth.example/token" , scope="repository:a:pull,push""#,
                 bearer(realm, None, Some("repository:a:pull,push")),
             ),
-            (
-                r#"Bearer realm="https://auth.example/token",service=svc"#,
-                bearer(realm, Some("svc"), None),
-            ),
+            (r#"Bearer realm="https://auth.example/token",service=svc"#, bearer(realm, Some("svc"), None)),
             // RFC 9110: a URL is not a token, so it must be quoted.
-            (
-                r#"Bearer realm=https://auth.example/token"#,
-                Err("unexpected ':' at offset 18"),
-            ),
-            (
-                r#"Bearer realm="https://auth.example/token",,service="a\"b\\c""#,
-                bearer(realm, Some("a\"b\\c"), None),
-            ),
-            (
-                r#"Bearer realm="https://auth.example/token",realm="https://evil/""#,
-                bearer(realm, None, None),
-            ),
+            (r#"Bearer realm=https://auth.example/token"#, Err("unexpected ':' at offset 18")),
+            (r#"Bearer realm="https://auth.example/token",,service="a\"b\\c""#, bearer(realm, Some("a\"b\\c"), None)),
+            (r#"Bearer realm="https://auth.example/token",realm="https://evil/""#, bearer(realm, None, None)),
             (
                 r#"Bearer realm="https://auth.example/token?x=1",service="s""#,
                 bearer("https://auth.example/token?x=1", Some("s"), None),
             ),
-            (
-                r#"Basic realm="b", Bearer realm="https://auth.example/token""#,
-                bearer(realm, None, None),
-            ),
+            (r#"Basic realm="b", Bearer realm="https://auth.example/token""#, bearer(realm, None, None)),
             (r#"Negotiate, Basic realm="x""#, basic(Some("x"))),
             (r#"Negotiate abc==, Basic realm="x""#, basic(Some("x"))),
-            (
-                r#"Bearer realm="https://auth.example/token", error="invalid_token""#,
-                bearer(realm, None, None),
-            ),
+            (r#"Bearer realm="https://auth.example/token", error="invalid_token""#, bearer(realm, None, None)),
             ("", Err("empty")),
             ("  ,, ", Err("empty")),
-            (
-                "Negotiate",
-                Err("unsupported authentication scheme(s) [negotiate]"),
-            ),
+            ("Negotiate", Err("unsupported authentication scheme(s) [negotiate]")),
             (r#"Digest realm="x", nonce="y""#, Err("[digest]")),
             ("Bearer", Err("no realm")),
             (r#"Bearer service="x""#, Err("no realm")),
             (r#"Bearer realm="/relative/token""#, Err("not a URL")),
             (r#"Bearer realm="ftp://auth.example/t""#, Err("http(s) URL")),
-            (
-                r#"Bearer realm="https://auth.example/t#frag""#,
-                Err("http(s) URL"),
-            ),
-            (
-                r#"Bearer realm="https://auth.example/token"#,
-                Err("unterminated"),
-            ),
+            (r#"Bearer realm="https://auth.example/t#frag""#, Err("http(s) URL")),
+            (r#"Bearer realm="https://auth.example/token"#, Err("unterminated")),
             (r#"Bearer realm="a\"#, Err("unterminated")),
             ("Bearer realm=", Err("unexpected end of header")),
             ("Bearer realm=,", Err("unexpected ','")),
@@ -510,14 +398,8 @@ mod tests {
         for (input, expected) in cases {
             check(input, expected);
         }
-        check(
-            &format!("Basic realm=\"{}\"", "x".repeat(MAX_HEADER_BYTES)),
-            Err("limit 8192"),
-        );
-        check(
-            &format!("Basic {}", "a=b,".repeat(65)),
-            Err("more than 64 parameters"),
-        );
+        check(&format!("Basic realm=\"{}\"", "x".repeat(MAX_HEADER_BYTES)), Err("limit 8192"));
+        check(&format!("Basic {}", "a=b,".repeat(65)), Err("more than 64 parameters"));
     }
 
     #[test]
@@ -527,32 +409,21 @@ mod tests {
         };
         let scope = pull_scope("test/img");
         assert_eq!(scope, "repository:test/img:pull");
-        check("https://auth.example/token", Some("registry.example"), &scope,
-              "https://auth.example/token?service=registry.example&scope=repository%3Atest%2Fimg%3Apull");
+        check(
+            "https://auth.example/token",
+            Some("registry.example"),
+            &scope,
+            "https://auth.example/token?service=registry.example&scope=repository%3Atest%2Fimg%3Apull",
+        );
         check(
             "https://auth.example/token?x=1",
             None,
             &scope,
             "https://auth.example/token?x=1&scope=repository%3Atest%2Fimg%3Apull",
         );
-        check(
-            "https://auth.example/token",
-            Some("a b&c"),
-            "",
-            "https://auth.example/token?service=a+b%26c",
-        );
-        check(
-            "https://auth.example/token",
-            None,
-            "",
-            "https://auth.example/token",
-        );
-        check(
-            "not a url",
-            Some("s"),
-            &scope,
-            "not a url?service=s&scope=repository%3Atest%2Fimg%3Apull",
-        );
+        check("https://auth.example/token", Some("a b&c"), "", "https://auth.example/token?service=a+b%26c");
+        check("https://auth.example/token", None, "", "https://auth.example/token");
+        check("not a url", Some("s"), &scope, "not a url?service=s&scope=repository%3Atest%2Fimg%3Apull");
     }
 
     const SECRET: &str = "eyJhbGciOiJSUzI1NiJ9.c2VjcmV0.sig";
@@ -563,25 +434,14 @@ mod tests {
     fn check_token(input: &str, expected: Result<(&str, u64), &str>) {
         match (parse_token_response(input.as_bytes()), expected) {
             (Ok(got), Ok((value, secs))) => {
-                assert_eq!(
-                    (got.value.as_str(), got.expires_in_secs),
-                    (value, secs),
-                    "{input}"
-                );
+                assert_eq!((got.value.as_str(), got.expires_in_secs), (value, secs), "{input}");
                 assert!(!format!("{got:?}").contains(value), "Debug leaks the token");
                 assert_eq!(bearer_header(&got), format!("Bearer {value}"));
             }
             (Err(e), Err(want)) => {
                 assert_eq!(e.kind, OrasErrorKind::BadToken, "{input}");
-                assert!(
-                    e.message.contains(want),
-                    "{input}: {:?} lacks {want:?}",
-                    e.message
-                );
-                assert!(
-                    !e.message.contains(SECRET) && !e.message.contains("c2VjcmV0"),
-                    "error leaks the token"
-                );
+                assert!(e.message.contains(want), "{input}: {:?} lacks {want:?}", e.message);
+                assert!(!e.message.contains(SECRET) && !e.message.contains("c2VjcmV0"), "error leaks the token");
             }
             (got, want) => panic!("{input}: got {got:?}, want {want:?}"),
         }
@@ -592,69 +452,31 @@ mod tests {
         let cases: Vec<(String, TokenWant)> = vec![
             (format!(r#"{{"token":"{SECRET}"}}"#), Ok((SECRET, 60))),
             (
-                format!(
-                    r#"{{"access_token":"{SECRET}","expires_in":300,"issued_at":"2024-01-01T00:00:00Z"}}"#
-                ),
+                format!(r#"{{"access_token":"{SECRET}","expires_in":300,"issued_at":"2024-01-01T00:00:00Z"}}"#),
                 Ok((SECRET, 300)),
             ),
-            (
-                format!(r#"{{"token":"other","access_token":"{SECRET}"}}"#),
-                Ok((SECRET, 60)),
-            ),
-            (
-                format!(r#"{{"token":"{SECRET}","access_token":""}}"#),
-                Ok((SECRET, 60)),
-            ),
-            (
-                format!(r#"{{"token":"{SECRET}","expires_in":5}}"#),
-                Ok((SECRET, 60)),
-            ),
-            (
-                format!(r#"{{"token":"{SECRET}","expires_in":-5}}"#),
-                Ok((SECRET, 60)),
-            ),
-            (
-                format!(r#"{{"token":"{SECRET}","expires_in":120.7}}"#),
-                Ok((SECRET, 120)),
-            ),
-            (
-                format!(r#"{{"token":"{SECRET}","expires_in":"300"}}"#),
-                Ok((SECRET, 60)),
-            ),
-            (
-                format!(r#"{{"token":"{SECRET}","expires_in":99999999999}}"#),
-                Ok((SECRET, 86400)),
-            ),
+            (format!(r#"{{"token":"other","access_token":"{SECRET}"}}"#), Ok((SECRET, 60))),
+            (format!(r#"{{"token":"{SECRET}","access_token":""}}"#), Ok((SECRET, 60))),
+            (format!(r#"{{"token":"{SECRET}","expires_in":5}}"#), Ok((SECRET, 60))),
+            (format!(r#"{{"token":"{SECRET}","expires_in":-5}}"#), Ok((SECRET, 60))),
+            (format!(r#"{{"token":"{SECRET}","expires_in":120.7}}"#), Ok((SECRET, 120))),
+            (format!(r#"{{"token":"{SECRET}","expires_in":"300"}}"#), Ok((SECRET, 60))),
+            (format!(r#"{{"token":"{SECRET}","expires_in":99999999999}}"#), Ok((SECRET, 86400))),
             (r#"{"error":"denied"}"#.to_owned(), Err("neither")),
             (r#"{"token":""}"#.to_owned(), Err("neither")),
             (r#"{"token":42}"#.to_owned(), Err("neither")),
             (r#"["token"]"#.to_owned(), Err("neither")),
             (format!(r#"{{"token":"{SECRET}"#), Err("not JSON (line 1")),
-            (
-                format!(r#"{{"token":"{SECRET}","expires_in":}}"#),
-                Err("not JSON"),
-            ),
-            (
-                format!(r#"{{"token":"{SECRET}\r\nX-Evil: 1"}}"#),
-                Err("cannot go in an HTTP header"),
-            ),
-            (
-                format!(r#"{{"token":"{SECRET} x"}}"#),
-                Err("cannot go in an HTTP header"),
-            ),
-            (
-                format!(r#"{{"token":"{}"}}"#, "a".repeat(MAX_TOKEN_BYTES + 1)),
-                Err("longer than 16 KiB"),
-            ),
+            (format!(r#"{{"token":"{SECRET}","expires_in":}}"#), Err("not JSON")),
+            (format!(r#"{{"token":"{SECRET}\r\nX-Evil: 1"}}"#), Err("cannot go in an HTTP header")),
+            (format!(r#"{{"token":"{SECRET} x"}}"#), Err("cannot go in an HTTP header")),
+            (format!(r#"{{"token":"{}"}}"#, "a".repeat(MAX_TOKEN_BYTES + 1)), Err("longer than 16 KiB")),
             ("<html>502</html>".to_owned(), Err("not JSON")),
         ];
         for (input, expected) in &cases {
             check_token(input, *expected);
         }
         let huge = vec![b' '; MAX_TOKEN_RESPONSE_BYTES + 1];
-        assert_eq!(
-            parse_token_response(&huge).unwrap_err().kind,
-            OrasErrorKind::BadToken
-        );
+        assert_eq!(parse_token_response(&huge).unwrap_err().kind, OrasErrorKind::BadToken);
     }
 }

@@ -34,10 +34,7 @@ pub struct Credential {
 
 impl fmt::Debug for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credential")
-            .field("username", &self.username)
-            .field("password", &"<redacted>")
-            .finish()
+        f.debug_struct("Credential").field("username", &self.username).field("password", &"<redacted>").finish()
     }
 }
 
@@ -57,10 +54,7 @@ fn cred_err(message: String) -> OrasError {
 /// host names are case-insensitive).
 fn normalise_key(key: &str) -> String {
     let key = key.trim().to_ascii_lowercase();
-    let key = key
-        .strip_prefix("https://")
-        .or_else(|| key.strip_prefix("http://"))
-        .unwrap_or(&key);
+    let key = key.strip_prefix("https://").or_else(|| key.strip_prefix("http://")).unwrap_or(&key);
     key.split('/').next().unwrap_or_default().to_owned()
 }
 
@@ -89,31 +83,18 @@ pub fn lookup(config_json: &str, registry: &str) -> Result<Option<Credential>, O
 /// into a silent anonymous pull).
 pub fn lookup_with_notes(config_json: &str, registry: &str) -> Result<Lookup, OrasError> {
     if config_json.len() > MAX_CONFIG_BYTES {
-        return Err(cred_err(format!(
-            "docker config is {} bytes, limit {MAX_CONFIG_BYTES}",
-            config_json.len()
-        )));
+        return Err(cred_err(format!("docker config is {} bytes, limit {MAX_CONFIG_BYTES}", config_json.len())));
     }
     // Via Value, so a parse error can only be a syntax error: a position, never file content.
-    let json: Value = serde_json::from_str(config_json).map_err(|e| {
-        cred_err(format!(
-            "docker config is not valid JSON (line {}, column {})",
-            e.line(),
-            e.column()
-        ))
-    })?;
+    let json: Value = serde_json::from_str(config_json)
+        .map_err(|e| cred_err(format!("docker config is not valid JSON (line {}, column {})", e.line(), e.column())))?;
     let registry = registry.to_ascii_lowercase();
-    let mut out = Lookup {
-        credential: None,
-        notes: helper_notes(&json, &registry),
-    };
+    let mut out = Lookup { credential: None, notes: helper_notes(&json, &registry) };
     let Some(auths) = json.get("auths").and_then(Value::as_object) else {
         return Ok(out);
     };
-    let mut matches: Vec<(u8, &String, &Value)> = auths
-        .iter()
-        .filter_map(|(key, entry)| match_rank(key, &registry).map(|rank| (rank, key, entry)))
-        .collect();
+    let mut matches: Vec<(u8, &String, &Value)> =
+        auths.iter().filter_map(|(key, entry)| match_rank(key, &registry).map(|rank| (rank, key, entry))).collect();
     matches.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
     for (_, key, entry) in matches {
         if let Some(credential) = decode_entry(key, entry, &mut out.notes)? {
@@ -129,16 +110,10 @@ fn helper_notes(json: &Value, registry: &str) -> Vec<String> {
     let mut notes = Vec::new();
     if let Some(helpers) = json.get("credHelpers").and_then(Value::as_object) {
         for key in helpers.keys().filter(|k| match_rank(k, registry).is_some()) {
-            notes.push(format!(
-                "credHelpers entry {key:?} ignored: credential helpers are not supported"
-            ));
+            notes.push(format!("credHelpers entry {key:?} ignored: credential helpers are not supported"));
         }
     }
-    if let Some(store) = json
-        .get("credsStore")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-    {
+    if let Some(store) = json.get("credsStore").and_then(Value::as_str).filter(|s| !s.is_empty()) {
         notes.push(format!(
             "credsStore {store:?} ignored: credential helpers are not supported; only \"auths\" entries are read"
         ));
@@ -148,35 +123,21 @@ fn helper_notes(json: &Value, registry: &str) -> Vec<String> {
 
 /// `auth` (base64 `user:pass`) wins over `username`/`password`, as in Docker; an entry with
 /// neither yields `None`.
-fn decode_entry(
-    key: &str,
-    entry: &Value,
-    notes: &mut Vec<String>,
-) -> Result<Option<Credential>, OrasError> {
+fn decode_entry(key: &str, entry: &Value, notes: &mut Vec<String>) -> Result<Option<Credential>, OrasError> {
     let Some(entry) = entry.as_object() else {
-        return Err(cred_err(format!(
-            "auths entry {key:?} is not a JSON object"
-        )));
+        return Err(cred_err(format!("auths entry {key:?} is not a JSON object")));
     };
-    let field = |name: &str| {
-        entry
-            .get(name)
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-    };
+    let field = |name: &str| entry.get(name).and_then(Value::as_str).filter(|s| !s.is_empty());
     if field("identitytoken").is_some() {
-        notes.push(format!(
-            "auths entry {key:?}: identitytoken ignored (OAuth identity tokens are not supported)"
-        ));
+        notes.push(format!("auths entry {key:?}: identitytoken ignored (OAuth identity tokens are not supported)"));
     }
     if let Some(auth) = field("auth") {
         return decode_auth(key, auth).map(Some);
     }
     match (field("username"), field("password")) {
-        (Some(username), Some(password)) => Ok(Some(Credential {
-            username: username.to_owned(),
-            password: password.to_owned(),
-        })),
+        (Some(username), Some(password)) => {
+            Ok(Some(Credential { username: username.to_owned(), password: password.to_owned() }))
+        }
         _ => Ok(None),
     }
 }
@@ -185,19 +146,13 @@ fn decode_auth(key: &str, auth: &str) -> Result<Credential, OrasError> {
     let bytes = LENIENT_BASE64
         .decode(auth.trim())
         .map_err(|_| cred_err(format!("auths entry {key:?}: \"auth\" is not valid base64")))?;
-    let text = String::from_utf8(bytes).map_err(|_| {
-        cred_err(format!(
-            "auths entry {key:?}: \"auth\" does not decode to UTF-8 text"
-        ))
-    })?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| cred_err(format!("auths entry {key:?}: \"auth\" does not decode to UTF-8 text")))?;
     match text.split_once(':') {
-        Some((username, password)) if !username.is_empty() => Ok(Credential {
-            username: username.to_owned(),
-            password: password.to_owned(),
-        }),
-        _ => Err(cred_err(format!(
-            "auths entry {key:?}: \"auth\" does not decode to user:password"
-        ))),
+        Some((username, password)) if !username.is_empty() => {
+            Ok(Credential { username: username.to_owned(), password: password.to_owned() })
+        }
+        _ => Err(cred_err(format!("auths entry {key:?}: \"auth\" does not decode to user:password"))),
     }
 }
 
@@ -205,10 +160,7 @@ fn decode_auth(key: &str, auth: &str) -> Result<Credential, OrasError> {
 /// holds a credential for the registry. Empty `DOCKER_CONFIG` counts as unset, like Docker.
 pub fn candidate_paths(docker_config_env: Option<&Path>, home: Option<&Path>) -> Vec<PathBuf> {
     let mut paths = Vec::new();
-    match (
-        docker_config_env.filter(|p| !p.as_os_str().is_empty()),
-        home,
-    ) {
+    match (docker_config_env.filter(|p| !p.as_os_str().is_empty()), home) {
         (Some(dir), _) => paths.push(dir.join("config.json")),
         (None, Some(home)) => paths.push(home.join(".docker").join("config.json")),
         (None, None) => {}
@@ -222,10 +174,7 @@ pub fn candidate_paths(docker_config_env: Option<&Path>, home: Option<&Path>) ->
 
 /// `Basic base64(user:pass)` for the `Authorization` header.
 pub fn basic_header(c: &Credential) -> String {
-    format!(
-        "Basic {}",
-        STANDARD.encode(format!("{}:{}", c.username, c.password))
-    )
+    format!("Basic {}", STANDARD.encode(format!("{}:{}", c.username, c.password)))
 }
 
 #[cfg(test)]
@@ -243,10 +192,7 @@ mod tests {
 
     fn cred(username: &str, password: &str) -> Want<'static> {
         // Leaking in tests keeps the table's types simple.
-        Ok(Some((
-            String::from(username).leak(),
-            String::from(password).leak(),
-        )))
+        Ok(Some((String::from(username).leak(), String::from(password).leak())))
     }
 
     /// `expected`: Some((user, pass)), None, or a substring of the BadCredentials message.
@@ -254,26 +200,14 @@ mod tests {
         let got = lookup(config, registry);
         match (&got, expected) {
             (Ok(c), Ok(want)) => {
-                let c = c
-                    .as_ref()
-                    .map(|c| (c.username.as_str(), c.password.as_str()));
+                let c = c.as_ref().map(|c| (c.username.as_str(), c.password.as_str()));
                 assert_eq!(c, want, "{registry} in {config}");
             }
             (Err(e), Err(want)) => {
                 assert_eq!(e.kind, OrasErrorKind::BadCredentials, "{config}");
-                assert!(
-                    e.message.contains(want),
-                    "{config}: {:?} lacks {want:?}",
-                    e.message
-                );
-                assert!(
-                    !e.message.contains(PASSWORD) && !e.message.contains("s3cr3t"),
-                    "error leaks the secret"
-                );
-                assert!(
-                    !e.message.contains(&b64(&format!("u:{PASSWORD}"))[..8]),
-                    "error leaks the encoded secret"
-                );
+                assert!(e.message.contains(want), "{config}: {:?} lacks {want:?}", e.message);
+                assert!(!e.message.contains(PASSWORD) && !e.message.contains("s3cr3t"), "error leaks the secret");
+                assert!(!e.message.contains(&b64(&format!("u:{PASSWORD}"))[..8]), "error leaks the encoded secret");
             }
             (got, want) => panic!("{registry} in {config}: got {got:?}, want {want:?}"),
         }
@@ -289,134 +223,57 @@ mod tests {
         let unpadded = format!(r#"{{"auth":"{}"}}"#, b64("ab:c").trim_end_matches('='));
         let fields = format!(r#"{{"username":"u2","password":"{PASSWORD}"}}"#);
         let cases: Vec<(String, &str, Want)> = vec![
-            (
-                auths("localhost:5000", &auth),
-                "localhost:5000",
-                cred("u", PASSWORD),
-            ),
-            (
-                auths("LocalHost:5000", &auth),
-                "localhost:5000",
-                cred("u", PASSWORD),
-            ),
-            (
-                auths("https://localhost:5000/v1/", &auth),
-                "localhost:5000",
-                cred("u", PASSWORD),
-            ),
-            (
-                auths("http://localhost:5000", &auth),
-                "localhost:5000",
-                cred("u", PASSWORD),
-            ),
+            (auths("localhost:5000", &auth), "localhost:5000", cred("u", PASSWORD)),
+            (auths("LocalHost:5000", &auth), "localhost:5000", cred("u", PASSWORD)),
+            (auths("https://localhost:5000/v1/", &auth), "localhost:5000", cred("u", PASSWORD)),
+            (auths("http://localhost:5000", &auth), "localhost:5000", cred("u", PASSWORD)),
             (auths("localhost:5000", &auth), "localhost:5001", Ok(None)),
             (auths("localhost", &auth), "localhost:5000", Ok(None)),
             (auths("ghcr.io", &auth), "ghcr.io", cred("u", PASSWORD)),
             (auths("ghcr.io", &fields), "ghcr.io", cred("u2", PASSWORD)),
             (auths("ghcr.io", &unpadded), "ghcr.io", cred("ab", "c")),
-            (
-                auths("ghcr.io", r#"{"auth":"dTo="}"#),
-                "ghcr.io",
-                cred("u", ""),
-            ),
-            (
-                auths("https://index.docker.io/v1/", &auth),
-                "registry-1.docker.io",
-                cred("u", PASSWORD),
-            ),
-            (
-                auths("docker.io", &auth),
-                "registry-1.docker.io",
-                cred("u", PASSWORD),
-            ),
-            (
-                auths("https://index.docker.io/v1/", &auth),
-                "ghcr.io",
-                Ok(None),
-            ),
-            (
-                auths("[::1]:5000", &auth),
-                "[::1]:5000",
-                cred("u", PASSWORD),
-            ),
-            (
-                auths("ghcr.io", r#"{"identitytoken":"tok"}"#),
-                "ghcr.io",
-                Ok(None),
-            ),
+            (auths("ghcr.io", r#"{"auth":"dTo="}"#), "ghcr.io", cred("u", "")),
+            (auths("https://index.docker.io/v1/", &auth), "registry-1.docker.io", cred("u", PASSWORD)),
+            (auths("docker.io", &auth), "registry-1.docker.io", cred("u", PASSWORD)),
+            (auths("https://index.docker.io/v1/", &auth), "ghcr.io", Ok(None)),
+            (auths("[::1]:5000", &auth), "[::1]:5000", cred("u", PASSWORD)),
+            (auths("ghcr.io", r#"{"identitytoken":"tok"}"#), "ghcr.io", Ok(None)),
             (auths("ghcr.io", "{}"), "ghcr.io", Ok(None)),
             (auths("ghcr.io", r#"{"username":"u"}"#), "ghcr.io", Ok(None)),
-            (
-                r#"{"credsStore":"desktop"}"#.to_owned(),
-                "ghcr.io",
-                Ok(None),
-            ),
+            (r#"{"credsStore":"desktop"}"#.to_owned(), "ghcr.io", Ok(None)),
             ("{}".to_owned(), "ghcr.io", Ok(None)),
             // exact key beats a normalised one, whatever the map order
             (
-                format!(
-                    r#"{{"auths":{{"https://ghcr.io":{{"auth":"{}"}},"ghcr.io":{auth}}}}}"#,
-                    b64("other:x")
-                ),
+                format!(r#"{{"auths":{{"https://ghcr.io":{{"auth":"{}"}},"ghcr.io":{auth}}}}}"#, b64("other:x")),
                 "ghcr.io",
                 cred("u", PASSWORD),
             ),
             // an empty entry does not hide a usable one further down
-            (
-                format!(r#"{{"auths":{{"ghcr.io":{{}},"https://ghcr.io/v1/":{auth}}}}}"#),
-                "ghcr.io",
-                cred("u", PASSWORD),
-            ),
+            (format!(r#"{{"auths":{{"ghcr.io":{{}},"https://ghcr.io/v1/":{auth}}}}}"#), "ghcr.io", cred("u", PASSWORD)),
             (
                 auths("ghcr.io", &format!(r#"{{"auth":"{PASSWORD}!!"}}"#)),
                 "ghcr.io",
                 Err("auths entry \"ghcr.io\": \"auth\" is not valid base64"),
             ),
+            (auths("ghcr.io", &format!(r#"{{"auth":"{}"}}"#, b64("nocolon"))), "ghcr.io", Err("user:password")),
             (
-                auths("ghcr.io", &format!(r#"{{"auth":"{}"}}"#, b64("nocolon"))),
+                auths("ghcr.io", &format!(r#"{{"auth":"{}"}}"#, b64(&format!(":{PASSWORD}")))),
                 "ghcr.io",
                 Err("user:password"),
             ),
             (
-                auths(
-                    "ghcr.io",
-                    &format!(r#"{{"auth":"{}"}}"#, b64(&format!(":{PASSWORD}"))),
-                ),
-                "ghcr.io",
-                Err("user:password"),
-            ),
-            (
-                auths(
-                    "ghcr.io",
-                    &format!(r#"{{"auth":"{}"}}"#, STANDARD.encode([0xff, b':', 0xfe])),
-                ),
+                auths("ghcr.io", &format!(r#"{{"auth":"{}"}}"#, STANDARD.encode([0xff, b':', 0xfe]))),
                 "ghcr.io",
                 Err("UTF-8"),
             ),
-            (
-                auths("ghcr.io", &format!(r#""{PASSWORD}""#)),
-                "ghcr.io",
-                Err("not a JSON object"),
-            ),
-            (
-                format!(r#"{{"auths":{{"ghcr.io":{{"password":"{PASSWORD}""#),
-                "ghcr.io",
-                Err("not valid JSON (line 1"),
-            ),
-            (
-                format!(r#"{{"auths":{{"ghcr.io":{{"auth":{PASSWORD}}}}}}}"#),
-                "ghcr.io",
-                Err("not valid JSON"),
-            ),
+            (auths("ghcr.io", &format!(r#""{PASSWORD}""#)), "ghcr.io", Err("not a JSON object")),
+            (format!(r#"{{"auths":{{"ghcr.io":{{"password":"{PASSWORD}""#), "ghcr.io", Err("not valid JSON (line 1")),
+            (format!(r#"{{"auths":{{"ghcr.io":{{"auth":{PASSWORD}}}}}}}"#), "ghcr.io", Err("not valid JSON")),
         ];
         for (config, registry, expected) in &cases {
             check(config, registry, *expected);
         }
-        check(
-            &" ".repeat(MAX_CONFIG_BYTES + 1),
-            "ghcr.io",
-            Err("limit 1048576"),
-        );
+        check(&" ".repeat(MAX_CONFIG_BYTES + 1), "ghcr.io", Err("limit 1048576"));
     }
 
     #[test]
@@ -429,16 +286,8 @@ mod tests {
                 assert!(!note.contains("tok123"), "note leaks the token");
             }
         };
-        check_notes(
-            &auths("ghcr.io", r#"{"identitytoken":"tok123"}"#),
-            "ghcr.io",
-            &["identitytoken ignored"],
-        );
-        check_notes(
-            &auths("quay.io", r#"{"identitytoken":"tok123"}"#),
-            "ghcr.io",
-            &[],
-        );
+        check_notes(&auths("ghcr.io", r#"{"identitytoken":"tok123"}"#), "ghcr.io", &["identitytoken ignored"]);
+        check_notes(&auths("quay.io", r#"{"identitytoken":"tok123"}"#), "ghcr.io", &[]);
         check_notes(
             r#"{"credsStore":"desktop","credHelpers":{"ghcr.io":"gh","quay.io":"q"}}"#,
             "ghcr.io",
@@ -448,29 +297,11 @@ mod tests {
 
     #[test]
     fn debug_hides_password() {
-        let c = Credential {
-            username: "alice".to_owned(),
-            password: PASSWORD.to_owned(),
-        };
-        let shown = format!(
-            "{c:?} {:?}",
-            Lookup {
-                credential: Some(c.clone()),
-                notes: vec![]
-            }
-        );
-        assert!(
-            shown.contains("alice") && !shown.contains("s3cr3t"),
-            "{shown}"
-        );
-        assert_eq!(
-            basic_header(&c),
-            format!("Basic {}", b64(&format!("alice:{PASSWORD}")))
-        );
-        let c = Credential {
-            username: "aladdin".to_owned(),
-            password: "opensesame".to_owned(),
-        };
+        let c = Credential { username: "alice".to_owned(), password: PASSWORD.to_owned() };
+        let shown = format!("{c:?} {:?}", Lookup { credential: Some(c.clone()), notes: vec![] });
+        assert!(shown.contains("alice") && !shown.contains("s3cr3t"), "{shown}");
+        assert_eq!(basic_header(&c), format!("Basic {}", b64(&format!("alice:{PASSWORD}"))));
+        let c = Credential { username: "aladdin".to_owned(), password: "opensesame".to_owned() };
         assert_eq!(basic_header(&c), "Basic YWxhZGRpbjpvcGVuc2VzYW1l");
     }
 

@@ -82,10 +82,7 @@ fn err(kind: OrasErrorKind, message: String) -> OrasError {
 
 fn json_error(what: &str, e: &serde_json::Error) -> OrasError {
     let detail: String = e.to_string().chars().take(MAX_DETAIL_CHARS).collect();
-    err(
-        OrasErrorKind::BadManifest,
-        format!("{what} is not valid: {detail}"),
-    )
+    err(OrasErrorKind::BadManifest, format!("{what} is not valid: {detail}"))
 }
 
 /// Parses manifest bytes given the response `Content-Type` (absent or generic: sniffed from the
@@ -94,10 +91,7 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Parsed, OrasErr
     if bytes.len() > MAX_MANIFEST_BYTES {
         return Err(err(
             OrasErrorKind::BadManifest,
-            format!(
-                "manifest is {} bytes, limit {MAX_MANIFEST_BYTES}",
-                bytes.len()
-            ),
+            format!("manifest is {} bytes, limit {MAX_MANIFEST_BYTES}", bytes.len()),
         ));
     }
     match classify(bytes, content_type)? {
@@ -107,8 +101,7 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Parsed, OrasErr
             sif_layer(manifest.layers()).map(Parsed::Manifest)
         }
         Kind::Index => {
-            let index: ImageIndex =
-                serde_json::from_slice(bytes).map_err(|e| json_error("image index", &e))?;
+            let index: ImageIndex = serde_json::from_slice(bytes).map_err(|e| json_error("image index", &e))?;
             amd64_child(index.manifests()).map(|child_digest| Parsed::Index { child_digest })
         }
     }
@@ -133,10 +126,7 @@ fn classify(bytes: &[u8], content_type: Option<&str>) -> Result<Kind, OrasError>
         ));
     }
     let body_type = probe.media_type.as_deref();
-    let header_kind = content_type
-        .map(essence)
-        .as_deref()
-        .and_then(kind_of_media_type);
+    let header_kind = content_type.map(essence).as_deref().and_then(kind_of_media_type);
     let body_kind = body_type.and_then(kind_of_media_type);
     match (header_kind, body_kind) {
         (Some(h), Some(b)) if h != b => Err(err(
@@ -173,8 +163,7 @@ fn essence(content_type: &str) -> String {
 /// The descriptor's digest, required to be sha256 (what the downloader can verify).
 fn sha256_of(descriptor: &Descriptor, what: &str) -> Result<String, OrasError> {
     let digest = descriptor.digest().to_string();
-    parse_digest(&digest)
-        .map_err(|e| err(OrasErrorKind::BadManifest, format!("{what}: {}", e.message)))
+    parse_digest(&digest).map_err(|e| err(OrasErrorKind::BadManifest, format!("{what}: {}", e.message)))
 }
 
 fn sif_layer(layers: &[Descriptor]) -> Result<Layer, OrasError> {
@@ -214,11 +203,9 @@ fn platform_name(descriptor: &Descriptor) -> String {
 /// An explicit `linux/amd64` child wins; else the first child without a platform (which Apptainer
 /// treats as amd64); else an error listing what the index offers.
 fn amd64_child(children: &[Descriptor]) -> Result<String, OrasError> {
-    let explicit = children.iter().find(|d| {
-        d.platform()
-            .as_ref()
-            .is_some_and(|p| *p.os() == Os::Linux && *p.architecture() == Arch::Amd64)
-    });
+    let explicit = children
+        .iter()
+        .find(|d| d.platform().as_ref().is_some_and(|p| *p.os() == Os::Linux && *p.architecture() == Arch::Amd64));
     let chosen = explicit.or_else(|| children.iter().find(|d| d.platform().is_none()));
     match chosen {
         Some(child) => sha256_of(child, "index child digest"),
@@ -227,22 +214,14 @@ fn amd64_child(children: &[Descriptor]) -> Result<String, OrasError> {
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
             Err(err(
                 OrasErrorKind::NoPlatform,
-                format!(
-                    "index has no linux/amd64 manifest; platforms found: [{}]",
-                    list(&names)
-                ),
+                format!("index has no linux/amd64 manifest; platforms found: [{}]", list(&names)),
             ))
         }
     }
 }
 
 fn list(items: &[&str]) -> String {
-    let mut out = items
-        .iter()
-        .take(MAX_LISTED)
-        .copied()
-        .collect::<Vec<_>>()
-        .join(", ");
+    let mut out = items.iter().take(MAX_LISTED).copied().collect::<Vec<_>>().join(", ");
     if items.len() > MAX_LISTED {
         out.push_str(&format!(", ... {} more", items.len() - MAX_LISTED));
     }
@@ -262,10 +241,7 @@ pub fn check_digest(bytes: &[u8], expected: &str) -> Result<(), OrasError> {
     if actual == expected {
         Ok(())
     } else {
-        Err(err(
-            OrasErrorKind::DigestMismatch,
-            format!("manifest digest mismatch: expected {expected}, got {actual}"),
-        ))
+        Err(err(OrasErrorKind::DigestMismatch, format!("manifest digest mismatch: expected {expected}, got {actual}")))
     }
 }
 
@@ -280,8 +256,7 @@ mod tests {
 
     const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
     const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
-    const EMPTY_JSON: &str =
-        "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
+    const EMPTY_JSON: &str = "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a";
 
     fn layer_json(media_type: &str, digest: &str) -> String {
         format!(
@@ -291,9 +266,7 @@ mod tests {
 
     /// Shaped like what oras-py pushes for `files=["img.sif:<SIF_LAYER>"]` with a `{}` config.
     fn manifest_json(top_media_type: Option<&str>, layers: &[String]) -> String {
-        let media = top_media_type
-            .map(|m| format!(r#""mediaType":"{m}","#))
-            .unwrap_or_default();
+        let media = top_media_type.map(|m| format!(r#""mediaType":"{m}","#)).unwrap_or_default();
         format!(
             r#"{{"schemaVersion":2,{media}"config":{{"mediaType":"{SIF_CONFIG}","size":2,"digest":"{EMPTY_JSON}"}},"layers":[{}],"annotations":{{"org.opencontainers.image.created":"2024-01-01T00:00:00Z"}}}}"#,
             layers.join(",")
@@ -308,24 +281,15 @@ mod tests {
     }
 
     fn index_json(media_type: &str, children: &[String]) -> String {
-        format!(
-            r#"{{"schemaVersion":2,"mediaType":"{media_type}","manifests":[{}]}}"#,
-            children.join(",")
-        )
+        format!(r#"{{"schemaVersion":2,"mediaType":"{media_type}","manifests":[{}]}}"#, children.join(","))
     }
 
     fn sif(digest: &str, media_type: &str) -> Want<'static> {
-        Ok(Parsed::Manifest(Layer {
-            digest: digest.to_owned(),
-            size: 1048576,
-            media_type: media_type.to_owned(),
-        }))
+        Ok(Parsed::Manifest(Layer { digest: digest.to_owned(), size: 1048576, media_type: media_type.to_owned() }))
     }
 
     fn child(digest: &str) -> Want<'static> {
-        Ok(Parsed::Index {
-            child_digest: digest.to_owned(),
-        })
+        Ok(Parsed::Index { child_digest: digest.to_owned() })
     }
 
     /// `expected`: the parse result, or the error kind plus a substring of its message.
@@ -334,11 +298,7 @@ mod tests {
             (Ok(got), Ok(want)) => assert_eq!(got, want, "{name}"),
             (Err(e), Err((kind, want))) => {
                 assert_eq!(e.kind, kind, "{name}: {}", e.message);
-                assert!(
-                    e.message.contains(want),
-                    "{name}: {:?} lacks {want:?}",
-                    e.message
-                );
+                assert!(e.message.contains(want), "{name}: {:?} lacks {want:?}", e.message);
             }
             (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
         }
@@ -350,39 +310,19 @@ mod tests {
         let one_sif = manifest_json(Some(OCI_MANIFEST), &[layer_json(SIF_LAYER, D1)]);
         let no_top_type = manifest_json(None, &[layer_json(SIF_LAYER, D1)]);
         let legacy = manifest_json(Some(OCI_MANIFEST), &[layer_json(SIF_LAYER_LEGACY, D2)]);
-        let two = manifest_json(
-            Some(OCI_MANIFEST),
-            &[
-                layer_json(SIF_LAYER, D1),
-                layer_json("application/x-other", D2),
-            ],
-        );
-        let tar = manifest_json(
-            Some(OCI_MANIFEST),
-            &[layer_json(
-                "application/vnd.oci.image.layer.v1.tar+gzip",
-                D1,
-            )],
-        );
+        let two =
+            manifest_json(Some(OCI_MANIFEST), &[layer_json(SIF_LAYER, D1), layer_json("application/x-other", D2)]);
+        let tar = manifest_json(Some(OCI_MANIFEST), &[layer_json("application/vnd.oci.image.layer.v1.tar+gzip", D1)]);
         let zero = manifest_json(Some(OCI_MANIFEST), &[]);
         let docker = manifest_json(
             Some(DOCKER_MANIFEST),
-            &[layer_json(
-                "application/vnd.docker.image.rootfs.diff.tar.gzip",
-                D1,
-            )],
+            &[layer_json("application/vnd.docker.image.rootfs.diff.tar.gzip", D1)],
         );
         let md5 = manifest_json(Some(OCI_MANIFEST), &[layer_json(SIF_LAYER, "md5:0123")]);
         let sha512 = format!("sha512:{}", "a".repeat(128));
         let sha512 = manifest_json(Some(OCI_MANIFEST), &[layer_json(SIF_LAYER, &sha512)]);
-        let traversal = manifest_json(
-            Some(OCI_MANIFEST),
-            &[layer_json(SIF_LAYER, "../../etc:passwd")],
-        );
-        let no_config = format!(
-            r#"{{"schemaVersion":2,"layers":[{}]}}"#,
-            layer_json(SIF_LAYER, D1)
-        );
+        let traversal = manifest_json(Some(OCI_MANIFEST), &[layer_json(SIF_LAYER, "../../etc:passwd")]);
+        let no_config = format!(r#"{{"schemaVersion":2,"layers":[{}]}}"#, layer_json(SIF_LAYER, D1));
         let cases: Vec<Case> = vec![
             ("oras-py SIF", one_sif.as_bytes(), Some(OCI_MANIFEST), sif(D1, SIF_LAYER)),
             ("header with params", one_sif.as_bytes(), Some("Application/VND.oci.image.manifest.v1+json; charset=utf-8"), sif(D1, SIF_LAYER)),
@@ -417,48 +357,23 @@ mod tests {
         use OrasErrorKind::*;
         let both = index_json(
             OCI_INDEX,
-            &[
-                child_json(D2, Some(("linux", "arm64"))),
-                child_json(D1, Some(("linux", "amd64"))),
-            ],
+            &[child_json(D2, Some(("linux", "arm64"))), child_json(D1, Some(("linux", "amd64")))],
         );
         let arm_only = index_json(
             OCI_INDEX,
-            &[
-                child_json(D2, Some(("linux", "arm64"))),
-                child_json(D1, Some(("windows", "amd64"))),
-            ],
+            &[child_json(D2, Some(("linux", "arm64"))), child_json(D1, Some(("windows", "amd64")))],
         );
-        let bare = index_json(
-            OCI_INDEX,
-            &[
-                child_json(D2, Some(("linux", "arm64"))),
-                child_json(D1, None),
-            ],
-        );
-        let explicit_beats_bare = index_json(
-            OCI_INDEX,
-            &[
-                child_json(D2, None),
-                child_json(D1, Some(("linux", "amd64"))),
-            ],
-        );
+        let bare = index_json(OCI_INDEX, &[child_json(D2, Some(("linux", "arm64"))), child_json(D1, None)]);
+        let explicit_beats_bare =
+            index_json(OCI_INDEX, &[child_json(D2, None), child_json(D1, Some(("linux", "amd64")))]);
         let docker_list = index_json(
             DOCKER_MANIFEST_LIST,
-            &[
-                child_json(D2, Some(("linux", "s390x"))),
-                child_json(D1, Some(("linux", "amd64"))),
-            ],
+            &[child_json(D2, Some(("linux", "s390x"))), child_json(D1, Some(("linux", "amd64")))],
         );
         let empty = index_json(OCI_INDEX, &[]);
-        let many: Vec<String> = (0..20)
-            .map(|_| child_json(D2, Some(("linux", "arm64"))))
-            .collect();
+        let many: Vec<String> = (0..20).map(|_| child_json(D2, Some(("linux", "arm64")))).collect();
         let many = index_json(OCI_INDEX, &many);
-        let no_type = format!(
-            r#"{{"schemaVersion":2,"manifests":[{}]}}"#,
-            child_json(D1, None)
-        );
+        let no_type = format!(r#"{{"schemaVersion":2,"manifests":[{}]}}"#, child_json(D1, None));
         let cases: Vec<Case> = vec![
             ("amd64 + arm64", both.as_bytes(), Some(OCI_INDEX), child(D1)),
             ("sniffed index", both.as_bytes(), None, child(D1)),
@@ -466,8 +381,12 @@ mod tests {
             ("child without platform", bare.as_bytes(), Some(OCI_INDEX), child(D1)),
             ("explicit amd64 wins", explicit_beats_bare.as_bytes(), Some(OCI_INDEX), child(D1)),
             ("docker manifest list", docker_list.as_bytes(), Some(DOCKER_MANIFEST_LIST), child(D1)),
-            ("no amd64", arm_only.as_bytes(), Some(OCI_INDEX),
-             Err((NoPlatform, "index has no linux/amd64 manifest; platforms found: [linux/arm64, windows/amd64]"))),
+            (
+                "no amd64",
+                arm_only.as_bytes(),
+                Some(OCI_INDEX),
+                Err((NoPlatform, "index has no linux/amd64 manifest; platforms found: [linux/arm64, windows/amd64]")),
+            ),
             ("empty index", empty.as_bytes(), Some(OCI_INDEX), Err((NoPlatform, "platforms found: []"))),
             ("listing is capped", many.as_bytes(), Some(OCI_INDEX), Err((NoPlatform, ", ... 4 more"))),
             ("header says manifest, body index", both.as_bytes(), Some(OCI_MANIFEST), Err((BadManifest, "disagrees"))),
@@ -482,46 +401,17 @@ mod tests {
         use OrasErrorKind::*;
         let nest = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
         let deep_layers = format!(r#"{{"layers":{}}}"#, nest(100_000));
-        check(
-            "deep layers, sniffed",
-            deep_layers.as_bytes(),
-            None,
-            Err((BadManifest, "not valid")),
-        );
-        check(
-            "deep layers, typed",
-            deep_layers.as_bytes(),
-            Some(OCI_MANIFEST),
-            Err((BadManifest, "not valid")),
-        );
+        check("deep layers, sniffed", deep_layers.as_bytes(), None, Err((BadManifest, "not valid")));
+        check("deep layers, typed", deep_layers.as_bytes(), Some(OCI_MANIFEST), Err((BadManifest, "not valid")));
         let deep_unknown = format!(r#"{{"layers":[],"x":{}}}"#, nest(100_000));
-        check(
-            "deep unknown field",
-            deep_unknown.as_bytes(),
-            Some(OCI_MANIFEST),
-            Err((BadManifest, "not valid")),
-        );
+        check("deep unknown field", deep_unknown.as_bytes(), Some(OCI_MANIFEST), Err((BadManifest, "not valid")));
         let deep_annotation = format!(r#"{{"annotations":{{"a":{}}}}}"#, nest(100_000));
-        check(
-            "deep annotation",
-            deep_annotation.as_bytes(),
-            Some(OCI_MANIFEST),
-            Err((BadManifest, "not valid")),
-        );
+        check("deep annotation", deep_annotation.as_bytes(), Some(OCI_MANIFEST), Err((BadManifest, "not valid")));
         let huge = vec![b' '; MAX_MANIFEST_BYTES + 1];
-        check(
-            "over the size limit",
-            &huge,
-            Some(OCI_MANIFEST),
-            Err((BadManifest, "limit 4194304")),
-        );
+        check("over the size limit", &huge, Some(OCI_MANIFEST), Err((BadManifest, "limit 4194304")));
         let long_value = format!(r#"{{"schemaVersion":"{}"}}"#, "x".repeat(10_000));
         let e = parse(long_value.as_bytes(), None).unwrap_err();
-        assert!(
-            e.message.len() < 300,
-            "serde detail is truncated: {} bytes",
-            e.message.len()
-        );
+        assert!(e.message.len() < 300, "serde detail is truncated: {} bytes", e.message.len());
     }
 
     #[test]
@@ -538,16 +428,8 @@ mod tests {
             (got, want) => panic!("{expected}: got {got:?}, want {want:?}"),
         };
         check(b"{}", EMPTY_JSON, Ok(()));
-        check(
-            b"{} ",
-            EMPTY_JSON,
-            Err((OrasErrorKind::DigestMismatch, "expected sha256:44136f")),
-        );
-        check(
-            b"{}",
-            D1,
-            Err((OrasErrorKind::DigestMismatch, &format!("got {EMPTY_JSON}"))),
-        );
+        check(b"{} ", EMPTY_JSON, Err((OrasErrorKind::DigestMismatch, "expected sha256:44136f")));
+        check(b"{}", D1, Err((OrasErrorKind::DigestMismatch, &format!("got {EMPTY_JSON}"))));
         check(
             b"{}",
             "sha256:44136FA355B3678A1146AD16F7E8649E94FB4FC21FE77E8310C060F61CAAFF8A",

@@ -50,10 +50,7 @@ pub struct OrasError {
 
 impl OrasError {
     pub fn new(kind: OrasErrorKind, message: impl Into<String>) -> OrasError {
-        OrasError {
-            kind,
-            message: message.into(),
-        }
+        OrasError { kind, message: message.into() }
     }
 }
 
@@ -84,16 +81,10 @@ impl Reference {
     /// Parses `oras://[registry[:port]/]repo[:tag][@sha256:hex]`.
     pub fn parse(url: &str) -> Result<Reference, OrasError> {
         if url.len() > MAX_URL_BYTES {
-            return Err(bad(format!(
-                "oras reference is {} bytes, limit {MAX_URL_BYTES}",
-                url.len()
-            )));
+            return Err(bad(format!("oras reference is {} bytes, limit {MAX_URL_BYTES}", url.len())));
         }
-        let rest = strip_scheme(url).ok_or_else(|| {
-            bad(format!(
-                "{url:?} is not an oras reference: it must start with {SCHEME}"
-            ))
-        })?;
+        let rest = strip_scheme(url)
+            .ok_or_else(|| bad(format!("{url:?} is not an oras reference: it must start with {SCHEME}")))?;
         if rest.is_empty() {
             return Err(bad(format!("{url:?} names no repository")));
         }
@@ -103,12 +94,7 @@ impl Reference {
         };
         let (name, tag) = split_tag(name_and_tag)?;
         let (registry, repository) = split_registry(name)?;
-        Ok(Reference {
-            registry,
-            repository,
-            tag,
-            digest,
-        })
+        Ok(Reference { registry, repository, tag, digest })
     }
 
     /// What goes after `/manifests/`: the digest if any, else the tag, else `latest`.
@@ -164,27 +150,18 @@ impl fmt::Display for Reference {
 
 fn strip_scheme(url: &str) -> Option<&str> {
     let head = url.get(..SCHEME.len())?;
-    head.eq_ignore_ascii_case(SCHEME)
-        .then(|| &url[SCHEME.len()..])
+    head.eq_ignore_ascii_case(SCHEME).then(|| &url[SCHEME.len()..])
 }
 
 /// Validates `sha256:<64 lowercase hex>`; the only algorithm registries and our verifier share.
 pub fn parse_digest(text: &str) -> Result<String, OrasError> {
-    let hex = text.strip_prefix("sha256:").ok_or_else(|| {
-        bad(format!(
-            "digest {text:?} must start with \"sha256:\" (the only algorithm supported)"
-        ))
-    })?;
+    let hex = text
+        .strip_prefix("sha256:")
+        .ok_or_else(|| bad(format!("digest {text:?} must start with \"sha256:\" (the only algorithm supported)")))?;
     if hex.len() != SHA256_HEX_LEN {
-        return Err(bad(format!(
-            "digest {text:?} must have {SHA256_HEX_LEN} hex digits, has {}",
-            hex.len()
-        )));
+        return Err(bad(format!("digest {text:?} must have {SHA256_HEX_LEN} hex digits, has {}", hex.len())));
     }
-    if !hex
-        .bytes()
-        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+    if !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
         return Err(bad(format!("digest {text:?} must be lowercase hex")));
     }
     Ok(text.to_owned())
@@ -208,10 +185,7 @@ fn check_tag(tag: &str) -> Result<(), OrasError> {
         return Err(bad("tag is empty after ':'".to_owned()));
     };
     if bytes.len() > MAX_TAG_BYTES {
-        return Err(bad(format!(
-            "tag is {} bytes, limit {MAX_TAG_BYTES}",
-            bytes.len()
-        )));
+        return Err(bad(format!("tag is {} bytes, limit {MAX_TAG_BYTES}", bytes.len())));
     }
     let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
     if !word(first) || !bytes.iter().all(|&b| word(b) || b == b'.' || b == b'-') {
@@ -229,17 +203,13 @@ fn split_registry(name: &str) -> Result<(String, String), OrasError> {
         }
         _ => (DOCKER_HUB_REGISTRY.to_owned(), name.to_owned()),
     };
-    let repository = if DOCKER_HUB_ALIASES.contains(&registry.as_str()) && !repository.contains('/')
-    {
+    let repository = if DOCKER_HUB_ALIASES.contains(&registry.as_str()) && !repository.contains('/') {
         format!("library/{repository}")
     } else {
         repository
     };
-    let registry = if DOCKER_HUB_ALIASES.contains(&registry.as_str()) {
-        DOCKER_HUB_REGISTRY.to_owned()
-    } else {
-        registry
-    };
+    let registry =
+        if DOCKER_HUB_ALIASES.contains(&registry.as_str()) { DOCKER_HUB_REGISTRY.to_owned() } else { registry };
     check_repository(&repository)?;
     Ok((registry, repository))
 }
@@ -264,17 +234,13 @@ fn check_registry(registry: &str) -> Result<String, OrasError> {
     if let Some(port) = port {
         let ok = !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit());
         if !ok || !port.parse::<u16>().is_ok_and(|p| p != 0) {
-            return Err(bad(format!(
-                "registry {registry:?} has an invalid port {port:?} (1-65535)"
-            )));
+            return Err(bad(format!("registry {registry:?} has an invalid port {port:?} (1-65535)")));
         }
     }
     if registry.starts_with('[') {
         let v6 = registry.contains("]") && host.parse::<std::net::Ipv6Addr>().is_ok();
         if !v6 || !(port.is_some() || registry.ends_with(']')) {
-            return Err(bad(format!(
-                "registry {registry:?} is not a valid [IPv6]:port"
-            )));
+            return Err(bad(format!("registry {registry:?} is not a valid [IPv6]:port")));
         }
         return Ok(registry);
     }
@@ -304,14 +270,10 @@ fn check_hostname(host: &str) -> Result<(), &'static str> {
 /// Distribution spec: components `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*` joined by `/`.
 fn check_repository(repository: &str) -> Result<(), OrasError> {
     if repository.len() > MAX_REPOSITORY_BYTES {
-        return Err(bad(format!(
-            "repository is {} bytes, limit {MAX_REPOSITORY_BYTES}",
-            repository.len()
-        )));
+        return Err(bad(format!("repository is {} bytes, limit {MAX_REPOSITORY_BYTES}", repository.len())));
     }
     for component in repository.split('/') {
-        check_component(component)
-            .map_err(|why| bad(format!("repository {repository:?} is invalid: {why}")))?;
+        check_component(component).map_err(|why| bad(format!("repository {repository:?} is invalid: {why}")))?;
     }
     Ok(())
 }
@@ -325,10 +287,7 @@ fn check_component(component: &str) -> Result<(), &'static str> {
     }
     let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
     let bytes = component.as_bytes();
-    if !bytes
-        .iter()
-        .all(|&b| alnum(b) || matches!(b, b'.' | b'_' | b'-'))
-    {
+    if !bytes.iter().all(|&b| alnum(b) || matches!(b, b'.' | b'_' | b'-')) {
         return Err("allowed characters are a-z 0-9 . _ - and /");
     }
     if !alnum(bytes[0]) || !alnum(bytes[bytes.len() - 1]) {
@@ -374,11 +333,7 @@ mod tests {
             }
             (Err(e), Err(want)) => {
                 assert_eq!(e.kind, OrasErrorKind::BadReference, "{input}");
-                assert!(
-                    e.message.contains(want),
-                    "{input}: {:?} lacks {want:?}",
-                    e.message
-                );
+                assert!(e.message.contains(want), "{input}: {:?} lacks {want:?}", e.message);
             }
             (got, want) => panic!("{input}: got {got:?}, want {want:?}"),
         }
@@ -388,88 +343,34 @@ mod tests {
     fn valid_references() {
         let hub = DOCKER_HUB_REGISTRY;
         let cases: &[(&str, Parts)] = &[
-            (
-                "oras://localhost:5000/test/img:v1",
-                ("localhost:5000", "test/img", Some("v1"), None, "v1"),
-            ),
-            (
-                "oras://localhost/img",
-                ("localhost", "img", None, None, "latest"),
-            ),
-            (
-                "oras://127.0.0.1:5000/a/b/c:latest",
-                ("127.0.0.1:5000", "a/b/c", Some("latest"), None, "latest"),
-            ),
-            (
-                "oras://[::1]:5000/test/img:v1",
-                ("[::1]:5000", "test/img", Some("v1"), None, "v1"),
-            ),
-            (
-                "oras://[::1]/test/img",
-                ("[::1]", "test/img", None, None, "latest"),
-            ),
-            (
-                "oras://ghcr.io/owner/img:1.0_rc-2",
-                ("ghcr.io", "owner/img", Some("1.0_rc-2"), None, "1.0_rc-2"),
-            ),
-            (
-                "oras://Registry.Example.COM/x",
-                ("registry.example.com", "x", None, None, "latest"),
-            ),
-            (
-                "oras://reg.example:443/x",
-                ("reg.example:443", "x", None, None, "latest"),
-            ),
-            (
-                "ORAS://reg.example/x",
-                ("reg.example", "x", None, None, "latest"),
-            ),
-            (
-                "oras://alpine",
-                (hub, "library/alpine", None, None, "latest"),
-            ),
-            (
-                "oras://alpine:3.19",
-                (hub, "library/alpine", Some("3.19"), None, "3.19"),
-            ),
-            (
-                "oras://user/img:v1",
-                (hub, "user/img", Some("v1"), None, "v1"),
-            ),
-            (
-                "oras://docker.io/alpine",
-                (hub, "library/alpine", None, None, "latest"),
-            ),
-            (
-                "oras://index.docker.io/user/img",
-                (hub, "user/img", None, None, "latest"),
-            ),
-            (
-                "oras://a.b/x__y.z---w_v",
-                ("a.b", "x__y.z---w_v", None, None, "latest"),
-            ),
+            ("oras://localhost:5000/test/img:v1", ("localhost:5000", "test/img", Some("v1"), None, "v1")),
+            ("oras://localhost/img", ("localhost", "img", None, None, "latest")),
+            ("oras://127.0.0.1:5000/a/b/c:latest", ("127.0.0.1:5000", "a/b/c", Some("latest"), None, "latest")),
+            ("oras://[::1]:5000/test/img:v1", ("[::1]:5000", "test/img", Some("v1"), None, "v1")),
+            ("oras://[::1]/test/img", ("[::1]", "test/img", None, None, "latest")),
+            ("oras://ghcr.io/owner/img:1.0_rc-2", ("ghcr.io", "owner/img", Some("1.0_rc-2"), None, "1.0_rc-2")),
+            ("oras://Registry.Example.COM/x", ("registry.example.com", "x", None, None, "latest")),
+            ("oras://reg.example:443/x", ("reg.example:443", "x", None, None, "latest")),
+            ("ORAS://reg.example/x", ("reg.example", "x", None, None, "latest")),
+            ("oras://alpine", (hub, "library/alpine", None, None, "latest")),
+            ("oras://alpine:3.19", (hub, "library/alpine", Some("3.19"), None, "3.19")),
+            ("oras://user/img:v1", (hub, "user/img", Some("v1"), None, "v1")),
+            ("oras://docker.io/alpine", (hub, "library/alpine", None, None, "latest")),
+            ("oras://index.docker.io/user/img", (hub, "user/img", None, None, "latest")),
+            ("oras://a.b/x__y.z---w_v", ("a.b", "x__y.z---w_v", None, None, "latest")),
             ("oras://a.b/x:_T", ("a.b", "x", Some("_T"), None, "_T")),
         ];
         for (input, want) in cases {
             check(input, Ok(*want));
         }
         let with_digest = format!("oras://localhost:5000/test/img@{D}");
-        check(
-            &with_digest,
-            Ok(("localhost:5000", "test/img", None, Some(D), D)),
-        );
+        check(&with_digest, Ok(("localhost:5000", "test/img", None, Some(D), D)));
         let tag_and_digest = format!("oras://ghcr.io/o/img:v1@{D}");
-        check(
-            &tag_and_digest,
-            Ok(("ghcr.io", "o/img", Some("v1"), Some(D), D)),
-        );
+        check(&tag_and_digest, Ok(("ghcr.io", "o/img", Some("v1"), Some(D), D)));
         let hub_digest = format!("oras://alpine@{D}");
         check(&hub_digest, Ok((hub, "library/alpine", None, Some(D), D)));
         let long_tag = format!("oras://a.b/x:{}", "t".repeat(128));
-        check(
-            &long_tag,
-            Ok(("a.b", "x", Some(&long_tag[13..]), None, &long_tag[13..])),
-        );
+        check(&long_tag, Ok(("a.b", "x", Some(&long_tag[13..]), None, &long_tag[13..])));
     }
 
     #[test]
@@ -484,7 +385,10 @@ mod tests {
             ("oras://MyImage", "must be lowercase"),
             ("oras://localhost:5000/test/img@sha256:abc", "64 hex digits, has 3"),
             ("oras://localhost:5000/test/img@sha512:abc", "must start with \"sha256:\""),
-            ("oras://localhost:5000/x@sha256:0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef", "lowercase hex"),
+            (
+                "oras://localhost:5000/x@sha256:0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef",
+                "lowercase hex",
+            ),
             ("oras://localhost:5000/x@", "must start with \"sha256:\""),
             ("oras://localhost:5000/x:", "tag is empty"),
             ("oras://localhost:5000/x:-v1", "tag \"-v1\" is invalid"),
@@ -515,18 +419,9 @@ mod tests {
         for (input, want) in cases {
             check(input, Err(want));
         }
-        check(
-            &format!("oras://a.b/x:{}", "t".repeat(129)),
-            Err("limit 128"),
-        );
-        check(
-            &format!("oras://a.b/{}", "x/".repeat(129).trim_end_matches('/')),
-            Err("limit 255"),
-        );
-        check(
-            &format!("oras://a.b/{}", "x".repeat(3000)),
-            Err("limit 2048"),
-        );
+        check(&format!("oras://a.b/x:{}", "t".repeat(129)), Err("limit 128"));
+        check(&format!("oras://a.b/{}", "x/".repeat(129).trim_end_matches('/')), Err("limit 255"));
+        check(&format!("oras://a.b/{}", "x".repeat(3000)), Err("limit 2048"));
     }
 
     #[test]
@@ -549,10 +444,7 @@ mod tests {
         assert_eq!(r.host(), "::1");
         assert_eq!(r.manifest_path(), "/v2/test/img/manifests/v1");
         assert_eq!(r.blob_path(D), format!("/v2/test/img/blobs/{D}"));
-        assert_eq!(
-            r.manifest_path_for(D),
-            format!("/v2/test/img/manifests/{D}")
-        );
+        assert_eq!(r.manifest_path_for(D), format!("/v2/test/img/manifests/{D}"));
     }
 
     #[test]

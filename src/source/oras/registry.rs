@@ -81,7 +81,8 @@ impl RegistryAuth {
 
     async fn answer(&self, challenge: Option<&str>, opts: &Options) -> Result<()> {
         let challenge = challenge.ok_or_else(|| {
-            Error::origin(false, format!("{}: 401 without WWW-Authenticate", self.registry)).with_kind(Kind::Status(401))
+            Error::origin(false, format!("{}: 401 without WWW-Authenticate", self.registry))
+                .with_kind(Kind::Status(401))
         })?;
         let parsed = auth::parse_www_authenticate(challenge)
             .map_err(|e| Error::origin(false, format!("{}: {e}", self.registry)))?;
@@ -103,7 +104,8 @@ impl RegistryAuth {
 
     async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str, opts: &Options) -> Result<String> {
         let url = auth::token_url(realm, service, scope);
-        let url = Url::parse(&url).map_err(|e| Error::origin(false, format!("{}: bad token realm: {e}", self.registry)))?;
+        let url =
+            Url::parse(&url).map_err(|e| Error::origin(false, format!("{}: bad token realm: {e}", self.registry)))?;
         let headers: Vec<(String, String)> =
             self.credential.iter().map(|c| ("Authorization".to_string(), creds::basic_header(c))).collect();
         let resp = client::get(&url, &headers, None, opts).await?;
@@ -111,12 +113,16 @@ impl RegistryAuth {
             200 => {}
             401 | 403 => return Err(self.unauthorized()),
             s => {
-                return Err(Error::origin(s >= 500, format!("token service {} answered {s}", url.host_str().unwrap_or("")))
-                    .with_kind(Kind::Status(s)))
+                return Err(Error::origin(
+                    s >= 500,
+                    format!("token service {} answered {s}", url.host_str().unwrap_or("")),
+                )
+                .with_kind(Kind::Status(s)))
             }
         }
         let body = read_all(resp, auth::MAX_TOKEN_RESPONSE_BYTES).await?;
-        let token = auth::parse_token_response(&body).map_err(|e| Error::origin(false, format!("{}: {e}", self.registry)))?;
+        let token =
+            auth::parse_token_response(&body).map_err(|e| Error::origin(false, format!("{}: {e}", self.registry)))?;
         Ok(auth::bearer_header(&token))
     }
 }
@@ -184,14 +190,16 @@ async fn fetch_manifest(
     match resp.status() {
         200 => {}
         404 => {
-            return Err(Error::origin(false, format!("{reference}: manifest unknown (404 for {path})")).with_kind(Kind::Status(404)))
+            return Err(Error::origin(false, format!("{reference}: manifest unknown (404 for {path})"))
+                .with_kind(Kind::Status(404)))
         }
         s => {
             return Err(Error::origin(s >= 500 || s == 429, format!("{reference}: registry answered {s} for {path}"))
                 .with_kind(Kind::Status(s)))
         }
     }
-    let content_type = resp.head.header_str("content-type").map(|c| c.split(';').next().unwrap_or(c).trim().to_string());
+    let content_type =
+        resp.head.header_str("content-type").map(|c| c.split(';').next().unwrap_or(c).trim().to_string());
     let bytes = read_all(resp, manifest::MAX_MANIFEST_BYTES).await?;
     Ok((bytes, content_type))
 }
