@@ -4,6 +4,7 @@
 //! Invariant: the client never leaves a partial OUT: the daemon writes OUT atomically, and on any
 //! failure the client reports one line and exits non-zero.
 
+pub mod direct;
 pub mod socket;
 
 use std::path::{Path, PathBuf};
@@ -146,6 +147,9 @@ pub struct DownloadArgs {
     /// Never start a daemon: fail when none is running.
     #[arg(long)]
     pub no_spawn: bool,
+    /// Never download straight from the origin when no daemon can be reached.
+    #[arg(long)]
+    pub disable_back_source: bool,
 }
 
 pub fn run_daemon(args: DaemonArgs) -> anyhow::Result<()> {
@@ -207,8 +211,11 @@ fn download(args: &DownloadArgs) -> Result<(), Failure> {
         headers,
     };
     let sock = socket_path(args).map_err(usage)?;
-    let stream =
-        socket::connect_or_spawn(&sock, args.config.as_deref(), !args.no_spawn).map_err(|e| (EXIT_DAEMON, e))?;
+    let stream = match socket::connect_or_spawn(&sock, args.config.as_deref(), !args.no_spawn) {
+        Ok(s) => s,
+        Err(e) if args.disable_back_source || args.no_spawn => return Err((EXIT_DAEMON, e)),
+        Err(e) => return back_to_source(args, &req, &e),
+    };
     let mut progress = Progress::new(args.show_progress);
     let result = socket::download(stream, &req, timeout, &mut |ev| progress.on_event(ev));
     progress.finish();
@@ -221,6 +228,22 @@ fn download(args: &DownloadArgs) -> Result<(), Failure> {
         Ok(other) => Err((EXIT_DAEMON, format!("daemon ended the stream unexpectedly with {other:?}"))),
         Err(socket::StreamError::Timeout(d)) => Err((EXIT_TIMEOUT, format!("timed out after {d:?} (--timeout)"))),
         Err(socket::StreamError::Other(e)) => Err((EXIT_DAEMON, e)),
+    }
+}
+
+/// No daemon: fetch straight from the origin (one stream, no cache), as Dragonfly's dfget does
+/// unless `--disable-back-source`.
+fn back_to_source(args: &DownloadArgs, req: &DownloadRequest, why: &str) -> Result<(), Failure> {
+    eprintln!("dfget: {why}; downloading directly from the source");
+    let config = match &args.config {
+        Some(p) => Config::load_path(p, true).map(|l| l.config).map_err(|e| usage(e.to_string()))?,
+        None => {
+            Config::load_path(&Config::default_path(), false).map(|l| l.config).unwrap_or_else(|_| Config::defaults())
+        }
+    };
+    match direct::download(req, &config) {
+        Ok(_) => Ok(()),
+        Err(e) => Err((if e.source == crate::error::Source::Client { EXIT_USAGE } else { EXIT_DOWNLOAD }, e.message)),
     }
 }
 

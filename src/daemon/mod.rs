@@ -10,6 +10,7 @@ pub mod core;
 pub mod engine;
 pub mod gc;
 pub mod log;
+pub mod rate;
 pub mod task;
 
 use std::os::unix::fs::PermissionsExt;
@@ -111,6 +112,7 @@ pub fn run(
              hard-linked from it (reflink or copy across filesystems); see ARCHITECTURE.md"
         );
     }
+    rate::install(shared.config.total_rate_limit_bytes_per_sec);
     crate::daemon::gc::restore(&shared);
     core::run_cores(shared.clone(), receivers, listener)?;
     // Cores have stopped: nothing writes any more. Park what was running, then honour keepStorage.

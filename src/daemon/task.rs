@@ -358,6 +358,7 @@ pub async fn write_body(
         if expect_bytes.is_some_and(|limit| written + buf.len() as u64 > limit) {
             return Err(Error::origin(false, format!("{}: body longer than the range asked for", resp.url)));
         }
+        crate::daemon::rate::take(buf.len()).await;
         let finished = cutter.feed(&buf);
         if !buf.is_empty() {
             let n = buf.len() as u64;

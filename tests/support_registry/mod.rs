@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 pub use daemon::{DaemonOpts, OrasDaemon};
-pub use push::{push, Layer, PushSpec, Pushed};
+pub use push::{push, Layer, PushAuth, PushSpec, Pushed};
 pub use registry::{BlobRequest, Registry, RegistryAuth};
-pub use token::TokenServer;
+pub use token::{TokenRequest, TokenServer};
 
 pub const KIB: usize = 1024;
 pub const MIB: usize = 1024 * 1024;

@@ -34,8 +34,20 @@ impl TestPki {
         openssl(
             d,
             &[
-                "req", "-x509", "-new", "-key", "ca.key", "-out", "ca.pem", "-days", "3", "-subj",
-                "/CN=dfget test CA", "-addext", "basicConstraints=critical,CA:TRUE", "-addext",
+                "req",
+                "-x509",
+                "-new",
+                "-key",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "3",
+                "-subj",
+                "/CN=dfget test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
                 "keyUsage=critical,keyCertSign,cRLSign",
             ],
         );
@@ -50,8 +62,21 @@ impl TestPki {
         openssl(
             d,
             &[
-                "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out",
-                "server.pem", "-days", "3", "-extfile", "server.ext",
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.pem",
+                "-days",
+                "3",
+                "-extfile",
+                "server.ext",
             ],
         );
         TestPki { dir }
