@@ -7,7 +7,7 @@
 //! the real user's `$HOME` or docker config (both point into temp dirs).
 
 // Each test uses a different subset of the harness.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod daemon;
 pub mod push;
@@ -60,7 +60,8 @@ fn install_missing() -> Result<(), String> {
         run_ok(Command::new("apt-get").arg("update"), "apt-get update")?;
         run_ok(Command::new("apt-get").args(["install", "-y"]).args(&packages), "apt-get install")?;
     }
-    let has_oras = || Command::new("python3").args(["-c", "import oras.client"]).output().is_ok_and(|o| o.status.success());
+    let has_oras =
+        || Command::new("python3").args(["-c", "import oras.client"]).output().is_ok_and(|o| o.status.success());
     if !has_oras() {
         run_ok(Command::new("python3").args(["-m", "pip", "install", "oras"]), "pip install oras")?;
         if !has_oras() {

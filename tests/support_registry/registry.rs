@@ -23,9 +23,17 @@ const STOP_GRACE: Duration = Duration::from_secs(3);
 pub enum RegistryAuth {
     None,
     /// `auth.htpasswd` with one bcrypt user.
-    Htpasswd { user: String, password: String },
+    Htpasswd {
+        user: String,
+        password: String,
+    },
     /// `auth.token` trusting the certificate of this token service.
-    Token { realm: String, service: String, issuer: String, cert: PathBuf },
+    Token {
+        realm: String,
+        service: String,
+        issuer: String,
+        cert: PathBuf,
+    },
 }
 
 impl RegistryAuth {

@@ -59,9 +59,10 @@ impl TokenServer {
         super::ensure_tools();
         let dir = super::temp_dir("oras-token-");
         let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
-        openssl(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=e2e-token"], &[
-            "-keyout", path_str(&key), "-out", path_str(&cert),
-        ]);
+        openssl(
+            &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=e2e-token"],
+            &["-keyout", path_str(&key), "-out", path_str(&cert)],
+        );
         let kid = libtrust_key_id(&cert);
         let shared = Arc::new(Shared {
             user: user.into(),

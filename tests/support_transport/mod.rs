@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use crate::common::{assert_file_is, content, dir_entries, stderr_of, Daemon, DaemonOpts, TestOrigin, PIECE};
 
+#[allow(unused_imports)]
 pub use script_origin::{Ctx, Next, Req, ScriptOrigin};
 pub use tinyproxy::Tinyproxy;
 pub use tls_site::{TestPki, TlsNginx};
