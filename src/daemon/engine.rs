@@ -175,7 +175,9 @@ async fn finalize(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
     if let Some(want) = task.spec.digest.clone() {
         let path = task.data_path.clone();
         let len = g.layout.content_len_bytes;
-        blocking(move || crate::storage::verify_sha256(&path, len, &want)).await?;
+        blocking(move || crate::storage::verify_sha256(&path, len, &want))
+            .await
+            .map_err(|e| e.with_kind(crate::error::Kind::Integrity).context(&task.spec.display_url))?;
     }
     persist(shared, task).await
 }

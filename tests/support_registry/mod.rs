@@ -22,8 +22,6 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
-
 pub use daemon::{DaemonOpts, OrasDaemon};
 pub use push::{push, Layer, PushAuth, PushSpec, Pushed};
 pub use registry::{BlobRequest, Registry, RegistryAuth};
@@ -94,10 +92,6 @@ pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local_addr").port()
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 /// Deterministic pseudo-random bytes (xorshift64*): a different seed gives different content, so

@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod env_daemon;
 pub mod script_origin;
 pub mod tinyproxy;
 pub mod tls_site;
@@ -20,6 +21,7 @@ use std::time::Duration;
 
 use crate::common::{assert_file_is, content, dir_entries, stderr_of, Daemon, DaemonOpts, TestOrigin, PIECE};
 
+pub use env_daemon::EnvDaemon;
 #[allow(unused_imports)]
 pub use script_origin::{Ctx, Next, Req, ScriptOrigin};
 pub use tinyproxy::Tinyproxy;
@@ -98,6 +100,8 @@ pub fn assert_download_fails(daemon: &Daemon, url: &str) -> String {
     assert!(!out.exists(), "{url}: failed download left its output file");
     let left = dir_entries(dir.path());
     assert!(left.is_empty(), "{url}: failed download left files in the output dir: {left:?}");
+    // Shown with --nocapture: the reasons are what a user reads.
+    eprintln!("{url}: {}", lines[0]);
     lines[0].to_string()
 }
 

@@ -30,29 +30,14 @@ impl TestPki {
     pub fn generate() -> TestPki {
         let dir = tempfile::Builder::new().prefix("dfget-pki-").tempdir().expect("pki dir");
         let d = dir.path();
-        openssl(d, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key"]);
+        openssl(d, "ecparam -name prime256v1 -genkey -noout -out ca.key");
         openssl(
             d,
-            &[
-                "req",
-                "-x509",
-                "-new",
-                "-key",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "3",
-                "-subj",
-                "/CN=dfget test CA",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-            ],
+            "req -x509 -new -key ca.key -out ca.pem -days 3 -subj /CN=dfget-test-CA \
+             -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign",
         );
-        openssl(d, &["ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "server.key"]);
-        openssl(d, &["req", "-new", "-key", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]);
+        openssl(d, "ecparam -name prime256v1 -genkey -noout -out server.key");
+        openssl(d, "req -new -key server.key -out server.csr -subj /CN=localhost");
         fs::write(
             d.join("server.ext"),
             "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\n\
@@ -61,23 +46,8 @@ impl TestPki {
         .expect("write server.ext");
         openssl(
             d,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                "server.pem",
-                "-days",
-                "3",
-                "-extfile",
-                "server.ext",
-            ],
+            "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 3 \
+             -extfile server.ext",
         );
         TestPki { dir }
     }
@@ -95,10 +65,12 @@ impl TestPki {
     }
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
+/// Runs `openssl ARGS` in `dir`; `args` is split on whitespace (no argument holds a space).
+fn openssl(dir: &Path, args: &str) {
+    let args: Vec<&str> = args.split_whitespace().collect();
     let binary = ensure_tool("openssl", &["openssl"]);
     let out = Command::new(&binary)
-        .args(args)
+        .args(&args)
         .current_dir(dir)
         .stdin(Stdio::null())
         .output()

@@ -1,0 +1,355 @@
+//! A throttling in-process HTTP/1.1 origin on 127.0.0.1:0 (std threads, one per connection,
+//! keep-alive) for the storage tests: it honours `Range: bytes=a-b` / `bytes=a-`, serves the bytes
+//! at or past a per-file offset at a per-connection rate, and counts what it served per file.
+//!
+//! Invariant: every request is recorded (its Range) before its response is written, and a file's
+//! `served` counter only grows by body bytes the socket accepted, so "bytes the daemon fetched" is
+//! an upper bound a test can compare runs against. The rate is re-read before every chunk, so
+//! `unthrottle` also speeds up responses already in flight; Drop stops every connection thread.
+
+use std::collections::HashMap;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Small enough that a throttled piece advances smoothly (32 KiB at 1 MiB/s = one write per 31 ms).
+const CHUNK_BYTES: usize = 32 * 1024;
+/// A silent keep-alive connection is dropped after this, so threads do not outlive a test long.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One registered file: its bytes, its throttle and what was served of it.
+struct File {
+    body: Arc<Vec<u8>>,
+    /// Bytes at offsets >= this are throttled.
+    slow_from_offset: AtomicU64,
+    /// Per-connection rate of the throttled region; 0 = unlimited.
+    rate_bytes_per_sec: AtomicU64,
+    served_bytes: AtomicU64,
+    /// Requests numbered at or past this are never throttled (usize::MAX: all may be).
+    fast_from_request: AtomicUsize,
+    /// Responses whose body is being written right now.
+    active_responses: AtomicUsize,
+    /// Per request, in arrival order: its Range header (None = no Range) and the body bytes
+    /// served for it so far.
+    requests: Mutex<Vec<(Option<String>, u64)>>,
+}
+
+struct Shared {
+    files: Mutex<HashMap<String, Arc<File>>>,
+    stop: AtomicBool,
+    open: Mutex<Vec<TcpStream>>,
+}
+
+pub struct ThrottledOrigin {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl ThrottledOrigin {
+    pub fn start() -> ThrottledOrigin {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("origin bind");
+        let addr = listener.local_addr().expect("origin addr");
+        let shared = Arc::new(Shared {
+            files: Mutex::new(HashMap::new()),
+            stop: AtomicBool::new(false),
+            open: Mutex::new(Vec::new()),
+        });
+        let acceptor_shared = Arc::clone(&shared);
+        let acceptor = std::thread::spawn(move || accept_loop(listener, acceptor_shared));
+        ThrottledOrigin { addr, shared, acceptor: Some(acceptor) }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Registers `body` at `path`, unthrottled.
+    pub fn add(&self, path: &str, body: Vec<u8>) {
+        assert!(path.starts_with('/'), "origin paths start with '/': {path}");
+        let file = File {
+            body: Arc::new(body),
+            slow_from_offset: AtomicU64::new(0),
+            rate_bytes_per_sec: AtomicU64::new(0),
+            served_bytes: AtomicU64::new(0),
+            fast_from_request: AtomicUsize::new(usize::MAX),
+            active_responses: AtomicUsize::new(0),
+            requests: Mutex::new(Vec::new()),
+        };
+        self.shared.files.lock().unwrap().insert(path.to_string(), Arc::new(file));
+    }
+
+    /// Serves the bytes of `path` at offsets >= `slow_from_offset` at `bytes_per_sec` per
+    /// connection (the bytes before it at full speed).
+    pub fn throttle(&self, path: &str, slow_from_offset: u64, bytes_per_sec: u64) {
+        let file = self.file(path);
+        file.slow_from_offset.store(slow_from_offset, Ordering::SeqCst);
+        file.rate_bytes_per_sec.store(bytes_per_sec, Ordering::SeqCst);
+    }
+
+    pub fn unthrottle(&self, path: &str) {
+        self.file(path).rate_bytes_per_sec.store(0, Ordering::SeqCst);
+    }
+
+    /// Serves every request for `path` from now on at full speed while the responses already
+    /// in flight stay throttled: lets a test hold an old download's pieces back while a new one
+    /// runs.
+    pub fn unthrottle_new_requests(&self, path: &str) {
+        let file = self.file(path);
+        let requests = file.requests.lock().unwrap();
+        file.fast_from_request.store(requests.len(), Ordering::SeqCst);
+    }
+
+    /// Responses for `path` whose body is still being written.
+    pub fn active_responses(&self, path: &str) -> usize {
+        self.file(path).active_responses.load(Ordering::SeqCst)
+    }
+
+    /// Body bytes of `path` the sockets accepted so far.
+    pub fn served_bytes(&self, path: &str) -> u64 {
+        self.file(path).served_bytes.load(Ordering::SeqCst)
+    }
+
+    /// Body bytes of `path` served for requests numbered `first_request` and later: what one run
+    /// of a daemon fetched, unaffected by bytes still trickling into an earlier run's sockets.
+    pub fn served_bytes_since(&self, path: &str, first_request: usize) -> u64 {
+        self.file(path).requests.lock().unwrap().iter().skip(first_request).map(|(_, n)| n).sum()
+    }
+
+    /// Range headers of every request for `path` so far, in arrival order.
+    pub fn ranges(&self, path: &str) -> Vec<Option<String>> {
+        self.file(path).requests.lock().unwrap().iter().map(|(r, _)| r.clone()).collect()
+    }
+
+    pub fn n_requests(&self, path: &str) -> usize {
+        self.ranges(path).len()
+    }
+
+    fn file(&self, path: &str) -> Arc<File> {
+        let files = self.shared.files.lock().unwrap();
+        Arc::clone(files.get(path).unwrap_or_else(|| panic!("no origin file {path}")))
+    }
+}
+
+impl Drop for ThrottledOrigin {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        // accept() blocks: a connection to ourselves wakes it to see the flag.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+        if let Ok(open) = self.shared.open.lock() {
+            for stream in open.iter() {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+        }
+    }
+}
+
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    for stream in listener.incoming() {
+        if shared.stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let Ok(stream) = stream else { continue };
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
+        if let Ok(clone) = stream.try_clone() {
+            shared.open.lock().unwrap().push(clone);
+        }
+        let conn_shared = Arc::clone(&shared);
+        std::thread::spawn(move || {
+            let _ = serve_connection(stream, &conn_shared);
+        });
+    }
+}
+
+struct Head {
+    method: String,
+    path: String,
+    range: Option<String>,
+    keep_alive: bool,
+    content_len: u64,
+}
+
+fn serve_connection(stream: TcpStream, shared: &Shared) -> io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    while let Some(head) = read_head(&mut reader)? {
+        io::copy(&mut reader.by_ref().take(head.content_len), &mut io::sink())?;
+        let file = shared.files.lock().unwrap().get(&head.path).cloned();
+        let keep = match file {
+            Some(file) => {
+                let request_idx = {
+                    let mut requests = file.requests.lock().unwrap();
+                    requests.push((head.range.clone(), 0));
+                    requests.len() - 1
+                };
+                file.active_responses.fetch_add(1, Ordering::SeqCst);
+                let result = respond_file(&mut writer, &head, &file, request_idx, shared);
+                file.active_responses.fetch_sub(1, Ordering::SeqCst);
+                result?;
+                head.keep_alive
+            }
+            None => {
+                write_head(&mut writer, "404 Not Found", &[("Content-Length", "0".into())], false)?;
+                false
+            }
+        };
+        writer.flush()?;
+        if !keep {
+            let _ = writer.shutdown(Shutdown::Both);
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Reads one request head; Ok(None) on a clean EOF between requests.
+fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Head>> {
+    let mut lines: Vec<String> = Vec::new();
+    let mut total = 0;
+    loop {
+        let mut line = String::new();
+        let n = reader.read_line(&mut line)?;
+        if n == 0 {
+            return if lines.is_empty() { Ok(None) } else { Err(io::ErrorKind::UnexpectedEof.into()) };
+        }
+        total += n;
+        if total > MAX_HEAD_BYTES {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "request head too large"));
+        }
+        let line = line.trim_end_matches(['\r', '\n']).to_string();
+        if line.is_empty() {
+            if lines.is_empty() {
+                continue;
+            }
+            break;
+        }
+        lines.push(line);
+    }
+    let mut parts = lines[0].split_whitespace();
+    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "bad request line"));
+    };
+    let header = |name: &str| {
+        lines[1..]
+            .iter()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let connection = header("connection").unwrap_or_default().to_ascii_lowercase();
+    let keep_alive =
+        if version == "HTTP/1.0" { connection.contains("keep-alive") } else { !connection.contains("close") };
+    Ok(Some(Head {
+        method: method.to_string(),
+        path: target.split('?').next().unwrap_or("").to_string(),
+        range: header("range"),
+        keep_alive,
+        content_len: header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0),
+    }))
+}
+
+/// `bytes=a-b` or `bytes=a-` against `len`: Some((first, last)) inclusive, Err(()) when
+/// unsatisfiable, None (serve the whole body) for anything else.
+fn parse_range(value: &str, len: u64) -> Option<Result<(u64, u64), ()>> {
+    let spec = value.trim().strip_prefix("bytes=")?;
+    let (first, last) = spec.split_once('-')?;
+    let first: u64 = first.trim().parse().ok()?;
+    let last: u64 = if last.trim().is_empty() { u64::MAX } else { last.trim().parse().ok()? };
+    if first > last {
+        return None;
+    }
+    if first >= len {
+        return Some(Err(()));
+    }
+    Some(Ok((first, last.min(len - 1))))
+}
+
+fn respond_file(w: &mut TcpStream, head: &Head, file: &File, request_idx: usize, shared: &Shared) -> io::Result<()> {
+    let len = file.body.len() as u64;
+    let (status, first, end, content_range) = match head.range.as_deref().and_then(|r| parse_range(r, len)) {
+        None => ("200 OK", 0, len, None),
+        Some(Ok((first, last))) => {
+            ("206 Partial Content", first, last + 1, Some(format!("bytes {first}-{last}/{len}")))
+        }
+        Some(Err(())) => {
+            let headers = [("Content-Range", format!("bytes */{len}")), ("Content-Length", "0".into())];
+            return write_head(w, "416 Range Not Satisfiable", &headers, head.keep_alive);
+        }
+    };
+    let mut headers = vec![("Accept-Ranges", "bytes".to_string()), ("Content-Length", (end - first).to_string())];
+    if let Some(cr) = content_range {
+        headers.push(("Content-Range", cr));
+    }
+    write_head(w, status, &headers, head.keep_alive)?;
+    if head.method.eq_ignore_ascii_case("HEAD") {
+        return Ok(());
+    }
+    write_body(w, file, (first, end), request_idx, shared)
+}
+
+/// Writes `body[first..end]`, sleeping after each throttled chunk to hold the file's rate.
+fn write_body(w: &mut TcpStream, file: &File, (first, end): (u64, u64), idx: usize, shared: &Shared) -> io::Result<()> {
+    let mut pos = first;
+    while pos < end {
+        if shared.stop.load(Ordering::SeqCst) {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "origin stopping"));
+        }
+        let slow_from = file.slow_from_offset.load(Ordering::SeqCst);
+        let exempt = idx >= file.fast_from_request.load(Ordering::SeqCst);
+        let rate = if exempt { 0 } else { file.rate_bytes_per_sec.load(Ordering::SeqCst) };
+        let throttled = rate > 0 && pos >= slow_from;
+        // A chunk never straddles the throttle boundary, so the fast prefix stays fast.
+        let mut chunk_end = (pos + CHUNK_BYTES as u64).min(end);
+        if rate > 0 && pos < slow_from {
+            chunk_end = chunk_end.min(slow_from);
+        }
+        w.write_all(&file.body[pos as usize..chunk_end as usize])?;
+        file.served_bytes.fetch_add(chunk_end - pos, Ordering::SeqCst);
+        file.requests.lock().unwrap()[idx].1 += chunk_end - pos;
+        if throttled {
+            std::thread::sleep(Duration::from_secs_f64((chunk_end - pos) as f64 / rate as f64));
+        }
+        pos = chunk_end;
+    }
+    Ok(())
+}
+
+fn write_head(w: &mut TcpStream, status: &str, headers: &[(&str, String)], keep: bool) -> io::Result<()> {
+    let mut head = format!("HTTP/1.1 {status}\r\nContent-Type: application/octet-stream\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !keep {
+        head.push_str("Connection: close\r\n");
+    }
+    head.push_str("\r\n");
+    w.write_all(head.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_range;
+
+    fn check(value: &str, len: u64, expected: Option<Result<(u64, u64), ()>>) {
+        assert_eq!(parse_range(value, len), expected, "Range {value:?} on {len} bytes");
+    }
+
+    #[test]
+    fn range_parsing() {
+        check("bytes=0-9", 100, Some(Ok((0, 9))));
+        check("bytes=90-200", 100, Some(Ok((90, 99))));
+        check("bytes=10-", 100, Some(Ok((10, 99))));
+        check("bytes=100-", 100, Some(Err(())));
+        check("bytes=5-1", 100, None);
+        check("bytes=-10", 100, None);
+        check("items=0-1", 100, None);
+    }
+}
