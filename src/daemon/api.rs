@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use compio::buf::{BufResult, IntoInner, IoBufMut};
-use compio::io::{AsyncRead, AsyncWriteExt};
+use compio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use compio::net::UnixStream;
 use serde::{Deserialize, Serialize};
 
@@ -49,10 +49,10 @@ pub enum Event {
     Error { source: String, retryable: bool, message: String },
 }
 
-struct HttpReq {
-    method: String,
-    path: String,
-    body: Vec<u8>,
+pub(crate) struct HttpReq {
+    pub method: String,
+    pub path: String,
+    pub body: Vec<u8>,
 }
 
 pub async fn serve(shared: Arc<Shared>, mut stream: UnixStream) {
@@ -103,7 +103,7 @@ async fn route(shared: &Arc<Shared>, stream: &mut UnixStream, req: &HttpReq) -> 
     }
 }
 
-async fn read_request(stream: &mut UnixStream) -> Result<HttpReq> {
+pub(crate) async fn read_request(stream: &mut (impl AsyncRead + AsyncWrite)) -> Result<HttpReq> {
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     loop {
         let mut headers = [httparse::EMPTY_HEADER; limits::MAX_HEADERS];
@@ -148,7 +148,7 @@ fn content_length(headers: &[httparse::Header<'_>]) -> Result<usize> {
     Ok(len)
 }
 
-async fn read_body(stream: &mut UnixStream, body: &mut Vec<u8>, len: usize) -> Result<()> {
+async fn read_body(stream: &mut (impl AsyncRead + AsyncWrite), body: &mut Vec<u8>, len: usize) -> Result<()> {
     while body.len() < len {
         body.reserve(len - body.len());
         let BufResult(res, b) = stream.read(std::mem::take(body).uninit()).await;
@@ -163,7 +163,11 @@ async fn read_body(stream: &mut UnixStream, body: &mut Vec<u8>, len: usize) -> R
     Ok(())
 }
 
-async fn respond_json(stream: &mut UnixStream, status: u16, body: &impl Serialize) -> Result<()> {
+pub(crate) async fn respond_json(
+    stream: &mut (impl AsyncRead + AsyncWrite),
+    status: u16,
+    body: &impl Serialize,
+) -> Result<()> {
     let body = serde_json::to_vec(body).map_err(|e| Error::internal(e.to_string()))?;
     let reason = match status {
         200 => "OK",
@@ -181,7 +185,7 @@ async fn respond_json(stream: &mut UnixStream, status: u16, body: &impl Serializ
     write(stream, out).await
 }
 
-async fn write(stream: &mut UnixStream, bytes: Vec<u8>) -> Result<()> {
+pub(crate) async fn write(stream: &mut (impl AsyncRead + AsyncWrite), bytes: Vec<u8>) -> Result<()> {
     let BufResult(res, _) = stream.write_all(bytes).await;
     res.map_err(|e| Error::client(format!("client went away: {e}")))
 }
@@ -227,6 +231,7 @@ async fn run_download(shared: &Arc<Shared>, stream: &mut UnixStream, req: &Downl
     let len_bytes = task.geometry().map(|g| g.layout.content_len_bytes).unwrap_or(0);
     let cost_ms = started.elapsed().as_millis() as u64;
     if reused {
+        crate::daemon::metrics::bump(&crate::daemon::metrics::CACHE_HITS, 1);
         tracing::info!(target: "PeerTask", peer = %task.peer_id, task = %task.id, component = "PeerTask", "reuse file peer task done, cost: {cost_ms}ms");
     }
     Ok(Event::Done {

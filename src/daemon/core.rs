@@ -108,6 +108,9 @@ fn core_main(idx: usize, shared: Arc<Shared>, inbox: flume::Receiver<CoreMsg>, l
         if let Some(l) = listener {
             compio::runtime::spawn(accept_loop(shared.clone(), l)).detach();
             compio::runtime::spawn(crate::daemon::gc::run_loop(shared.clone())).detach();
+            if let Some(addr) = shared.config.metrics.as_deref().and_then(crate::daemon::metrics::parse_listen) {
+                compio::runtime::spawn(crate::daemon::metrics::serve(shared.clone(), addr)).detach();
+            }
         }
         while let Ok(msg) = inbox.recv_async().await {
             match msg {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use compio::fs::OpenOptions;
 
 use crate::daemon::task::{self, FirstResponse, Geometry, State, Task};
-use crate::daemon::Shared;
+use crate::daemon::{metrics, Shared};
 use crate::error::{Error, Result};
 use crate::http::client;
 use crate::limits;
@@ -26,6 +26,7 @@ pub async fn drive(shared: Arc<Shared>, task: Arc<Task>) {
     match result {
         Ok(()) => {
             task.mark_done();
+            metrics::bump(&metrics::DOWNLOADS_DONE, 1);
             tracing::info!(
                 target: "PeerTask",
                 peer = %task.peer_id,
@@ -36,6 +37,7 @@ pub async fn drive(shared: Arc<Shared>, task: Arc<Task>) {
             );
         }
         Err(e) => {
+            metrics::bump(&metrics::DOWNLOADS_FAILED, 1);
             tracing::error!(
                 target: "PeerTask",
                 peer = %task.peer_id,
@@ -81,6 +83,7 @@ async fn download(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
                         return Err(e);
                     }
                     // The first response broke mid-body: fetch piece 0 again like any other piece.
+                    tracing::warn!(task = %task.id, "first response broke mid-body, fetching piece 0 again: {e}");
                     drop(resp);
                     fetch_piece_with_retries(task, &file, g.layout, 0).await?;
                 }
@@ -199,14 +202,20 @@ pub async fn piece_worker(task: Arc<Task>) {
     };
     while let Some(piece_idx) = task.take_piece() {
         if let Err(e) = fetch_piece_with_retries(&task, &file, layout, piece_idx).await {
-            task.fail(e.context(format_args!("piece {piece_idx}")));
+            task.fail(e);
             return;
         }
     }
 }
 
 async fn fetch_piece_with_retries(task: &Task, file: &compio::fs::File, layout: Layout, piece_idx: u64) -> Result<()> {
-    with_retries(|| fetch_piece(task, file, layout, piece_idx)).await
+    with_retries(|| fetch_piece(task, file, layout, piece_idx)).await.map_err(|e| {
+        if e.message.contains("piece ") {
+            e
+        } else {
+            e.context(format_args!("piece {piece_idx}"))
+        }
+    })
 }
 
 async fn fetch_piece(task: &Task, file: &compio::fs::File, layout: Layout, piece_idx: u64) -> Result<()> {

@@ -10,6 +10,7 @@ pub mod core;
 pub mod engine;
 pub mod gc;
 pub mod log;
+pub mod metrics;
 pub mod rate;
 pub mod task;
 

@@ -180,6 +180,8 @@ impl Task {
             crcs[piece_idx as usize].store(crc, Ordering::Release);
             if bitmap.set(piece_idx) {
                 self.completed_bytes.fetch_add(len_bytes, Ordering::AcqRel);
+                crate::daemon::metrics::bump(&crate::daemon::metrics::PIECES_FETCHED, 1);
+                crate::daemon::metrics::bump(&crate::daemon::metrics::BYTES_FETCHED, len_bytes);
             }
         }
         self.event.notify(usize::MAX);

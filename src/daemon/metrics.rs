@@ -1,0 +1,91 @@
+//! The `metrics` endpoint: when the config sets `metrics: ":8000"` (or `host:port`), core 0 serves
+//! `GET /metrics` in the Prometheus text format on that TCP address. Counters are global atomics,
+//! bumped with `Relaxed` ordering: they are statistics, not synchronisation.
+//!
+//! Invariant: counters only grow; gauges (`tasks`) are read from the index at scrape time.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::daemon::Shared;
+
+pub static DOWNLOADS_DONE: AtomicU64 = AtomicU64::new(0);
+pub static DOWNLOADS_FAILED: AtomicU64 = AtomicU64::new(0);
+pub static CACHE_HITS: AtomicU64 = AtomicU64::new(0);
+pub static PIECES_FETCHED: AtomicU64 = AtomicU64::new(0);
+pub static BYTES_FETCHED: AtomicU64 = AtomicU64::new(0);
+
+pub fn bump(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// `":8000"` → `0.0.0.0:8000` (Go's meaning of an empty host), `"127.0.0.1:9000"` as is.
+pub fn parse_listen(addr: &str) -> Option<SocketAddr> {
+    let full = if addr.starts_with(':') { format!("0.0.0.0{addr}") } else { addr.to_string() };
+    full.parse().ok()
+}
+
+pub fn render(shared: &Shared) -> String {
+    let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let tasks = shared.index.values();
+    let running = tasks.iter().filter(|t| t.state() == crate::daemon::task::State::Running).count();
+    format!(
+        "# TYPE dfget_downloads_done_total counter\ndfget_downloads_done_total {}\n\
+         # TYPE dfget_downloads_failed_total counter\ndfget_downloads_failed_total {}\n\
+         # TYPE dfget_cache_hits_total counter\ndfget_cache_hits_total {}\n\
+         # TYPE dfget_pieces_fetched_total counter\ndfget_pieces_fetched_total {}\n\
+         # TYPE dfget_bytes_fetched_total counter\ndfget_bytes_fetched_total {}\n\
+         # TYPE dfget_tasks gauge\ndfget_tasks {}\n\
+         # TYPE dfget_tasks_running gauge\ndfget_tasks_running {}\n",
+        c(&DOWNLOADS_DONE),
+        c(&DOWNLOADS_FAILED),
+        c(&CACHE_HITS),
+        c(&PIECES_FETCHED),
+        c(&BYTES_FETCHED),
+        tasks.len(),
+        running
+    )
+}
+
+pub async fn serve(shared: Arc<Shared>, addr: SocketAddr) {
+    let listener = match compio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(%addr, "cannot listen for metrics: {e}");
+            return;
+        }
+    };
+    tracing::info!(%addr, "metrics endpoint listening");
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let shared = shared.clone();
+        compio::runtime::spawn(async move {
+            let Ok(req) = crate::daemon::api::read_request(&mut stream).await else { return };
+            let (status, body) = if req.method == "GET" && req.path == "/metrics" {
+                ("200 OK", render(&shared))
+            } else {
+                ("404 Not Found", "only GET /metrics here\n".to_string())
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = crate::daemon::api::write(&mut stream, [head.into_bytes(), body.into_bytes()].concat()).await;
+        })
+        .detach();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(parse_listen(":8000"), Some("0.0.0.0:8000".parse().unwrap()));
+        assert_eq!(parse_listen("127.0.0.1:9000"), Some("127.0.0.1:9000".parse().unwrap()));
+        assert_eq!(parse_listen("[::1]:9000"), Some("[::1]:9000".parse().unwrap()));
+        assert_eq!(parse_listen("nope"), None);
+    }
+}
