@@ -85,12 +85,16 @@ pub const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 /// at most the pieces finished since: cheap to refetch, and the sync stays off the hot path.
 pub const META_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// How long a request waits for a failed task's cleanup before looking again (the cleanup is a
+/// directory removal; this only bounds a wait that should end in milliseconds).
+pub const FAILED_TASK_CLEANUP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Body of one socket API request (a download request is a URL, a path and a few headers).
 pub const MAX_API_BODY_BYTES: usize = 1024 * 1024;
 
 /// Times one request may find its task replaced (failed, evicted, corrupt) before giving up; more
 /// than two means something keeps destroying the task and retrying cannot help.
-pub const MAX_TASK_RESOLVE_ROUNDS: usize = 4;
+pub const MAX_TASK_RESOLVE_ROUNDS: usize = 8;
 
 /// Least time between two progress events on one client stream.
 pub const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);

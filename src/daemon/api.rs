@@ -263,8 +263,14 @@ async fn obtain_task(shared: &Arc<Shared>, id: &str, spec: crate::daemon::task::
                 }
                 drop_task(shared, &task);
             }
-            // multiplex off, failed, or corrupt: start over with a fresh task under the same id.
-            _ => drop_task(shared, &task),
+            State::Done => drop_task(shared, &task),
+            // A failed task is removed by its own `drive`; wait for that, then start afresh.
+            State::Failed => {
+                let listener = task.event.listen();
+                if shared.index.get(id).is_some_and(|t| Arc::ptr_eq(&t, &task)) {
+                    let _ = compio::time::timeout(limits::FAILED_TASK_CLEANUP_WAIT, listener).await;
+                }
+            }
         }
     }
     Err(Error::internal("task index kept changing under this request"))
@@ -290,6 +296,7 @@ async fn reusable(task: &Arc<Task>) -> bool {
     }
 }
 
+/// Drops a finished task that cannot be reused (multiplex off, or its file failed verification).
 fn drop_task(shared: &Shared, task: &Arc<Task>) {
     if task.n_readers.load(Ordering::Acquire) == 0 {
         let _ = shared.store.remove_task(&task.id);

@@ -38,6 +38,9 @@ pub async fn drive(shared: Arc<Shared>, task: Arc<Task>) {
         }
         Err(e) => {
             metrics::bump(&metrics::DOWNLOADS_FAILED, 1);
+            task.fail(e);
+            // The first failure wins (an operator's `rm --force` rather than its echo here).
+            let e = task.failure().cloned().unwrap_or_else(|| Error::internal("task failed"));
             tracing::error!(
                 target: "PeerTask",
                 peer = %task.peer_id,
@@ -46,11 +49,12 @@ pub async fn drive(shared: Arc<Shared>, task: Arc<Task>) {
                 source = e.source.as_str(),
                 "peer task failed: {e}"
             );
-            task.fail(e);
-            // Files first, then the index entry: a new task for the same id can only appear after
-            // the old files are gone, so this cleanup never deletes the new task's file.
+            // Only `drive` removes a failed task, and it keeps the index entry until its files are
+            // gone: a request that finds the failed entry waits for it to disappear, so a new task
+            // for the same id never has its files deleted by this cleanup.
             let _ = shared.store.remove_task(&task.id);
             shared.index.remove_if_same(&task.id, &task);
+            task.event.notify(usize::MAX);
         }
     }
 }

@@ -272,10 +272,14 @@ pub fn remove(shared: &Shared, id: &str, force: bool) -> crate::error::Result<bo
     if busy && !force {
         return Err(crate::error::Error::client(format!("task {id} is in use (running or exporting); use --force")));
     }
-    if busy {
+    if task.state() == State::Running {
+        // Its `drive` removes the files and the index entry once its workers have stopped.
         task.fail(crate::error::Error::client("task removed by an operator"));
+        return Ok(true);
     }
-    shared.index.remove_if_same(id, &task);
+    // Files first, then the entry: a request that still finds the entry sees a file that fails
+    // verification and starts afresh, so no new task's files are ever removed here.
     shared.store.remove_task(id)?;
+    shared.index.remove_if_same(id, &task);
     Ok(true)
 }

@@ -356,7 +356,7 @@ pub async fn write_body(
         if task.state() == State::Failed {
             return Err(Error::internal("task failed elsewhere"));
         }
-        let more = resp.read_into(&mut buf, crate::limits::WRITE_CHUNK_BYTES).await?;
+        let more = until_failed(task, resp.read_into(&mut buf, crate::limits::WRITE_CHUNK_BYTES)).await?;
         if expect_bytes.is_some_and(|limit| written + buf.len() as u64 > limit) {
             return Err(Error::origin(false, format!("{}: body longer than the range asked for", resp.url)));
         }
@@ -387,6 +387,23 @@ pub async fn write_body(
         settle(task, record_now, &mut unrecorded, idx, crc, len);
     }
     Ok((written, unrecorded))
+}
+
+/// Runs `fut` unless the task fails first (another core's fatal error, an operator's removal): a
+/// slow origin must not keep a failed task's worker — and its cleanup — waiting.
+pub async fn until_failed<T>(task: &Task, fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    use futures_util::future::{select, Either};
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        let listener = task.event.listen();
+        if let Some(e) = task.failure() {
+            return Err(e.clone());
+        }
+        match select(fut.as_mut(), listener).await {
+            Either::Left((out, _)) => return out,
+            Either::Right(((), _)) => {}
+        }
+    }
 }
 
 fn settle(task: &Task, record_now: bool, unrecorded: &mut Vec<u32>, idx: u64, crc: u32, len: u64) {

@@ -77,12 +77,26 @@ fn place(src: &Path, tmp: &Path, allow_link: bool) -> Result<Method> {
     Ok(Method::Copy)
 }
 
-fn copy_range(from: &File, to: &File) -> io::Result<()> {
+/// `copy_file_range` (in-kernel); a plain read/write copy where the kernel refuses it — between
+/// filesystems of different types it returns EXDEV since Linux 5.19, and some filesystems lack it.
+fn copy_range(mut from: &File, mut to: &File) -> io::Result<()> {
     let len = from.metadata()?.len();
     let mut done = 0u64;
     while done < len {
         let chunk = (len - done).min(1 << 30) as usize;
-        let n = rustix::fs::copy_file_range(from, None, to, None, chunk)?;
+        let n = match rustix::fs::copy_file_range(from, None, to, None, chunk) {
+            Ok(n) => n,
+            Err(
+                rustix::io::Errno::XDEV
+                | rustix::io::Errno::OPNOTSUPP
+                | rustix::io::Errno::INVAL
+                | rustix::io::Errno::NOSYS,
+            ) if done == 0 => {
+                io::copy(&mut from, &mut to)?;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
         if n == 0 {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "source shrank while copying"));
         }
