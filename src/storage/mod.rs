@@ -53,10 +53,16 @@ impl Store {
         let dir = self.task_dir(task_id);
         fs::create_dir_all(&dir).map_err(|e| disk_err(e, &dir, "create task dir"))?;
         let path = dir.join("data");
+        // Always a new inode: an old task file may be hard-linked as some user's OUT, and
+        // truncating it in place would rewrite that user's file.
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(disk_err(e, &path, "replace old task file")),
+        }
         let file = OpenOptions::new()
-            .create(true)
             .write(true)
-            .truncate(true)
+            .create_new(true)
             .open(&path)
             .map_err(|e| disk_err(e, &path, "create task file"))?;
         if let Some(len) = len_bytes {
@@ -166,4 +172,24 @@ pub fn persist_meta(data_path: &Path, meta_path: &Path, meta: &meta::TaskMeta) -
         f.sync_data().map_err(|e| disk_err(e, data_path, "sync task file"))?;
     }
     meta::write_atomic(meta_path, &meta.encode()).map_err(|e| disk_err(e, meta_path, "write task metadata"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn recreating_a_task_file_never_touches_a_linked_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path());
+        let first = store.create_task_file("ab12", Some(5)).unwrap();
+        fs::write(&first, b"hello").unwrap();
+        let out = dir.path().join("out");
+        fs::hard_link(&first, &out).unwrap();
+        let second = store.create_task_file("ab12", Some(3)).unwrap();
+        assert_eq!(fs::read(&out).unwrap(), b"hello", "the user's hard-linked OUT is unchanged");
+        assert_ne!(fs::metadata(&out).unwrap().ino(), fs::metadata(&second).unwrap().ino());
+        assert_eq!(fs::metadata(&second).unwrap().len(), 3, "preallocated to the new length");
+    }
 }
