@@ -16,13 +16,8 @@ use std::sync::Barrier;
 use std::time::Duration;
 
 use common::*;
-use tempfile::TempDir;
 
 const BIG: usize = 100 * MIB;
-
-fn out_dir() -> TempDir {
-    tempfile::Builder::new().prefix("dfget-out-").tempdir().expect("out dir")
-}
 
 fn path_str(path: &Path) -> &str {
     path.to_str().expect("temp paths are UTF-8")

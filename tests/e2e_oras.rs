@@ -6,6 +6,7 @@
 //! Invariant: each test proves the one property its name states with its own registry and
 //! daemon; every failing pull must leave no output and no temp file, and a healthy daemon.
 
+mod common;
 #[path = "support_registry/mod.rs"]
 mod support_registry;
 
@@ -58,7 +59,7 @@ fn assert_failed_cleanly(daemon: &OrasDaemon, result: &Output, out: &Path, needl
     assert!(!out.exists(), "a failed pull left {}", out.display());
     let parent = out.parent().expect("output has a parent");
     assert_eq!(dir_entries(parent), Vec::<String>::new(), "a failed pull left files next to the output");
-    assert!(daemon.is_healthy(), "daemon unhealthy after a failed pull\n{}", daemon.all_output());
+    assert!(daemon.is_healthy(), "daemon unhealthy after a failed pull\n{}", daemon.diagnostics());
     stderr
 }
 
@@ -82,11 +83,11 @@ fn pull_by_tag_and_by_digest_gives_the_pushed_bytes() {
     let dir = out_dir();
     for (artifact, body) in pushed.iter().zip(&bodies) {
         let out = dir.path().join(format!("tag-{}.sif", body.len()));
-        let result = by_tag.pull(&registry.oras_url(&artifact.target), &out);
+        let result = by_tag.download(&registry.oras_url(&artifact.target), &out);
         assert_pulled(&result, &out, body, &artifact.target);
         let out = dir.path().join(format!("digest-{}.sif", body.len()));
         let reference = artifact.digest_ref();
-        let result = by_digest.pull(&registry.oras_url(&reference), &out);
+        let result = by_digest.download(&registry.oras_url(&reference), &out);
         assert_pulled(&result, &out, body, &reference);
     }
     assert_eq!(dir_entries(dir.path()).len(), 2 * sizes.len(), "only the outputs, no temp files");
@@ -104,7 +105,7 @@ fn pull_of_100_mib_by_tag_and_digest_uses_ranged_requests_from_several_connectio
 
     let by_tag = OrasDaemon::start(DaemonOpts::default());
     let out = dir.path().join("by-tag.sif");
-    assert_pulled(&by_tag.pull(&registry.oras_url("test/big:v1"), &out), &out, &body, "100 MiB by tag");
+    assert_pulled(&by_tag.download(&registry.oras_url("test/big:v1"), &out), &out, &body, "100 MiB by tag");
     let gets = registry.blob_gets_covering(blob, body.len() as u64);
     // 206 = the registry honoured a Range header; the remote port tells the TCP connection.
     assert!(gets.len() > 1 && gets.iter().all(|g| g.status == 206), "expected only ranged blob GETs: {gets:#?}");
@@ -116,7 +117,7 @@ fn pull_of_100_mib_by_tag_and_digest_uses_ranged_requests_from_several_connectio
     let by_digest = OrasDaemon::start(DaemonOpts::default());
     let out = dir.path().join("by-digest.sif");
     let reference = pushed[0].digest_ref();
-    assert_pulled(&by_digest.pull(&registry.oras_url(&reference), &out), &out, &body, "100 MiB by digest");
+    assert_pulled(&by_digest.download(&registry.oras_url(&reference), &out), &out, &body, "100 MiB by digest");
 }
 
 #[test]
@@ -132,15 +133,15 @@ fn second_tag_of_same_blob_is_a_cache_hit_linked_from_data_dir_without_blob_get(
     let daemon = OrasDaemon::start(DaemonOpts::default());
     let dir = out_dir();
     let first = dir.path().join("first.sif");
-    assert_pulled(&daemon.pull(&registry.oras_url("test/img:first"), &first), &first, &body, "first tag");
-    assert!(daemon.wait_log("peer task done"), "no `peer task done`:\n{}", daemon.all_output());
+    assert_pulled(&daemon.download(&registry.oras_url("test/img:first"), &first), &first, &body, "first tag");
+    assert!(daemon.wait_log("peer task done"), "no `peer task done`:\n{}", daemon.diagnostics());
     let gets_before = registry.blob_gets_covering(blob, body.len() as u64);
     let served: u64 = gets_before.iter().map(|g| g.written_bytes).sum();
     assert!(served >= body.len() as u64, "the registry log shows no download of the blob: {gets_before:#?}");
 
     let second = dir.path().join("second.sif");
-    assert_pulled(&daemon.pull(&registry.oras_url("test/img:second"), &second), &second, &body, "second tag");
-    assert!(daemon.wait_log("reuse file peer task done"), "no cache hit logged:\n{}", daemon.all_output());
+    assert_pulled(&daemon.download(&registry.oras_url("test/img:second"), &second), &second, &body, "second tag");
+    assert!(daemon.wait_log("reuse file peer task done"), "no cache hit logged:\n{}", daemon.diagnostics());
     assert_eq!(n_downloads_logged(&daemon), 1, "the second tag was downloaded again:\n{}", daemon.core_log());
     let meta = fs::metadata(&second).expect("stat second output");
     let cached = regular_files_under(&daemon.data_dir())
@@ -164,7 +165,7 @@ fn htpasswd_basic_auth_pulls_with_docker_config_credentials() {
     });
     let dir = out_dir();
     let out = dir.path().join("img.sif");
-    assert_pulled(&daemon.pull(&registry.oras_url("test/img:v1"), &out), &out, &body, "htpasswd pull");
+    assert_pulled(&daemon.download(&registry.oras_url("test/img:v1"), &out), &out, &body, "htpasswd pull");
 }
 
 #[test]
@@ -181,10 +182,10 @@ fn htpasswd_wrong_password_is_unauthorized_and_the_password_is_never_shown() {
     });
     let dir = out_dir();
     let out = dir.path().join("img.sif");
-    let result = daemon.pull(&registry.oras_url("test/img:v1"), &out);
+    let result = daemon.download(&registry.oras_url("test/img:v1"), &out);
     let stderr = assert_failed_cleanly(&daemon, &result, &out, &["unauthorized"]);
     let encoded = base64_of(&format!("{USER}:{wrong}"));
-    let daemon_output = daemon.all_output();
+    let daemon_output = daemon.diagnostics();
     for secret in [wrong, encoded.as_str()] {
         assert!(!stderr.contains(secret), "client stderr shows a secret: {stderr}");
         assert!(!daemon_output.contains(secret), "daemon output shows a secret:\n{daemon_output}");
@@ -206,7 +207,7 @@ fn bearer_token_anonymous_pull_of_public_repo_works() {
     let dir = out_dir();
     let out = dir.path().join("img.sif");
     let n_token_requests = tokens.requests().len();
-    assert_pulled(&daemon.pull(&registry.oras_url("public/img:v1"), &out), &out, &body, "anonymous public pull");
+    assert_pulled(&daemon.download(&registry.oras_url("public/img:v1"), &out), &out, &body, "anonymous public pull");
     let daemon_requests = &tokens.requests()[n_token_requests..];
     assert!(
         !daemon_requests.is_empty() && daemon_requests.iter().all(|r| r.basic_user.is_none() && r.status == 200),
@@ -228,7 +229,7 @@ fn bearer_token_private_repo_needs_docker_config_credentials() {
 
     let anonymous = OrasDaemon::start(DaemonOpts::default());
     let out = dir.path().join("anonymous.sif");
-    let result = anonymous.pull(&registry.oras_url("private/img:v1"), &out);
+    let result = anonymous.download(&registry.oras_url("private/img:v1"), &out);
     assert_failed_cleanly(&anonymous, &result, &out, &["unauthorized"]);
 
     let with_creds = OrasDaemon::start(DaemonOpts {
@@ -236,7 +237,7 @@ fn bearer_token_private_repo_needs_docker_config_credentials() {
         ..DaemonOpts::default()
     });
     let out = dir.path().join("with-creds.sif");
-    let result = with_creds.pull(&registry.oras_url("private/img:v1"), &out);
+    let result = with_creds.download(&registry.oras_url("private/img:v1"), &out);
     assert_pulled(&result, &out, &body, "private pull with credentials");
     let basic_users: Vec<Option<String>> = tokens.requests().iter().map(|r| r.basic_user.clone()).collect();
     assert!(basic_users.iter().filter(|u| u.as_deref() == Some(USER)).count() >= 2, "{basic_users:?}");
@@ -248,7 +249,7 @@ fn pull_from_fresh_registry(specs: &[PushSpec], reference: &str) -> (Registry, O
     push(&registry.host(), PushAuth::Anonymous, specs);
     let daemon = OrasDaemon::start(DaemonOpts::default());
     let dir = out_dir();
-    let result = daemon.pull(&registry.oras_url(reference), &dir.path().join("img.sif"));
+    let result = daemon.download(&registry.oras_url(reference), &dir.path().join("img.sif"));
     (registry, daemon, dir, result)
 }
 
@@ -303,7 +304,7 @@ fn registry_down_fails_clearly() {
     let dir = out_dir();
     let out = dir.path().join("img.sif");
     let host = format!("127.0.0.1:{}", free_port());
-    let result = daemon.pull(&format!("oras://{host}/test/img:v1"), &out);
+    let result = daemon.download(&format!("oras://{host}/test/img:v1"), &out);
     let stderr = assert_failed_cleanly(&daemon, &result, &out, &[&host]);
     let lower = stderr.to_lowercase();
     assert!(
@@ -329,13 +330,13 @@ fn corrupted_blob_in_registry_storage_fails_with_digest_mismatch_and_is_not_cach
     let daemon = OrasDaemon::start(DaemonOpts::default());
     let dir = out_dir();
     let out = dir.path().join("img.sif");
-    let result = daemon.pull(&registry.oras_url("test/img:v1"), &out);
+    let result = daemon.download(&registry.oras_url("test/img:v1"), &out);
     assert_failed_cleanly(&daemon, &result, &out, &["digest mismatch"]);
 
     // Once the registry serves the right bytes again, the same pull must download them: the
     // rejected content was not kept as a finished task.
     fs::write(&data, &body).expect("repair blob");
-    assert_pulled(&daemon.pull(&registry.oras_url("test/img:v1"), &out), &out, &body, "after repair");
+    assert_pulled(&daemon.download(&registry.oras_url("test/img:v1"), &out), &out, &body, "after repair");
     assert_eq!(n_downloads_logged(&daemon), 1, "{}", daemon.core_log());
 }
 
@@ -347,10 +348,10 @@ fn seed_config_pulls_an_image_and_logs_peer_task_done() {
     let daemon = OrasDaemon::start(DaemonOpts { seed_config: true, ..DaemonOpts::default() });
     let dir = out_dir();
     let out = dir.path().join("img.sif");
-    assert_pulled(&daemon.pull(&registry.oras_url("test/img:seed"), &out), &out, &body, "seed config");
+    assert_pulled(&daemon.download(&registry.oras_url("test/img:seed"), &out), &out, &body, "seed config");
     assert!(
         daemon.wait_log("peer task done"),
         "seed's check `grep \"peer task done\"` fails:\n{}",
-        daemon.all_output()
+        daemon.diagnostics()
     );
 }

@@ -21,7 +21,7 @@ use support_transport::*;
 const MULTI: usize = 3 * PIECE + 7;
 
 fn site_with(files: &[(&str, &[u8])]) -> (tempfile::TempDir, TestPki, TlsNginx) {
-    let root = tempfile::Builder::new().prefix("dfget-www-").tempdir().expect("www dir");
+    let root = common::temp_dir("dfget-www-");
     for (name, bytes) in files {
         std::fs::write(root.path().join(name), bytes).expect("write site file");
     }
@@ -469,7 +469,7 @@ fn env_proxies_skip_loopback_origins() {
     origin.add("/env.bin", body.clone());
     let proxy = Tinyproxy::start(&[]);
     let env = [("HTTP_PROXY", proxy.url()), ("HTTPS_PROXY", proxy.url()), ("http_proxy", proxy.url())];
-    let daemon = EnvDaemon::start("", &env);
+    let daemon = env_daemon("", &env);
     let dir = out_dir();
     let out = dir.path().join("env.bin");
     let result = daemon.download(&origin.url("/env.bin"), &out);
@@ -487,7 +487,7 @@ fn no_proxy_bypasses_the_configured_proxy() {
     origin.add("/np.bin", body.clone());
     let dead_port = common::free_port();
     let transport = http_transport_yaml(&[("proxy", format!("http://127.0.0.1:{dead_port}"))]);
-    let daemon = EnvDaemon::start(&transport, &[("NO_PROXY", "example.invalid,127.0.0.1".into())]);
+    let daemon = env_daemon(&transport, &[("NO_PROXY", "example.invalid,127.0.0.1".into())]);
     let dir = out_dir();
     let out = dir.path().join("np.bin");
     let result = daemon.download(&origin.url("/np.bin"), &out);

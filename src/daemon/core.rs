@@ -5,7 +5,7 @@
 //! Invariant: core 0 owns the listening socket and hands each accepted connection to one core,
 //! round-robin; shutdown reaches every core through its inbox.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener as StdListener, UnixStream as StdStream};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -143,7 +143,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: StdListener) {
                 // The fd moves to another core's runtime: hand it over as a plain std socket.
                 match stream.as_fd().try_clone_to_owned() {
                     Ok(fd) => {
-                        let std_stream = StdStream::from(OwnedFd::from(fd));
+                        let std_stream = StdStream::from(fd);
                         let _ = shared.pick_core().send(CoreMsg::Conn(std_stream));
                     }
                     Err(e) => tracing::warn!("cannot hand over a client connection: {e}"),

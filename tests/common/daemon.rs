@@ -1,47 +1,81 @@
-//! A `dfget daemon` in its own temp dir (data, logs, work home, Unix socket), driven through the
-//! real binary, plus a `dfget` client runner pointed at its socket.
+//! A `dfget daemon` in its own temp dir (config, logs, work home, Unix socket, and the data dir
+//! unless the test puts it elsewhere), driven through the real binary with the environment the
+//! test chooses, plus `dfget` client runners pointed at its socket. The process can be killed
+//! (SIGKILL) or stopped (SIGTERM) and started again on the same directory and config.
 //!
-//! Invariant: a `Daemon` value exists only once the daemon answered `/healthy`; dropping it
-//! always stops the process (SIGTERM, ≤3 s grace, SIGKILL), even while a test panics.
+//! Invariant: every start of a `Daemon` returns only once it answered `/healthy`; dropping it
+//! always stops the process (SIGTERM, ≤5 s grace, SIGKILL), even while a test panics. The daemon
+//! and its clients get the test's environment minus `env_remove`, plus `env` (and the daemon
+//! alone `daemon_env`), so a variable meant for the daemon never leaks into the test process.
 
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
 
 use serde_yaml_ng::{Mapping, Value};
 use tempfile::TempDir;
 
-use super::{poll_until, run_with_limit, terminate};
+use super::{poll_until, run_with_limit, terminate, wait_child_ready, wait_or_kill, NotReady};
 
 const HEALTH_LIMIT: Duration = Duration::from_secs(10);
-const STOP_GRACE: Duration = Duration::from_secs(3);
+/// Long enough for a daemon to park its running tasks (and release a tmpfs data dir).
+const STOP_GRACE: Duration = Duration::from_secs(5);
 /// A client that runs longer than this is hung: the largest test download is 100 MiB on loopback.
 const CLIENT_LIMIT: Duration = Duration::from_secs(180);
+/// `dfget tasks` only talks to the daemon's control API.
+const TASKS_LIMIT: Duration = Duration::from_secs(30);
 
 pub struct DaemonOpts {
     /// YAML deep-merged over the base config (its keys win).
     pub extra_yaml: String,
+    /// YAML written as-is (comments and all) at the top of the config, e.g. a documented sample
+    /// file; its top-level keys replace those of the base config and `extra_yaml` whole.
+    pub verbatim_yaml: &'static str,
     /// `--cores N`; None leaves the daemon's default.
     pub cores: Option<usize>,
     /// `--log-level L`; None leaves the daemon's default.
     pub log_level: Option<String>,
     pub console: bool,
+    /// `dataDir`; None = `data` in the daemon's temp dir.
+    pub data_dir: Option<PathBuf>,
+    /// Variables set on the daemon and on every client run through it (e.g. `HOME`).
+    pub env: Vec<(String, OsString)>,
+    /// Variables set on the daemon only (e.g. the proxy variables the daemon must read).
+    pub daemon_env: Vec<(String, OsString)>,
+    /// Variables removed from the daemon's and the clients' environment before the above are set.
+    pub env_remove: Vec<String>,
 }
 
 impl Default for DaemonOpts {
     fn default() -> Self {
-        // Two cores: enough to show parallel pieces, modest on a shared 2-core CI machine.
-        DaemonOpts { extra_yaml: String::new(), cores: Some(2), log_level: None, console: false }
+        DaemonOpts {
+            extra_yaml: String::new(),
+            verbatim_yaml: "",
+            // Two cores: enough to show parallel pieces, modest on a shared 2-core CI machine.
+            cores: Some(2),
+            log_level: None,
+            console: false,
+            data_dir: None,
+            env: Vec::new(),
+            daemon_env: Vec::new(),
+            env_remove: Vec::new(),
+        }
     }
 }
 
 pub struct Daemon {
+    child: Option<Child>,
     dir: TempDir,
     socket: PathBuf,
-    child: Option<Child>,
+    config: PathBuf,
+    data_dir: PathBuf,
+    opts: DaemonOpts,
+    /// How often the process was started (named in start-up failures).
+    n_starts: usize,
 }
 
 impl Daemon {
@@ -50,14 +84,41 @@ impl Daemon {
     }
 
     pub fn start(opts: DaemonOpts) -> Daemon {
-        let dir = tempfile::Builder::new().prefix("dfget-e2e-").tempdir().expect("temp dir");
+        let dir = super::temp_dir("dfget-e2e-");
         let socket = dir.path().join("dfdaemon.sock");
-        let config_path = dir.path().join("dfget.yaml");
-        fs::write(&config_path, config_yaml(dir.path(), &socket, &opts.extra_yaml)).expect("write config");
-        let child = spawn(dir.path(), &config_path, &opts);
-        let mut daemon = Daemon { dir, socket, child: Some(child) };
-        daemon.wait_healthy();
+        let config = dir.path().join("dfget.yaml");
+        let data_dir = opts.data_dir.clone().unwrap_or_else(|| dir.path().join("data"));
+        fs::write(&config, config_yaml(dir.path(), &data_dir, &socket, &opts)).expect("write config");
+        let mut daemon = Daemon { child: None, dir, socket, config, data_dir, opts, n_starts: 0 };
+        daemon.launch();
         daemon
+    }
+
+    /// Starts the daemon process again on the same config (after `kill9` or `sigterm`).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart of a daemon that is still running");
+        self.launch();
+    }
+
+    /// SIGKILL: a crash. Nothing of the daemon's shutdown path runs.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("kill9 of a daemon that is not running");
+        child.kill().expect("SIGKILL the daemon");
+        child.wait().expect("reap the daemon");
+    }
+
+    /// SIGTERM, and waits for the clean exit (panics if the daemon needs longer than `limit`).
+    pub fn sigterm(&mut self, limit: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("sigterm of a daemon that is not running");
+        let pid = i32::try_from(child.id()).expect("pid fits i32");
+        // SAFETY: kill(2) on our own child, not yet reaped, so the pid is still ours.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        match wait_or_kill(&mut child, limit) {
+            Some(status) => status,
+            None => panic!("daemon did not stop within {limit:?} of SIGTERM\n{}", self.diagnostics()),
+        }
     }
 
     pub fn socket(&self) -> &Path {
@@ -69,7 +130,7 @@ impl Daemon {
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.data_dir.clone()
     }
 
     pub fn core_log_path(&self) -> PathBuf {
@@ -95,12 +156,47 @@ impl Daemon {
         poll_until(Duration::from_secs(5), || self.core_log().contains(needle))
     }
 
+    /// `dfget ARGS --daemon-sock SOCK` in the clients' environment, not yet run (no
+    /// `--no-spawn`: `dfget tasks` does not take it).
+    pub fn client<I, S>(&self, args: I) -> Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dfget"));
+        cmd.args(args).arg("--daemon-sock").arg(&self.socket);
+        for var in &self.opts.env_remove {
+            cmd.env_remove(var);
+        }
+        cmd.envs(self.opts.env.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
     /// Runs `dfget ARGS --daemon-sock SOCK --no-spawn` to completion (killed and panics after
     /// 180 s). `--no-spawn`: a client must not hide a dead test daemon by starting its own.
     pub fn dfget(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dfget"));
-        cmd.args(args).arg("--daemon-sock").arg(&self.socket).arg("--no-spawn");
+        let mut cmd = self.client(args);
+        cmd.arg("--no-spawn");
         run_with_limit(&mut cmd, CLIENT_LIMIT)
+    }
+
+    /// `dfget -u URL -O OUT --daemon-sock SOCK --no-spawn`, not yet run (e.g. for a background
+    /// download).
+    pub fn download_command(&self, url: &str, out: &Path) -> Command {
+        let mut cmd = self.client([OsStr::new("-u"), OsStr::new(url), OsStr::new("-O"), out.as_os_str()]);
+        cmd.arg("--no-spawn");
+        cmd
+    }
+
+    /// `dfget -u URL -O OUT --daemon-sock SOCK --no-spawn` to completion (limits as `dfget`).
+    pub fn download(&self, url: &str, out: &Path) -> Output {
+        run_with_limit(&mut self.download_command(url, out), CLIENT_LIMIT)
+    }
+
+    /// `dfget tasks ARGS --daemon-sock SOCK` to completion (killed and panics after 30 s).
+    pub fn tasks(&self, args: &[&str]) -> Output {
+        let mut cmd = self.client(std::iter::once("tasks").chain(args.iter().copied()));
+        run_with_limit(&mut cmd, TASKS_LIMIT)
     }
 
     /// `GET /healthy` over the Unix socket answers `HTTP/1.1 200`.
@@ -108,7 +204,7 @@ impl Daemon {
         health_check(&self.socket)
     }
 
-    /// Daemon stdout + stderr + core.log, for failure messages.
+    /// Daemon stdout + stderr (of every start) + core.log, for failure messages.
     pub fn diagnostics(&self) -> String {
         let read = |name: &str| fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
         format!(
@@ -119,23 +215,45 @@ impl Daemon {
         )
     }
 
-    fn wait_healthy(&mut self) {
-        let mut exited = None;
-        let healthy = poll_until(HEALTH_LIMIT, || {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    exited = Some(status);
-                    return true;
-                }
+    fn launch(&mut self) {
+        self.n_starts += 1;
+        let child = self.child.insert(self.spawn());
+        let socket = &self.socket;
+        match wait_child_ready(child, HEALTH_LIMIT, || health_check(socket)) {
+            Ok(()) => {}
+            Err(NotReady::Exited(status)) => {
+                self.child = None;
+                panic!("daemon exited during start #{} ({status})\n{}", self.n_starts, self.diagnostics());
             }
-            health_check(&self.socket)
-        });
-        if let Some(status) = exited {
-            panic!("daemon exited during start-up ({status})\n{}", self.diagnostics());
+            Err(NotReady::TimedOut) => {
+                panic!("daemon not healthy within {HEALTH_LIMIT:?} (start #{})\n{}", self.n_starts, self.diagnostics())
+            }
         }
-        if !healthy {
-            panic!("daemon not healthy within {HEALTH_LIMIT:?}\n{}", self.diagnostics());
+    }
+
+    fn spawn(&self) -> Child {
+        let opts = &self.opts;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dfget"));
+        cmd.arg("daemon").arg("--config").arg(&self.config);
+        if let Some(cores) = opts.cores {
+            cmd.arg("--cores").arg(cores.to_string());
         }
+        if let Some(level) = &opts.log_level {
+            cmd.arg("--log-level").arg(level);
+        }
+        if opts.console {
+            cmd.arg("--console");
+        }
+        for var in &opts.env_remove {
+            cmd.env_remove(var);
+        }
+        cmd.envs(opts.env.iter().chain(&opts.daemon_env).map(|(k, v)| (k, v)));
+        // Appended: a restarted daemon's output follows the earlier runs'.
+        let append = |name: &str| {
+            fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join(name)).expect("daemon output")
+        };
+        cmd.stdin(Stdio::null()).stdout(append("daemon.stdout")).stderr(append("daemon.stderr"));
+        cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"))
     }
 }
 
@@ -147,42 +265,35 @@ impl Drop for Daemon {
     }
 }
 
-fn spawn(dir: &Path, config_path: &Path, opts: &DaemonOpts) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dfget"));
-    cmd.arg("daemon").arg("--config").arg(config_path);
-    if let Some(cores) = opts.cores {
-        cmd.arg("--cores").arg(cores.to_string());
-    }
-    if let Some(level) = &opts.log_level {
-        cmd.arg("--log-level").arg(level);
-    }
-    if opts.console {
-        cmd.arg("--console");
-    }
-    let stdout = fs::File::create(dir.join("daemon.stdout")).expect("daemon.stdout");
-    let stderr = fs::File::create(dir.join("daemon.stderr")).expect("daemon.stderr");
-    cmd.stdin(Stdio::null()).stdout(stdout).stderr(stderr);
-    cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"))
-}
-
-/// The base config of the brief, with `extra` deep-merged over it.
-fn config_yaml(dir: &Path, socket: &Path, extra: &str) -> String {
+/// The base config (data, log, work dirs and socket; `storage.multiplex: true`) with
+/// `extra_yaml` deep-merged over it, under `verbatim_yaml`.
+fn config_yaml(dir: &Path, data_dir: &Path, socket: &Path, opts: &DaemonOpts) -> String {
     let base = format!(
         "dataDir: {data}\nlogDir: {log}\nworkHome: {work}\n\
          download:\n  downloadGRPC:\n    unixListen:\n      socket: {sock}\n\
          storage:\n  multiplex: true\n",
-        data = dir.join("data").display(),
+        data = data_dir.display(),
         log = dir.join("log").display(),
         work = dir.join("work").display(),
         sock = socket.display(),
     );
-    if extra.trim().is_empty() {
+    if opts.extra_yaml.trim().is_empty() && opts.verbatim_yaml.is_empty() {
         return base;
     }
     let mut merged: Value = serde_yaml_ng::from_str(&base).expect("base config is YAML");
-    let extra: Value = serde_yaml_ng::from_str(extra).expect("extra_yaml is not valid YAML");
-    merge(&mut merged, extra);
-    serde_yaml_ng::to_string(&merged).expect("config serialises")
+    let extra: Value = serde_yaml_ng::from_str(&opts.extra_yaml).expect("extra_yaml is not valid YAML");
+    // An empty `extra_yaml` parses as null, which would replace the whole base.
+    if !extra.is_null() {
+        merge(&mut merged, extra);
+    }
+    if opts.verbatim_yaml.is_empty() {
+        return serde_yaml_ng::to_string(&merged).expect("config serialises");
+    }
+    let verbatim: Value = serde_yaml_ng::from_str(opts.verbatim_yaml).expect("verbatim_yaml is not valid YAML");
+    if let (Value::Mapping(merged), Value::Mapping(verbatim)) = (&mut merged, &verbatim) {
+        merged.retain(|key, _| !verbatim.contains_key(key));
+    }
+    format!("{}\n{}", opts.verbatim_yaml, serde_yaml_ng::to_string(&merged).expect("config serialises"))
 }
 
 fn merge(into: &mut Value, from: Value) {

@@ -1,5 +1,7 @@
-//! Shared end-to-end harness: a daemon in a temp dir driven through the real `dfget` binary,
-//! an in-process HTTP origin, and a throwaway nginx.
+//! Shared end-to-end harness of every `tests/e2e_*.rs` binary: a daemon in a temp dir driven
+//! through the real `dfget` binary, an in-process HTTP origin (and the server plumbing other
+//! origins build on), a throwaway nginx, the apt-get installer of external tools, and the process
+//! helpers (run with a time limit, terminate, poll).
 //!
 //! Invariant: every process or thread a test starts through this module is stopped by a `Drop`
 //! impl, so a failing (panicking) test leaves no daemon, nginx or origin behind.
@@ -10,11 +12,13 @@
 pub mod daemon;
 pub mod nginx;
 pub mod origin;
+pub mod server;
+pub mod tools;
 
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -22,10 +26,22 @@ use sha2::{Digest, Sha256};
 pub use daemon::{Daemon, DaemonOpts};
 pub use nginx::{AccessEntry, Nginx};
 pub use origin::{Mode, Request, Serve, TestOrigin};
+pub use tools::ensure_tool;
 
 /// Piece length the daemon uses for files up to 1 GiB.
 pub const PIECE: usize = 4 * 1024 * 1024;
+pub const KIB: usize = 1024;
 pub const MIB: usize = 1024 * 1024;
+
+/// A fresh temp dir whose name says what made it (removed on drop).
+pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(prefix).tempdir().expect("temp dir")
+}
+
+/// A fresh, empty directory for a test's output files.
+pub fn out_dir() -> tempfile::TempDir {
+    temp_dir("dfget-out-")
+}
 
 /// A port that was free a moment ago (bind 127.0.0.1:0, read it, release it).
 pub fn free_port() -> u16 {
@@ -140,7 +156,7 @@ fn drain<R: std::io::Read + Send + 'static>(pipe: Option<R>) -> std::thread::Joi
 }
 
 /// Waits for `child` up to `limit`; on timeout kills it (SIGKILL), reaps it and returns None.
-pub fn wait_or_kill(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+pub fn wait_or_kill(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + limit;
     loop {
         match child.try_wait() {
@@ -180,6 +196,33 @@ pub fn poll_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
             return false;
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Why a started server never became ready.
+#[derive(Debug)]
+pub enum NotReady {
+    /// The process exited first.
+    Exited(ExitStatus),
+    /// The limit passed with the process still running.
+    TimedOut,
+}
+
+/// Polls `ready` every 50 ms for up to `limit` while `child` runs, so a server that dies at
+/// start-up is reported at once instead of after the whole limit.
+pub fn wait_child_ready(child: &mut Child, limit: Duration, mut ready: impl FnMut() -> bool) -> Result<(), NotReady> {
+    let mut exited = None;
+    let answered = poll_until(limit, || {
+        if let Ok(Some(status)) = child.try_wait() {
+            exited = Some(status);
+            return true;
+        }
+        ready()
+    });
+    match (exited, answered) {
+        (Some(status), _) => Err(NotReady::Exited(status)),
+        (None, true) => Ok(()),
+        (None, false) => Err(NotReady::TimedOut),
     }
 }
 

@@ -1,26 +1,30 @@
-//! A throwaway nginx serving a directory on 127.0.0.1:PORT with its own prefix, config and
-//! access log (which records the connection serial and Range of every request).
+//! A throwaway nginx with its own prefix, config and logs on fresh 127.0.0.1 ports: by default
+//! serving a directory on one port with an access log that records the connection serial and
+//! Range of every request; a caller may supply its own `server { }` blocks and log format
+//! (`NginxSite`, e.g. a TLS site).
 //!
-//! Invariant: an `Nginx` value exists only once that nginx answered an HTTP request on its
-//! port; dropping it always stops the process. A missing nginx is installed with apt, and if
-//! that is impossible the test fails loudly — it never skips.
+//! Invariant: an `Nginx` value exists only once that nginx answered an HTTP request on its first
+//! port (and its other ports accept TCP); dropping it always stops the process. A missing nginx
+//! is installed with apt (`tools::ensure_tool`), and if that is impossible the test fails
+//! loudly — it never skips.
 
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Once;
 use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::{free_port, poll_until, terminate};
+use super::{ensure_tool, free_port, terminate, wait_child_ready, NotReady};
 
 const START_LIMIT: Duration = Duration::from_secs(10);
 const BIND_ATTEMPTS: usize = 5;
 /// Path of the readiness probe; left out of `access_log_entries`.
 const READY_PATH: &str = "/__harness_ready";
+/// The `log_format` `access_log_entries` parses.
+const ENTRY_LOG_FORMAT: &str = r#"$connection $request_method $uri "$http_range" $status $body_bytes_sent"#;
 
 /// One access-log line: `$connection $request_method $uri "$http_range" $status $body_bytes_sent`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,9 +38,21 @@ pub struct AccessEntry {
     pub body_bytes_sent: u64,
 }
 
+/// What a site adds to the config every harness nginx shares (foreground, one worker, its own
+/// prefix, pid, logs and temp paths, keep-alive for 100000 requests).
+pub struct NginxSite<'a> {
+    /// The `log_format` of `logs/access.log`.
+    pub log_format: &'a str,
+    /// How many distinct ports to pick: `ports[0]` must serve plain HTTP (the readiness probe
+    /// asks it for `Server: nginx`); the others need only accept TCP.
+    pub n_ports: usize,
+    /// The rest of the `http { }` block (its `server { }` blocks), given the ports.
+    pub http_tail: &'a dyn Fn(&[u16]) -> String,
+}
+
 pub struct Nginx {
     prefix: TempDir,
-    port: u16,
+    ports: Vec<u16>,
     child: Option<Child>,
 }
 
@@ -44,20 +60,40 @@ impl Nginx {
     /// Serves `root` (files under `root/slow/` are rate-limited to 40 MB/s per request, so a
     /// multi-piece download from there takes long enough to show parallel connections).
     pub fn start(root: &Path) -> Nginx {
-        let binary = nginx_binary();
-        let prefix = tempfile::Builder::new().prefix("dfget-nginx-").tempdir().expect("temp dir");
+        let server = |ports: &[u16]| {
+            format!(
+                r#"    sendfile on;
+    keepalive_timeout 65s;
+    server {{
+        listen 127.0.0.1:{port};
+        server_name localhost;
+        root {root};
+        location /slow/ {{ limit_rate 40m; }}
+    }}
+"#,
+                port = ports[0],
+                root = root.display()
+            )
+        };
+        Nginx::start_site(&NginxSite { log_format: ENTRY_LOG_FORMAT, n_ports: 1, http_tail: &server })
+    }
+
+    /// Starts nginx with `site` on fresh ports, retrying with other ports when one was taken.
+    pub fn start_site(site: &NginxSite) -> Nginx {
+        let binary = ensure_tool("nginx", &["nginx-light", "nginx"]);
+        let prefix = super::temp_dir("dfget-nginx-");
         for dir in ["logs", "client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
             fs::create_dir_all(prefix.path().join(dir)).expect("nginx prefix dirs");
         }
         let mut last_error = String::new();
         for _ in 0..BIND_ATTEMPTS {
-            let port = free_port();
+            let ports = distinct_free_ports(site.n_ports);
             let conf = prefix.path().join("nginx.conf");
-            fs::write(&conf, nginx_conf(prefix.path(), root, port)).expect("write nginx.conf");
+            fs::write(&conf, nginx_conf(prefix.path(), site, &ports)).expect("write nginx.conf");
             let mut child = spawn(&binary, prefix.path(), &conf);
-            match wait_ready(&mut child, port, prefix.path()) {
-                Ok(()) => return Nginx { prefix, port, child: Some(child) },
-                // Most likely the port was taken between free_port() and nginx's bind.
+            match wait_ready(&mut child, &ports, prefix.path()) {
+                Ok(()) => return Nginx { prefix, ports, child: Some(child) },
+                // Most likely a port was taken between free_port() and nginx's bind.
                 Err(e) => {
                     terminate(&mut child, Duration::from_secs(3));
                     last_error = e;
@@ -67,23 +103,33 @@ impl Nginx {
         panic!("nginx did not start after {BIND_ATTEMPTS} attempts: {last_error}");
     }
 
+    /// The plain-HTTP port (`ports()[0]`).
     pub fn port(&self) -> u16 {
-        self.port
+        self.ports[0]
+    }
+
+    pub fn ports(&self) -> &[u16] {
+        &self.ports
     }
 
     /// `http://127.0.0.1:PORT{path}`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{}", self.port, path)
+        format!("http://127.0.0.1:{}{}", self.port(), path)
     }
 
     pub fn error_log(&self) -> String {
         fs::read_to_string(self.prefix.path().join("logs/error.log")).unwrap_or_default()
     }
 
-    /// The parsed access log (nginx writes a line when a request completes).
+    /// The access log as written (one line per completed request, in the site's `log_format`).
+    pub fn access_log(&self) -> String {
+        fs::read_to_string(self.prefix.path().join("logs/access.log")).unwrap_or_default()
+    }
+
+    /// The parsed access log of a `Nginx::start` site (nginx writes a line when a request
+    /// completes).
     pub fn access_log_entries(&self) -> Vec<AccessEntry> {
-        let text = fs::read_to_string(self.prefix.path().join("logs/access.log")).unwrap_or_default();
-        text.lines().filter_map(parse_access_line).filter(|e| e.uri != READY_PATH).collect()
+        self.access_log().lines().filter_map(parse_access_line).filter(|e| e.uri != READY_PATH).collect()
     }
 }
 
@@ -95,20 +141,24 @@ impl Drop for Nginx {
     }
 }
 
-fn wait_ready(child: &mut Child, port: u16, prefix: &Path) -> Result<(), String> {
-    let error_log = || fs::read_to_string(prefix.join("logs/error.log")).unwrap_or_default();
-    let mut exited = None;
-    let ready = poll_until(START_LIMIT, || {
-        if let Ok(Some(status)) = child.try_wait() {
-            exited = Some(status);
-            return true;
+fn distinct_free_ports(n: usize) -> Vec<u16> {
+    let mut ports: Vec<u16> = Vec::with_capacity(n);
+    while ports.len() < n {
+        let port = free_port();
+        if !ports.contains(&port) {
+            ports.push(port);
         }
-        answers_as_nginx(port)
-    });
-    match (exited, ready) {
-        (Some(status), _) => Err(format!("nginx exited ({status}): {}", error_log())),
-        (None, true) => Ok(()),
-        (None, false) => Err(format!("nginx not answering on {port}: {}", error_log())),
+    }
+    ports
+}
+
+fn wait_ready(child: &mut Child, ports: &[u16], prefix: &Path) -> Result<(), String> {
+    let error_log = || fs::read_to_string(prefix.join("logs/error.log")).unwrap_or_default();
+    let ready = || answers_as_nginx(ports[0]) && ports[1..].iter().all(|&port| accepts_tcp(port));
+    match wait_child_ready(child, START_LIMIT, ready) {
+        Ok(()) => Ok(()),
+        Err(NotReady::Exited(status)) => Err(format!("nginx exited ({status}): {}", error_log())),
+        Err(NotReady::TimedOut) => Err(format!("nginx not answering on {ports:?}: {}", error_log())),
     }
 }
 
@@ -128,7 +178,7 @@ fn spawn(binary: &Path, prefix: &Path, conf: &Path) -> Child {
         .unwrap_or_else(|e| panic!("spawn {}: {e}", binary.display()))
 }
 
-fn nginx_conf(prefix: &Path, root: &Path, port: u16) -> String {
+fn nginx_conf(prefix: &Path, site: &NginxSite, ports: &[u16]) -> String {
     let p = prefix.display();
     format!(
         r#"daemon off;
@@ -138,27 +188,25 @@ pid {p}/logs/nginx.pid;
 error_log {p}/logs/error.log info;
 events {{ worker_connections 1024; }}
 http {{
-    log_format dfget '$connection $request_method $uri "$http_range" $status $body_bytes_sent';
-    access_log {p}/logs/access.log dfget;
+    log_format site '{log_format}';
+    access_log {p}/logs/access.log site;
     client_body_temp_path {p}/client_body;
     proxy_temp_path {p}/proxy;
     fastcgi_temp_path {p}/fastcgi;
     uwsgi_temp_path {p}/uwsgi;
     scgi_temp_path {p}/scgi;
     default_type application/octet-stream;
-    sendfile on;
-    keepalive_timeout 65s;
     keepalive_requests 100000;
-    server {{
-        listen 127.0.0.1:{port};
-        server_name localhost;
-        root {root};
-        location /slow/ {{ limit_rate 40m; }}
-    }}
-}}
+{tail}}}
 "#,
-        root = root.display()
+        log_format = site.log_format,
+        tail = (site.http_tail)(ports)
     )
+}
+
+fn accepts_tcp(port: u16) -> bool {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
 }
 
 /// True once something on `port` answers HTTP with `Server: nginx`.
@@ -191,57 +239,6 @@ fn parse_access_line(line: &str) -> Option<AccessEntry> {
     let body_bytes_sent = tail.next()?.parse().ok()?;
     let range = (range != "-" && !range.is_empty()).then(|| range.to_string());
     Some(AccessEntry { connection, method, uri, range, status, body_bytes_sent })
-}
-
-/// The nginx binary, installed with apt-get when missing (CI runs as root on Debian).
-fn nginx_binary() -> PathBuf {
-    if let Some(found) = find_nginx() {
-        return found;
-    }
-    static INSTALL: Once = Once::new();
-    INSTALL.call_once(install_nginx);
-    find_nginx().unwrap_or_else(|| {
-        panic!(
-            "nginx is required by this test and is not installed; installing it with apt-get \
-             failed (see messages above). Install it with `apt-get install -y nginx-light` \
-             (or `nginx`) and re-run."
-        )
-    })
-}
-
-fn find_nginx() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join("nginx"))
-        .chain([PathBuf::from("/usr/sbin/nginx")])
-        .find(|candidate| candidate.is_file())
-}
-
-fn install_nginx() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("nginx missing and not running as root: cannot apt-get install it");
-        return;
-    }
-    let apt = |args: &[&str]| -> bool {
-        eprintln!("harness: apt-get {}", args.join(" "));
-        Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdin(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or_else(|e| {
-                eprintln!("harness: cannot run apt-get: {e}");
-                false
-            })
-    };
-    if !apt(&["update"]) {
-        eprintln!("harness: apt-get update failed");
-    }
-    if !apt(&["install", "-y", "--no-install-recommends", "nginx-light"]) {
-        apt(&["install", "-y", "--no-install-recommends", "nginx"]);
-    }
 }
 
 #[cfg(test)]

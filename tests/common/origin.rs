@@ -6,14 +6,14 @@
 //! can reason about what the daemon fetched once its client has returned.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::io::{self, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-const MAX_HEAD_BYTES: usize = 64 * 1024;
+use super::server::{header_in, serve_keep_alive, write_response_head as write_head, RequestHead, Server};
+
 const WRITE_CHUNK_BYTES: usize = 64 * 1024;
 /// An idle keep-alive connection is dropped after this, so connection threads do not linger.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -76,7 +76,7 @@ pub struct Request {
 
 impl Request {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        header_in(&self.headers, name)
     }
 }
 
@@ -87,42 +87,35 @@ struct Shared {
     files: Mutex<HashMap<String, Entry>>,
     requests: Mutex<Vec<Request>>,
     bytes_served: AtomicU64,
-    next_conn: AtomicU64,
-    stop: AtomicBool,
-    /// Clones of live connections, shut down on Drop to unblock their threads.
-    open: Mutex<Vec<TcpStream>>,
 }
 
 pub struct TestOrigin {
-    addr: SocketAddr,
     shared: Arc<Shared>,
-    acceptor: Option<JoinHandle<()>>,
+    /// Owns the accept thread and the connections; dropping it stops them.
+    server: Server,
 }
 
 impl TestOrigin {
     pub fn start() -> TestOrigin {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("origin bind");
-        let addr = listener.local_addr().expect("origin addr");
         let shared = Arc::new(Shared {
             files: Mutex::new(HashMap::new()),
             requests: Mutex::new(Vec::new()),
             bytes_served: AtomicU64::new(0),
-            next_conn: AtomicU64::new(0),
-            stop: AtomicBool::new(false),
-            open: Mutex::new(Vec::new()),
         });
-        let acceptor_shared = Arc::clone(&shared);
-        let acceptor = std::thread::spawn(move || accept_loop(listener, acceptor_shared));
-        TestOrigin { addr, shared, acceptor: Some(acceptor) }
+        let for_server = Arc::clone(&shared);
+        let server = Server::start(IDLE_TIMEOUT, move |stream, conn_id, _stop| {
+            let _ = serve_connection(stream, conn_id, &for_server);
+        });
+        TestOrigin { shared, server }
     }
 
     pub fn port(&self) -> u16 {
-        self.addr.port()
+        self.server.addr().port()
     }
 
     /// `http://127.0.0.1:PORT{path}`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("http://{}{}", self.server.addr(), path)
     }
 
     pub fn add(&self, path: &str, bytes: Vec<u8>) {
@@ -161,128 +154,21 @@ impl TestOrigin {
     }
 }
 
-impl Drop for TestOrigin {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        // accept() blocks: a connection to ourselves wakes it to see the flag.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
-        }
-        if let Ok(open) = self.shared.open.lock() {
-            for stream in open.iter() {
-                let _ = stream.shutdown(Shutdown::Both);
-            }
-        }
-    }
-}
-
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    for stream in listener.incoming() {
-        if shared.stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let Ok(stream) = stream else { continue };
-        let _ = stream.set_nodelay(true);
-        let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
-        if let Ok(clone) = stream.try_clone() {
-            shared.open.lock().unwrap().push(clone);
-        }
-        let conn_id = shared.next_conn.fetch_add(1, Ordering::SeqCst);
-        let conn_shared = Arc::clone(&shared);
-        std::thread::spawn(move || {
-            let _ = serve_connection(stream, conn_id, &conn_shared);
-        });
-    }
-}
-
-/// Request head as parsed: method, target, version, headers.
-struct Head {
-    method: String,
-    target: String,
-    version: String,
-    headers: Vec<(String, String)>,
-}
-
 fn serve_connection(stream: TcpStream, conn_id: u64, shared: &Shared) -> io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut writer = stream;
-    while let Some(head) = read_head(&mut reader)? {
-        skip_request_body(&mut reader, &head)?;
-        let request = record(conn_id, &head, shared);
-        let client_keeps = client_keeps_alive(&head);
+    serve_keep_alive(stream, |head, writer| {
+        let request = record(conn_id, head, shared);
         let entry = shared.files.lock().unwrap().get(&request.path).cloned();
-        let keep = respond(&mut writer, &request, entry, client_keeps, shared)?;
-        writer.flush()?;
-        if !keep {
-            let _ = writer.shutdown(Shutdown::Both);
-            return Ok(());
-        }
-    }
-    Ok(())
+        respond(writer, &request, entry, head.keep_alive(), shared)
+    })
 }
 
-/// Reads one request head; Ok(None) on a clean EOF before any byte.
-fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Head>> {
-    let mut lines = Vec::new();
-    let mut total = 0;
-    loop {
-        let mut line = String::new();
-        let n = reader.read_line(&mut line)?;
-        if n == 0 {
-            return if lines.is_empty() { Ok(None) } else { Err(io::ErrorKind::UnexpectedEof.into()) };
-        }
-        total += n;
-        if total > MAX_HEAD_BYTES {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "request head too large"));
-        }
-        let line = line.trim_end_matches(['\r', '\n']).to_string();
-        if line.is_empty() {
-            if lines.is_empty() {
-                continue; // tolerate stray CRLF between requests
-            }
-            break;
-        }
-        lines.push(line);
-    }
-    let mut parts = lines[0].split_whitespace();
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "bad request line"));
-    };
-    let headers = lines[1..]
-        .iter()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    Ok(Some(Head { method: method.to_string(), target: target.to_string(), version: version.to_string(), headers }))
-}
-
-fn header<'a>(head: &'a Head, name: &str) -> Option<&'a str> {
-    head.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-}
-
-fn skip_request_body(reader: &mut BufReader<TcpStream>, head: &Head) -> io::Result<()> {
-    let len: u64 = header(head, "content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-    io::copy(&mut reader.by_ref().take(len), &mut io::sink())?;
-    Ok(())
-}
-
-fn client_keeps_alive(head: &Head) -> bool {
-    let connection = header(head, "connection").unwrap_or("").to_ascii_lowercase();
-    if head.version == "HTTP/1.0" {
-        return connection.contains("keep-alive");
-    }
-    !connection.contains("close")
-}
-
-fn record(conn_id: u64, head: &Head, shared: &Shared) -> Request {
-    let path = head.target.split('?').next().unwrap_or("").to_string();
+fn record(conn_id: u64, head: &RequestHead, shared: &Shared) -> Request {
     let request = Request {
         conn_id,
         method: head.method.clone(),
         target: head.target.clone(),
-        path,
-        range: header(head, "range").map(str::to_string),
+        path: head.path().to_string(),
+        range: head.header("range").map(str::to_string),
         headers: head.headers.clone(),
     };
     shared.requests.lock().unwrap().push(request.clone());
@@ -402,33 +288,6 @@ fn parse_range(value: &str, len: u64) -> RangeAnswer {
             }
         }
     }
-}
-
-fn reason(code: u16) -> &'static str {
-    match code {
-        200 => "OK",
-        206 => "Partial Content",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        416 => "Range Not Satisfiable",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "Status",
-    }
-}
-
-fn write_head(w: &mut TcpStream, code: u16, headers: &[(&str, String)], keep: bool) -> io::Result<()> {
-    let mut head = format!("HTTP/1.1 {code} {}\r\n", reason(code));
-    head.push_str("Content-Type: application/octet-stream\r\n");
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    if !keep {
-        head.push_str("Connection: close\r\n");
-    }
-    head.push_str("\r\n");
-    w.write_all(head.as_bytes())
 }
 
 fn write_counted(w: &mut TcpStream, bytes: &[u8], shared: &Shared) -> io::Result<()> {

@@ -10,7 +10,8 @@ use std::fs;
 use std::process::Command;
 use std::time::Duration;
 
-use super::{ensure_tools, run_with_limit, SIF_CONFIG};
+use super::{ensure_tools, SIF_CONFIG};
+use crate::common::{run_with_limit, stderr_of, temp_dir};
 
 const PUSH_LIMIT: Duration = Duration::from_secs(180);
 
@@ -82,7 +83,7 @@ for p in spec["pushes"]:
 /// Pushes every spec to `host` (`127.0.0.1:PORT`); panics with python's output on failure.
 pub fn push(host: &str, auth: PushAuth, specs: &[PushSpec]) -> Vec<Pushed> {
     ensure_tools();
-    let work = super::temp_dir("oras-push-");
+    let work = temp_dir("oras-push-");
     let mut pushes = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
         let dir = work.path().join(format!("p{i}"));
@@ -113,7 +114,7 @@ pub fn push(host: &str, auth: PushAuth, specs: &[PushSpec]) -> Vec<Pushed> {
     cmd.env("PYTHONDONTWRITEBYTECODE", "1").current_dir(work.path());
     let out = run_with_limit(&mut cmd, PUSH_LIMIT);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "oras-py push failed ({}):\n{stdout}\n{}", out.status, super::stderr_of(&out));
+    assert!(out.status.success(), "oras-py push failed ({}):\n{stdout}\n{}", out.status, stderr_of(&out));
     collect(&stdout, specs)
 }
 

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::{ensure_tools, poll_until, terminate, TokenServer};
+use super::{ensure_tools, TokenServer};
+use crate::common::{poll_until, temp_dir, terminate, wait_child_ready, NotReady};
 
 const START_LIMIT: Duration = Duration::from_secs(15);
 const STOP_GRACE: Duration = Duration::from_secs(3);
@@ -71,7 +72,7 @@ pub struct Registry {
 impl Registry {
     pub fn start(auth: RegistryAuth) -> Registry {
         ensure_tools();
-        let dir = super::temp_dir("oras-registry-");
+        let dir = temp_dir("oras-registry-");
         let config = dir.path().join("config.yml");
         fs::write(&config, config_yaml(dir.path(), &auth)).expect("write registry config");
         let log = OpenOptions::new().create(true).append(true).open(dir.path().join("registry.log")).expect("log");
@@ -130,20 +131,17 @@ impl Registry {
     }
 
     fn wait_listening(&mut self) -> u16 {
+        let log_path = self.dir.path().join("registry.log");
         let mut port = None;
-        let mut exited = None;
-        poll_until(START_LIMIT, || {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                exited = Some(status);
-                return true;
-            }
-            port = listening_port(&self.log());
+        let child = self.child.as_mut().expect("registry process");
+        let printed_port = || {
+            port = listening_port(&fs::read_to_string(&log_path).unwrap_or_default());
             port.is_some()
-        });
-        match (port, exited) {
-            (Some(port), _) => port,
-            (None, Some(status)) => panic!("docker-registry exited at start ({status}):\n{}", self.log()),
-            (None, None) => panic!("docker-registry printed no `listening on` within {START_LIMIT:?}:\n{}", self.log()),
+        };
+        match (wait_child_ready(child, START_LIMIT, printed_port), port) {
+            (Ok(()), Some(port)) => port,
+            (Err(NotReady::Exited(status)), _) => panic!("docker-registry exited at start ({status}):\n{}", self.log()),
+            _ => panic!("docker-registry printed no `listening on` within {START_LIMIT:?}:\n{}", self.log()),
         }
     }
 }

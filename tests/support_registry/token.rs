@@ -57,7 +57,7 @@ const ISSUER: &str = "e2e-token-issuer";
 impl TokenServer {
     pub fn start(user: &str, password: &str) -> TokenServer {
         super::ensure_tools();
-        let dir = super::temp_dir("oras-token-");
+        let dir = crate::common::temp_dir("oras-token-");
         let (key, cert) = (dir.path().join("key.pem"), dir.path().join("cert.pem"));
         openssl(
             &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=e2e-token"],

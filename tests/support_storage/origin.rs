@@ -8,14 +8,14 @@
 //! `unthrottle` also speeds up responses already in flight; Drop stops every connection thread.
 
 use std::collections::HashMap;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io::{self, Write};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-const MAX_HEAD_BYTES: usize = 64 * 1024;
+use crate::common::server::{serve_keep_alive, write_response_head as write_head, RequestHead, Server};
+
 /// Small enough that a throttled piece advances smoothly (32 KiB at 1 MiB/s = one write per 31 ms).
 const CHUNK_BYTES: usize = 32 * 1024;
 /// A silent keep-alive connection is dropped after this, so threads do not outlive a test long.
@@ -40,32 +40,26 @@ struct File {
 
 struct Shared {
     files: Mutex<HashMap<String, Arc<File>>>,
-    stop: AtomicBool,
-    open: Mutex<Vec<TcpStream>>,
 }
 
 pub struct ThrottledOrigin {
-    addr: SocketAddr,
     shared: Arc<Shared>,
-    acceptor: Option<JoinHandle<()>>,
+    /// Owns the accept thread and the connections; dropping it stops them (and every throttle).
+    server: Server,
 }
 
 impl ThrottledOrigin {
     pub fn start() -> ThrottledOrigin {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("origin bind");
-        let addr = listener.local_addr().expect("origin addr");
-        let shared = Arc::new(Shared {
-            files: Mutex::new(HashMap::new()),
-            stop: AtomicBool::new(false),
-            open: Mutex::new(Vec::new()),
+        let shared = Arc::new(Shared { files: Mutex::new(HashMap::new()) });
+        let for_server = Arc::clone(&shared);
+        let server = Server::start(IDLE_TIMEOUT, move |stream, _conn_id, stop| {
+            let _ = serve_connection(stream, &for_server, stop);
         });
-        let acceptor_shared = Arc::clone(&shared);
-        let acceptor = std::thread::spawn(move || accept_loop(listener, acceptor_shared));
-        ThrottledOrigin { addr, shared, acceptor: Some(acceptor) }
+        ThrottledOrigin { shared, server }
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("http://{}{}", self.server.addr(), path)
     }
 
     /// Registers `body` at `path`, unthrottled.
@@ -135,125 +129,24 @@ impl ThrottledOrigin {
     }
 }
 
-impl Drop for ThrottledOrigin {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        // accept() blocks: a connection to ourselves wakes it to see the flag.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
-        }
-        if let Ok(open) = self.shared.open.lock() {
-            for stream in open.iter() {
-                let _ = stream.shutdown(Shutdown::Both);
-            }
-        }
-    }
-}
-
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    for stream in listener.incoming() {
-        if shared.stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let Ok(stream) = stream else { continue };
-        let _ = stream.set_nodelay(true);
-        let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
-        if let Ok(clone) = stream.try_clone() {
-            shared.open.lock().unwrap().push(clone);
-        }
-        let conn_shared = Arc::clone(&shared);
-        std::thread::spawn(move || {
-            let _ = serve_connection(stream, &conn_shared);
-        });
-    }
-}
-
-struct Head {
-    method: String,
-    path: String,
-    range: Option<String>,
-    keep_alive: bool,
-    content_len: u64,
-}
-
-fn serve_connection(stream: TcpStream, shared: &Shared) -> io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut writer = stream;
-    while let Some(head) = read_head(&mut reader)? {
-        io::copy(&mut reader.by_ref().take(head.content_len), &mut io::sink())?;
-        let file = shared.files.lock().unwrap().get(&head.path).cloned();
-        let keep = match file {
-            Some(file) => {
-                let request_idx = {
-                    let mut requests = file.requests.lock().unwrap();
-                    requests.push((head.range.clone(), 0));
-                    requests.len() - 1
-                };
-                file.active_responses.fetch_add(1, Ordering::SeqCst);
-                let result = respond_file(&mut writer, &head, &file, request_idx, shared);
-                file.active_responses.fetch_sub(1, Ordering::SeqCst);
-                result?;
-                head.keep_alive
-            }
-            None => {
-                write_head(&mut writer, "404 Not Found", &[("Content-Length", "0".into())], false)?;
-                false
-            }
+fn serve_connection(stream: TcpStream, shared: &Shared, stop: &AtomicBool) -> io::Result<()> {
+    serve_keep_alive(stream, |head, writer| {
+        let file = shared.files.lock().unwrap().get(head.path()).cloned();
+        let Some(file) = file else {
+            write_head(writer, 404, &[("Content-Length", "0".into())], false)?;
+            return Ok(false);
         };
-        writer.flush()?;
-        if !keep {
-            let _ = writer.shutdown(Shutdown::Both);
-            return Ok(());
-        }
-    }
-    Ok(())
-}
-
-/// Reads one request head; Ok(None) on a clean EOF between requests.
-fn read_head(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Head>> {
-    let mut lines: Vec<String> = Vec::new();
-    let mut total = 0;
-    loop {
-        let mut line = String::new();
-        let n = reader.read_line(&mut line)?;
-        if n == 0 {
-            return if lines.is_empty() { Ok(None) } else { Err(io::ErrorKind::UnexpectedEof.into()) };
-        }
-        total += n;
-        if total > MAX_HEAD_BYTES {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "request head too large"));
-        }
-        let line = line.trim_end_matches(['\r', '\n']).to_string();
-        if line.is_empty() {
-            if lines.is_empty() {
-                continue;
-            }
-            break;
-        }
-        lines.push(line);
-    }
-    let mut parts = lines[0].split_whitespace();
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "bad request line"));
-    };
-    let header = |name: &str| {
-        lines[1..]
-            .iter()
-            .filter_map(|l| l.split_once(':'))
-            .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.trim().to_string())
-    };
-    let connection = header("connection").unwrap_or_default().to_ascii_lowercase();
-    let keep_alive =
-        if version == "HTTP/1.0" { connection.contains("keep-alive") } else { !connection.contains("close") };
-    Ok(Some(Head {
-        method: method.to_string(),
-        path: target.split('?').next().unwrap_or("").to_string(),
-        range: header("range"),
-        keep_alive,
-        content_len: header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0),
-    }))
+        let request_idx = {
+            let mut requests = file.requests.lock().unwrap();
+            requests.push((head.header("range").map(str::to_string), 0));
+            requests.len() - 1
+        };
+        file.active_responses.fetch_add(1, Ordering::SeqCst);
+        let result = respond_file(writer, head, &file, request_idx, stop);
+        file.active_responses.fetch_sub(1, Ordering::SeqCst);
+        result?;
+        Ok(head.keep_alive())
+    })
 }
 
 /// `bytes=a-b` or `bytes=a-` against `len`: Some((first, last)) inclusive, Err(()) when
@@ -272,34 +165,38 @@ fn parse_range(value: &str, len: u64) -> Option<Result<(u64, u64), ()>> {
     Some(Ok((first, last.min(len - 1))))
 }
 
-fn respond_file(w: &mut TcpStream, head: &Head, file: &File, request_idx: usize, shared: &Shared) -> io::Result<()> {
+fn respond_file(w: &mut TcpStream, head: &RequestHead, file: &File, idx: usize, stop: &AtomicBool) -> io::Result<()> {
     let len = file.body.len() as u64;
-    let (status, first, end, content_range) = match head.range.as_deref().and_then(|r| parse_range(r, len)) {
-        None => ("200 OK", 0, len, None),
-        Some(Ok((first, last))) => {
-            ("206 Partial Content", first, last + 1, Some(format!("bytes {first}-{last}/{len}")))
-        }
+    let (status, first, end, content_range) = match head.header("range").and_then(|r| parse_range(r, len)) {
+        None => (200, 0, len, None),
+        Some(Ok((first, last))) => (206, first, last + 1, Some(format!("bytes {first}-{last}/{len}"))),
         Some(Err(())) => {
             let headers = [("Content-Range", format!("bytes */{len}")), ("Content-Length", "0".into())];
-            return write_head(w, "416 Range Not Satisfiable", &headers, head.keep_alive);
+            return write_head(w, 416, &headers, head.keep_alive());
         }
     };
     let mut headers = vec![("Accept-Ranges", "bytes".to_string()), ("Content-Length", (end - first).to_string())];
     if let Some(cr) = content_range {
         headers.push(("Content-Range", cr));
     }
-    write_head(w, status, &headers, head.keep_alive)?;
+    write_head(w, status, &headers, head.keep_alive())?;
     if head.method.eq_ignore_ascii_case("HEAD") {
         return Ok(());
     }
-    write_body(w, file, (first, end), request_idx, shared)
+    write_body(w, file, (first, end), idx, stop)
 }
 
 /// Writes `body[first..end]`, sleeping after each throttled chunk to hold the file's rate.
-fn write_body(w: &mut TcpStream, file: &File, (first, end): (u64, u64), idx: usize, shared: &Shared) -> io::Result<()> {
+fn write_body(
+    w: &mut TcpStream,
+    file: &File,
+    (first, end): (u64, u64),
+    idx: usize,
+    stop: &AtomicBool,
+) -> io::Result<()> {
     let mut pos = first;
     while pos < end {
-        if shared.stop.load(Ordering::SeqCst) {
+        if stop.load(Ordering::SeqCst) {
             return Err(io::Error::new(io::ErrorKind::Interrupted, "origin stopping"));
         }
         let slow_from = file.slow_from_offset.load(Ordering::SeqCst);
@@ -320,18 +217,6 @@ fn write_body(w: &mut TcpStream, file: &File, (first, end): (u64, u64), idx: usi
         pos = chunk_end;
     }
     Ok(())
-}
-
-fn write_head(w: &mut TcpStream, status: &str, headers: &[(&str, String)], keep: bool) -> io::Result<()> {
-    let mut head = format!("HTTP/1.1 {status}\r\nContent-Type: application/octet-stream\r\n");
-    for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
-    }
-    if !keep {
-        head.push_str("Connection: close\r\n");
-    }
-    head.push_str("\r\n");
-    w.write_all(head.as_bytes())
 }
 
 #[cfg(test)]

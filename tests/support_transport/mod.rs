@@ -1,27 +1,25 @@
 //! Harness for the transport end-to-end tests (issue 3): a scriptable plain/TLS origin, a test PKI
-//! and a TLS nginx, tinyproxy, a listener whose accept queue is full, the daemon's
-//! `download.resourceClients.http` block, and the checks every failure case shares.
+//! and a TLS nginx, tinyproxy, a listener whose accept queue is full, daemons with a given
+//! `download.resourceClients.http` block or proxy environment, and the checks every failure case
+//! shares. Daemons, nginx, the origin plumbing and the tool installer are `tests/common`'s.
 //!
 //! Invariant: every process, thread or socket a test starts through this module is stopped or
-//! closed by a `Drop` impl; a missing external tool is installed with apt-get (once per run), and
-//! when that is impossible the test fails loudly naming the package — it never silently skips.
+//! closed by a `Drop` impl; a missing external tool is installed with apt-get (`common::tools`),
+//! and when that is impossible the test fails loudly naming the package — it never silently skips.
 
 #![allow(dead_code)]
 
-pub mod env_daemon;
 pub mod script_origin;
 pub mod tinyproxy;
 pub mod tls_site;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::common::{assert_file_is, content, dir_entries, stderr_of, Daemon, DaemonOpts, TestOrigin, PIECE};
 
-pub use env_daemon::EnvDaemon;
+pub use crate::common::out_dir;
 #[allow(unused_imports)]
 pub use script_origin::{Ctx, Next, Req, ScriptOrigin};
 pub use tinyproxy::Tinyproxy;
@@ -54,24 +52,32 @@ pub fn daemon_with_debug_log(keys: &[(&str, String)]) -> Daemon {
     })
 }
 
+/// Every proxy variable: a daemon from `env_daemon` sees only the ones its test names.
+const PROXY_VARS: [&str; 8] =
+    ["http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY"];
+
+/// A daemon (2 cores) with `transport_yaml` (a whole `download:` block, see
+/// `http_transport_yaml`, or "") and the environment variables `env` — set on the daemon process
+/// only, because it reads the proxy variables itself. The proxy variables of the test process
+/// are never passed on, to the daemon or to its clients: only the ones the test names.
+pub fn env_daemon(transport_yaml: &str, env: &[(&str, String)]) -> Daemon {
+    Daemon::start(DaemonOpts {
+        extra_yaml: transport_yaml.to_string(),
+        daemon_env: env.iter().map(|(k, v)| (k.to_string(), v.into())).collect(),
+        env_remove: PROXY_VARS.map(String::from).to_vec(),
+        ..DaemonOpts::default()
+    })
+}
+
 /// A path as a single-quoted YAML scalar.
 pub fn yaml_path(p: &Path) -> String {
     format!("'{}'", p.display())
 }
 
-pub fn out_dir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("dfget-out-").tempdir().expect("out dir")
-}
-
-/// `dfget -u URL -O OUT` through `daemon`.
-pub fn download(daemon: &Daemon, url: &str, out: &Path) -> Output {
-    daemon.dfget(&["-u", url, "-O", out.to_str().expect("UTF-8 temp path")])
-}
-
 /// Downloads `url` into `dir/name` and checks the file holds exactly `expected`.
 pub fn download_exact(daemon: &Daemon, url: &str, dir: &Path, name: &str, expected: &[u8]) -> PathBuf {
     let out = dir.join(name);
-    let result = download(daemon, url, &out);
+    let result = daemon.download(url, &out);
     assert!(
         result.status.success(),
         "{url} -> {name}: dfget failed ({})\nstderr: {}\n{}",
@@ -88,7 +94,7 @@ pub fn download_exact(daemon: &Daemon, url: &str, dir: &Path, name: &str, expect
 pub fn assert_download_fails(daemon: &Daemon, url: &str) -> String {
     let dir = out_dir();
     let out = dir.path().join("out.bin");
-    let result = download(daemon, url, &out);
+    let result = daemon.download(url, &out);
     let stderr = stderr_of(&result);
     assert!(
         !result.status.success(),
@@ -121,53 +127,6 @@ pub fn assert_still_serves(daemon: &Daemon) {
     origin.add("/after-failure.bin", body.clone());
     let dir = out_dir();
     download_exact(daemon, &origin.url("/after-failure.bin"), dir.path(), "after.bin", &body);
-}
-
-/// The binary `name`, installed with apt-get (trying `packages` in order) when it is missing.
-pub fn ensure_tool(name: &str, packages: &[&str]) -> PathBuf {
-    // One install at a time: parallel tests would fight over the dpkg lock.
-    static INSTALL: Mutex<bool> = Mutex::new(false);
-    if let Some(found) = find_binary(name) {
-        return found;
-    }
-    let mut updated = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(found) = find_binary(name) {
-        return found;
-    }
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    assert!(root, "`{name}` is missing and this is not root: run `apt-get install -y {}`", packages[0]);
-    if !*updated {
-        apt(&["update"]);
-        *updated = true;
-    }
-    for package in packages {
-        if apt(&["install", "-y", "--no-install-recommends", package]) {
-            break;
-        }
-    }
-    find_binary(name).unwrap_or_else(|| {
-        panic!("`{name}` is required and `apt-get install {}` did not provide it (see output above)", packages[0])
-    })
-}
-
-fn find_binary(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/bin", "/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-}
-
-fn apt(args: &[&str]) -> bool {
-    eprintln!("harness: apt-get {}", args.join(" "));
-    Command::new("apt-get")
-        .args(args)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .stdin(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
 }
 
 /// A 127.0.0.1 listener that never accepts and whose accept queue is full, so a new connect gets

@@ -9,14 +9,14 @@
 //! connection, so no thread outlives the test for long.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
+use crate::common::server::{header_in, read_request_head, reason, Server};
+
 /// A connection thread gives up on a silent client after this.
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -34,7 +34,7 @@ pub struct Req {
 
 impl Req {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        header_in(&self.headers, name)
     }
 }
 
@@ -108,17 +108,14 @@ struct Shared {
     handler: Box<Handler>,
     tls: Option<Arc<rustls::ServerConfig>>,
     requests: Mutex<Vec<Req>>,
-    next_conn: AtomicU64,
     active: AtomicUsize,
     max_active: AtomicUsize,
-    stop: AtomicBool,
-    open: Mutex<Vec<TcpStream>>,
 }
 
 pub struct ScriptOrigin {
-    addr: SocketAddr,
     shared: Arc<Shared>,
-    acceptor: Option<JoinHandle<()>>,
+    /// Owns the accept thread and the connections; dropping it stops every stall and connection.
+    server: Server,
 }
 
 impl ScriptOrigin {
@@ -137,31 +134,34 @@ impl ScriptOrigin {
     }
 
     fn start_inner(handler: Box<Handler>, tls: Option<Arc<rustls::ServerConfig>>) -> ScriptOrigin {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("origin bind");
-        let addr = listener.local_addr().expect("origin addr");
         let shared = Arc::new(Shared {
             handler,
             tls,
             requests: Mutex::new(Vec::new()),
-            next_conn: AtomicU64::new(0),
             active: AtomicUsize::new(0),
             max_active: AtomicUsize::new(0),
-            stop: AtomicBool::new(false),
-            open: Mutex::new(Vec::new()),
         });
-        let for_acceptor = Arc::clone(&shared);
-        let acceptor = std::thread::spawn(move || accept_loop(listener, for_acceptor));
-        ScriptOrigin { addr, shared, acceptor: Some(acceptor) }
+        let for_server = Arc::clone(&shared);
+        let server = Server::start(READ_TIMEOUT, move |stream, conn_id, stop| {
+            let _ = match for_server.tls.clone() {
+                None => {
+                    let raw = stream.try_clone();
+                    raw.and_then(|raw| serve(stream, raw, conn_id, &for_server, stop, |_| {}))
+                }
+                Some(config) => serve_tls(stream, config, conn_id, &for_server, stop),
+            };
+        });
+        ScriptOrigin { shared, server }
     }
 
     pub fn port(&self) -> u16 {
-        self.addr.port()
+        self.server.addr().port()
     }
 
     /// `http://127.0.0.1:PORT{path}` (`https://` for a TLS origin).
     pub fn url(&self, path: &str) -> String {
         let scheme = if self.shared.tls.is_some() { "https" } else { "http" };
-        format!("{scheme}://{}{path}", self.addr)
+        format!("{scheme}://{}{path}", self.server.addr())
     }
 
     pub fn requests(&self) -> Vec<Req> {
@@ -173,23 +173,7 @@ impl ScriptOrigin {
     }
 
     pub fn n_connections(&self) -> u64 {
-        self.shared.next_conn.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for ScriptOrigin {
-    fn drop(&mut self) {
-        self.shared.stop.store(true, Ordering::SeqCst);
-        // accept() blocks: a connection to ourselves wakes it to see the flag.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
-        }
-        if let Ok(open) = self.shared.open.lock() {
-            for stream in open.iter() {
-                let _ = stream.shutdown(Shutdown::Both);
-            }
-        }
+        self.server.n_connections()
     }
 }
 
@@ -209,36 +193,17 @@ fn server_config(cert_pem: &Path, key_pem: &Path) -> Arc<rustls::ServerConfig> {
     Arc::new(config)
 }
 
-fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
-    for stream in listener.incoming() {
-        if shared.stop.load(Ordering::SeqCst) {
-            return;
-        }
-        let Ok(stream) = stream else { continue };
-        let _ = stream.set_nodelay(true);
-        let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
-        if let Ok(clone) = stream.try_clone() {
-            shared.open.lock().unwrap().push(clone);
-        }
-        let conn_id = shared.next_conn.fetch_add(1, Ordering::SeqCst);
-        let shared = Arc::clone(&shared);
-        std::thread::spawn(move || {
-            let _ = match shared.tls.clone() {
-                None => {
-                    let raw = stream.try_clone();
-                    raw.and_then(|raw| serve(stream, raw, conn_id, &shared, |_| {}))
-                }
-                Some(config) => serve_tls(stream, config, conn_id, &shared),
-            };
-        });
-    }
-}
-
-fn serve_tls(stream: TcpStream, config: Arc<rustls::ServerConfig>, conn_id: u64, shared: &Shared) -> io::Result<()> {
+fn serve_tls(
+    stream: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    conn_id: u64,
+    shared: &Shared,
+    stop: &AtomicBool,
+) -> io::Result<()> {
     let raw = stream.try_clone()?;
     let conn = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
     let tls = rustls::StreamOwned::new(conn, stream);
-    serve(tls, raw, conn_id, shared, |s: &mut rustls::StreamOwned<rustls::ServerConnection, TcpStream>| {
+    serve(tls, raw, conn_id, shared, stop, |s: &mut rustls::StreamOwned<rustls::ServerConnection, TcpStream>| {
         s.conn.send_close_notify();
         let _ = s.flush();
     })
@@ -250,6 +215,7 @@ fn serve<S: Read + Write>(
     raw: TcpStream,
     conn_id: u64,
     shared: &Shared,
+    stop: &AtomicBool,
     close_clean: impl FnOnce(&mut S),
 ) -> io::Result<()> {
     let mut reader = BufReader::new(stream);
@@ -257,7 +223,7 @@ fn serve<S: Read + Write>(
         shared.requests.lock().unwrap().push(req.clone());
         let now = shared.active.fetch_add(1, Ordering::SeqCst) + 1;
         shared.max_active.fetch_max(now, Ordering::SeqCst);
-        let mut ctx = Ctx { w: reader.get_mut(), stop: &shared.stop };
+        let mut ctx = Ctx { w: reader.get_mut(), stop };
         let next = (shared.handler)(&req, &mut ctx);
         shared.active.fetch_sub(1, Ordering::SeqCst);
         match next? {
@@ -278,51 +244,14 @@ fn serve<S: Read + Write>(
 
 /// Reads one request head; Ok(None) on a clean EOF before any byte.
 fn read_request<R: BufRead>(reader: &mut R, conn_id: u64) -> io::Result<Option<Req>> {
-    let mut lines: Vec<String> = Vec::new();
-    let mut total = 0;
-    loop {
-        let mut line = String::new();
-        let n = reader.read_line(&mut line)?;
-        if n == 0 {
-            return if lines.is_empty() { Ok(None) } else { Err(io::ErrorKind::UnexpectedEof.into()) };
-        }
-        total += n;
-        if total > MAX_REQUEST_HEAD_BYTES {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "request head too large"));
-        }
-        let line = line.trim_end_matches(['\r', '\n']).to_string();
-        if line.is_empty() {
-            if lines.is_empty() {
-                continue;
-            }
-            break;
-        }
-        lines.push(line);
-    }
-    let mut parts = lines[0].split_whitespace();
-    let method = parts.next().unwrap_or("").to_string();
-    let target = parts.next().unwrap_or("").to_string();
-    let headers: Vec<(String, String)> = lines[1..]
-        .iter()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    let mut req = Req { conn_id, method, target, headers, range: None };
-    req.range = req.header("range").and_then(parse_closed_range);
-    Ok(Some(req))
+    let Some(head) = read_request_head(reader)? else {
+        return Ok(None);
+    };
+    let range = head.header("range").and_then(parse_closed_range);
+    Ok(Some(Req { conn_id, method: head.method, target: head.target, headers: head.headers, range }))
 }
 
 fn parse_closed_range(v: &str) -> Option<(u64, u64)> {
     let (first, last) = v.trim().strip_prefix("bytes=")?.split_once('-')?;
     Some((first.trim().parse().ok()?, last.trim().parse().ok()?))
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        206 => "Partial Content",
-        404 => "Not Found",
-        416 => "Range Not Satisfiable",
-        _ => "Status",
-    }
 }

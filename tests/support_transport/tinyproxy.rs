@@ -12,8 +12,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::ensure_tool;
-use crate::common::{free_port, poll_until, terminate};
+use crate::common::{ensure_tool, free_port, temp_dir, terminate, wait_child_ready, NotReady};
 
 const START_LIMIT: Duration = Duration::from_secs(10);
 const BIND_ATTEMPTS: usize = 5;
@@ -28,7 +27,7 @@ impl Tinyproxy {
     /// Starts tinyproxy allowing `CONNECT` to `connect_ports` (by default it allows only 443/563).
     pub fn start(connect_ports: &[u16]) -> Tinyproxy {
         let binary = ensure_tool("tinyproxy", &["tinyproxy"]);
-        let dir = tempfile::Builder::new().prefix("dfget-tinyproxy-").tempdir().expect("tinyproxy dir");
+        let dir = temp_dir("dfget-tinyproxy-");
         let mut last_error = String::new();
         for _ in 0..BIND_ATTEMPTS {
             let port = free_port();
@@ -111,17 +110,10 @@ fn spawn(binary: &Path, dir: &Path, conf: &Path) -> Child {
 
 fn wait_ready(child: &mut Child, port: u16) -> Result<(), String> {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut exited = None;
-    let ready = poll_until(START_LIMIT, || {
-        if let Ok(Some(status)) = child.try_wait() {
-            exited = Some(status);
-            return true;
-        }
-        TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
-    });
-    match (exited, ready) {
-        (Some(status), _) => Err(format!("tinyproxy exited ({status})")),
-        (None, true) => Ok(()),
-        (None, false) => Err(format!("tinyproxy not accepting on {port}")),
+    let accepts = || TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok();
+    match wait_child_ready(child, START_LIMIT, accepts) {
+        Ok(()) => Ok(()),
+        Err(NotReady::Exited(status)) => Err(format!("tinyproxy exited ({status})")),
+        Err(NotReady::TimedOut) => Err(format!("tinyproxy not accepting on {port}")),
     }
 }
