@@ -74,7 +74,7 @@ time_runs() {
   local times=()
   for i in $(seq "$runs"); do
     rm -f "$work/out/f"
-    "$dfget" tasks rm --force --daemon-sock "$sock" "$(cat "$work/last_task" 2>/dev/null || echo none)" >/dev/null 2>&1 || true
+    rm_all_tasks
     local t0 t1
     t0=$(date +%s.%N)
     "$@" >/dev/null 2>&1
@@ -86,6 +86,13 @@ time_runs() {
   med="$(printf '%s\n' "${times[@]}" | median)"
   printf '%-14s %-8s median %7.3f s  %8.1f MiB/s  runs: %s\n' "$scenario" "$name" "$med" \
     "$(echo "$size_mib / $med" | bc -l)" "$(printf '%.2f ' "${times[@]}")"
+}
+
+# Keeps the cache (and the disk) empty between runs; not timed.
+rm_all_tasks() {
+  for id in $("$dfget" tasks ls --json --daemon-sock "$sock" | python3 -c 'import json,sys; print(" ".join(t["id"] for t in json.load(sys.stdin)))'); do
+    "$dfget" tasks rm --force --daemon-sock "$sock" "$id" >/dev/null
+  done
 }
 
 # A fresh task per dfget run: a different --tag gives a different task id (no cache hit).
