@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{content, PIECE};
+use common::{content, Daemon, DaemonOpts, PIECE};
 use support_transport::*;
 
 /// 3 pieces and 7 bytes: the last piece is short, so offsets and lengths both get checked.
@@ -493,4 +493,90 @@ fn no_proxy_bypasses_the_configured_proxy() {
     let result = daemon.download(&origin.url("/np.bin"), &out);
     assert!(result.status.success(), "NO_PROXY ignored: {}\n{}", common::stderr_of(&result), daemon.diagnostics());
     common::assert_file_is(&out, &body);
+}
+
+// ---------------------------------------------------------------- redirects and pooled connections
+
+/// Every redirect status, relative and absolute `Location`s, on every piece request.
+#[test]
+fn every_redirect_kind_is_followed_and_range_is_kept() {
+    let body = Arc::new(content(MULTI, 40));
+    let served = body.clone();
+    let origin = ScriptOrigin::start(move |req, ctx| {
+        let hop = |ctx: &mut Ctx, status: u16, to: &str| {
+            ctx.respond(status, &[("Location", to.to_string()), ("Content-Length", "0".into())], b"")
+                .map(|()| Next::KeepAlive)
+        };
+        match req.target.as_str() {
+            "/start" => hop(ctx, 301, "r2"),
+            "/r2" => hop(ctx, 302, "/r3"),
+            "/r3" => hop(ctx, 303, "./r4"),
+            "/r4" => hop(ctx, 307, "/r5?x=1"),
+            "/r5?x=1" => hop(ctx, 308, "/final.bin"),
+            "/final.bin" => ctx.serve_ranged(req, &served),
+            _ => ctx.respond(404, &[("Content-Length", "0".into())], b"").map(|()| Next::KeepAlive),
+        }
+    });
+    let daemon = daemon_with(&[]);
+    let dir = out_dir();
+    download_exact(&daemon, &origin.url("/start"), dir.path(), "redirected.bin", &body);
+    let finals: Vec<_> = origin.requests().into_iter().filter(|r| r.target == "/final.bin").collect();
+    assert_eq!(finals.len(), 4, "one final request per piece: {finals:?}");
+    assert!(finals.iter().all(|r| r.range.is_some()), "Range kept across redirects: {finals:?}");
+}
+
+#[test]
+fn redirect_to_another_host_drops_authorization() {
+    let body = Arc::new(content(1000, 41));
+    let served = body.clone();
+    let target = ScriptOrigin::start(move |req, ctx| ctx.serve_ranged(req, &served));
+    let target_url = target.url("/blob");
+    let first = ScriptOrigin::start(move |_req, ctx| {
+        ctx.respond(307, &[("Location", target_url.clone()), ("Content-Length", "0".into())], b"")?;
+        Ok(Next::KeepAlive)
+    });
+    let daemon = daemon_with(&[]);
+    let dir = out_dir();
+    let out = dir.path().join("auth.bin");
+    let url = first.url("/start");
+    let result = daemon.dfget(&["-u", &url, "-O", out.to_str().unwrap(), "-H", "Authorization: Bearer s3cret"]);
+    common::assert_success(&result, "download through a cross-host redirect");
+    common::assert_file_is(&out, &body);
+    assert!(first.requests().iter().all(|r| r.header("authorization") == Some("Bearer s3cret")));
+    let leaked: Vec<_> = target.requests().into_iter().filter(|r| r.header("authorization").is_some()).collect();
+    assert!(leaked.is_empty(), "Authorization followed a redirect to another port: {leaked:?}");
+}
+
+#[test]
+fn redirect_loop_fails_naming_the_limit() {
+    let origin = ScriptOrigin::start(move |_req, ctx| {
+        ctx.respond(302, &[("Location", "/loop".into()), ("Content-Length", "0".into())], b"")?;
+        Ok(Next::KeepAlive)
+    });
+    let daemon = daemon_with(&[]);
+    let reason = assert_download_fails(&daemon, &origin.url("/loop"));
+    assert_mentions(&reason, "redirects", "redirect loop");
+    assert!(origin.requests().len() <= 11, "at most 1 + 10 hops: {}", origin.requests().len());
+    assert_still_serves(&daemon);
+}
+
+/// An origin that keeps the connection "alive" in its headers but closes it after every response:
+/// every pooled connection is stale by the time it is reused. The client must retry such a
+/// request once on a fresh connection instead of failing the piece.
+#[test]
+fn stale_pooled_connections_are_retried_on_fresh_ones() {
+    let body = Arc::new(content(6 * PIECE + 5, 42));
+    let served = body.clone();
+    let origin = ScriptOrigin::start(move |req, ctx| {
+        ctx.serve_ranged(req, &served)?;
+        // Close without `Connection: close`: the daemon pools the connection, then finds it dead.
+        Ok(Next::Close)
+    });
+    // One core: its workers share one pool, so stale connections are certain to be reused.
+    let daemon = Daemon::start(DaemonOpts { cores: Some(1), ..DaemonOpts::default() });
+    let dir = out_dir();
+    download_exact(&daemon, &origin.url("/stale.bin"), dir.path(), "stale.bin", &body);
+    let reqs = origin.requests();
+    assert_eq!(reqs.len(), 7, "one request per piece, none failed and refetched: {reqs:?}");
+    assert_eq!(origin.n_connections(), 7, "every request on its own (fresh) connection");
 }

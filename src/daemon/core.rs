@@ -62,7 +62,7 @@ pub fn probe_driver() -> String {
                 Ok(_) if std::env::var("DFGET_DRIVER").is_ok() => "forced by DFGET_DRIVER".to_string(),
                 Ok(_) => "io_uring lacks an opcode this runtime needs".to_string(),
             };
-            format!("{other:?} — {why}").to_lowercase()
+            format!("{} — {why}", format!("{other:?}").to_lowercase())
         }
     }
 }
