@@ -219,6 +219,36 @@ fn bearer_token_anonymous_pull_of_public_repo_works() {
     );
 }
 
+/// A token that expires while the blob is still streaming: the registry answers the later piece
+/// requests with 401, and the daemon must fetch a fresh token and carry on (not fail the pull).
+#[test]
+fn expired_bearer_token_is_refreshed_during_a_long_pull() {
+    let tokens = TokenServer::start(USER, PASSWORD);
+    let registry = Registry::start(RegistryAuth::token(&tokens));
+    let body = content(64 * MIB + 5, 55);
+    push(&registry.host(), PushAuth::Token(USER, PASSWORD), &[PushSpec::sif("public/long:v1", &body)]);
+    // Tokens that the registry accepts for about 3 s (see set_token_exp_offset).
+    tokens.set_token_exp_offset(-57);
+    // 17 pieces at 8 MiB/s: the first 8 are requested at once (2 cores × 4 workers) and take about
+    // 4 s, so the later piece requests carry an expired token.
+    let daemon =
+        OrasDaemon::start(DaemonOpts { extra_yaml: "download:\n  totalRateLimit: 8Mi\n", ..DaemonOpts::default() });
+    let dir = out_dir();
+    let out = dir.path().join("long.sif");
+    let n_before = tokens.requests().len();
+    assert_pulled(
+        &daemon.download(&registry.oras_url("public/long:v1"), &out),
+        &out,
+        &body,
+        "pull outliving its token",
+    );
+    let pulls = tokens.requests()[n_before..]
+        .iter()
+        .filter(|r| r.status == 200 && r.scopes.iter().any(|s| s == "repository:public/long:pull"))
+        .count();
+    assert!(pulls >= 2, "the daemon refreshed its token after a 401 ({pulls} token requests)");
+}
+
 #[test]
 fn bearer_token_private_repo_needs_docker_config_credentials() {
     let tokens = TokenServer::start(USER, PASSWORD);

@@ -29,6 +29,8 @@ pub struct DaemonOpts {
     pub seed_config: bool,
     /// `--log-level`; None = the daemon's default.
     pub log_level: Option<&'static str>,
+    /// More YAML merged into the minimal test config (ignored with `seed_config`).
+    pub extra_yaml: &'static str,
 }
 
 pub struct OrasDaemon {
@@ -50,7 +52,7 @@ impl OrasDaemon {
         let (extra_yaml, verbatim_yaml) = if opts.seed_config {
             (String::new(), SEED_YAML)
         } else {
-            ("oras:\n  insecureSkipVerify: true\n".to_string(), "")
+            (format!("oras:\n  insecureSkipVerify: true\n{}", opts.extra_yaml), "")
         };
         let daemon = Daemon::start(crate::common::DaemonOpts {
             extra_yaml,

@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -41,6 +41,9 @@ struct Shared {
     kid: String,
     requests: Mutex<Vec<TokenRequest>>,
     n_tokens: AtomicU64,
+    /// `exp` of the tokens issued from now on, in seconds after issue (may be negative: see
+    /// `set_token_exp_offset`).
+    exp_offset_secs: AtomicI64,
 }
 
 pub struct TokenServer {
@@ -71,6 +74,7 @@ impl TokenServer {
             kid,
             requests: Mutex::new(Vec::new()),
             n_tokens: AtomicU64::new(0),
+            exp_offset_secs: AtomicI64::new(300),
         });
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind token service");
         let port = listener.local_addr().expect("local_addr").port();
@@ -97,6 +101,12 @@ impl TokenServer {
 
     pub fn cert_path(&self) -> PathBuf {
         self.dir.path().join("cert.pem")
+    }
+
+    /// Tokens issued from now on carry `exp = now + offset`. distribution 2.8 accepts a token until
+    /// 60 s (its leeway) after `exp`, so an offset of -57 makes a token that works for about 3 s.
+    pub fn set_token_exp_offset(&self, offset_secs: i64) {
+        self.shared.exp_offset_secs.store(offset_secs, Ordering::SeqCst);
     }
 
     pub fn requests(&self) -> Vec<TokenRequest> {
@@ -214,7 +224,7 @@ fn answer(head: &str, shared: &Shared) -> (u16, String) {
     } else {
         let access: Vec<serde_json::Value> = scopes.iter().filter_map(|s| grant(s, authenticated)).collect();
         let token = sign(shared, basic_user.as_deref().unwrap_or(""), &access);
-        (200, serde_json::json!({"token": token, "access_token": token, "expires_in": 300}).to_string())
+        (200, serde_json::json!({"token": token, "access_token": token, "expires_in": shared.exp_offset_secs.load(Ordering::SeqCst).max(0)}).to_string())
     };
     if let Ok(mut requests) = shared.requests.lock() {
         requests.push(TokenRequest { scopes, basic_user, status });
@@ -245,7 +255,7 @@ fn sign(shared: &Shared, subject: &str, access: &[serde_json::Value]) -> String 
     let header = serde_json::json!({"typ": "JWT", "alg": "RS256", "kid": shared.kid});
     // distribution 2.8.2 decodes `aud` as a single string, not a list.
     let claims = serde_json::json!({
-        "iss": ISSUER, "sub": subject, "aud": SERVICE, "exp": now + 300, "nbf": now - 10, "iat": now,
+        "iss": ISSUER, "sub": subject, "aud": SERVICE, "exp": now.saturating_add_signed(shared.exp_offset_secs.load(Ordering::SeqCst)), "nbf": now - 10, "iat": now,
         "jti": format!("e2e-{jti}"), "access": access,
     });
     let signing_input =
