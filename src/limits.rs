@@ -73,10 +73,6 @@ pub const MAX_ATTEMPTS: u32 = 3;
 /// Linear backoff step between attempts, in milliseconds.
 pub const RETRY_BACKOFF_MS: u64 = 100;
 
-/// Floor of the idle-read timeout while a body streams (it is `responseHeaderTimeout`, but never
-/// shorter than this: a slow origin that answered quickly may still pause between body reads).
-pub const MIN_BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
 /// Error bodies (a 401's or 404's page) read and dropped so the connection can be reused; a
 /// longer one closes the connection instead.
 pub const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;

@@ -192,8 +192,7 @@ fn half_then_stall(body: Vec<u8>, n_stalls: usize) -> (ScriptOrigin, Arc<AtomicU
 
 #[test]
 fn body_stalled_once_is_refetched_after_idle_read_timeout() {
-    // Takes ~30 s: the body idle timeout has a 30 s floor (limits::MIN_BODY_IDLE_TIMEOUT), even
-    // with `responseHeaderTimeout: 1s`.
+    // `responseHeaderTimeout` also bounds silences between body reads.
     let body = content(64 * 1024 + 9, 9);
     let (origin, calls) = half_then_stall(body.clone(), 1);
     let daemon = daemon_with(&[("responseHeaderTimeout", "1s".into())]);
@@ -201,12 +200,11 @@ fn body_stalled_once_is_refetched_after_idle_read_timeout() {
     let started = Instant::now();
     download_exact(&daemon, &origin.url("/stall-once.bin"), dir.path(), "stall-once.bin", &body);
     assert!(calls.load(Ordering::SeqCst) >= 2, "the stalled piece must have been fetched again");
-    // The refetch came from the idle timeout (30 s floor), not from the 1 s head timeout.
-    assert!(started.elapsed() >= Duration::from_secs(29), "refetched after only {:?}", started.elapsed());
+    // The refetch came after the idle timeout elapsed, not earlier.
+    assert!(started.elapsed() >= Duration::from_secs(1), "refetched after only {:?}", started.elapsed());
 }
 
 #[test]
-#[ignore = "~2 min: every attempt (first request + 3 piece retries) waits out the 30 s body-idle floor"]
 fn body_stalled_every_time_fails_naming_idle_read_timeout() {
     let body = content(64 * 1024 + 9, 10);
     let (origin, _calls) = half_then_stall(body, usize::MAX);

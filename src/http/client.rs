@@ -117,7 +117,8 @@ impl Options {
                 tls: crate::http::tls::client_config(t.insecure_skip_verify, t.ca_file.as_deref())?,
             },
             response_header_timeout: t.response_header_timeout,
-            body_idle_timeout: t.response_header_timeout.max(limits::MIN_BODY_IDLE_TIMEOUT),
+            // The same bound for any silence of the origin: before the head and between body reads.
+            body_idle_timeout: t.response_header_timeout,
             pool: PoolLimits {
                 max_idle_total: t.max_idle_conns,
                 max_idle_per_host: t.max_idle_conns_per_host,
