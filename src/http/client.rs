@@ -245,7 +245,7 @@ async fn exchange(mut conn: Conn, req: Vec<u8>, url: &Url, opts: &Options, permi
         conn.write_all(req).await.map_err(|e| io_error(&key, e))?;
         conn.read_head().await
     };
-    let head = match compio::time::timeout(opts.response_header_timeout, fut).await {
+    let head = match crate::http::within(opts.response_header_timeout, fut).await {
         Ok(r) => r?,
         Err(_) => {
             return Err(Error::origin(
@@ -302,7 +302,7 @@ impl Response {
     async fn fill_more(&mut self) -> Result<()> {
         let conn = self.conn.as_mut().ok_or_else(|| Error::internal("body read after release"))?;
         let key = conn.key.clone();
-        let n = match compio::time::timeout(self.opts.body_idle_timeout, conn.fill()).await {
+        let n = match crate::http::within(self.opts.body_idle_timeout, conn.fill()).await {
             Ok(r) => r.map_err(|e| io_error(&key, e))?,
             Err(_) => {
                 return Err(Error::origin(

@@ -98,12 +98,12 @@ impl Conn {
         if key.tls {
             if let Some(proxy) = &key.proxy {
                 let fut = conn.connect_tunnel(proxy.clone());
-                match compio::time::timeout(dial.dial_timeout, fut).await {
+                match crate::http::within(dial.dial_timeout, fut).await {
                     Ok(r) => r?,
                     Err(_) => return Err(Error::origin(true, format!("{key}: CONNECT: dialTimeout elapsed"))),
                 }
             }
-            match compio::time::timeout(dial.tls_handshake_timeout, conn.handshake(dial)).await {
+            match crate::http::within(dial.tls_handshake_timeout, conn.handshake(dial)).await {
                 Ok(r) => r?,
                 Err(_) => {
                     return Err(Error::origin(
@@ -349,7 +349,7 @@ impl Conn {
 
 async fn tcp_connect(key: &PoolKey, host: &str, port: u16, dial: &Dial) -> Result<TcpStream> {
     let bare = host.trim_start_matches('[').trim_end_matches(']').to_string();
-    let stream = match compio::time::timeout(dial.dial_timeout, TcpStream::connect((bare.as_str(), port))).await {
+    let stream = match crate::http::within(dial.dial_timeout, TcpStream::connect((bare.as_str(), port))).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return Err(connect_error(key, host, port, e)),
         Err(_) => {
