@@ -205,3 +205,67 @@ fn timeout_ends_the_client_with_exit_code_4() {
     assert!(!out.exists());
     assert!(daemon.is_healthy());
 }
+
+/// Raw bytes to the API socket; returns what the daemon answered.
+fn raw_request(daemon: &Daemon, bytes: &[u8]) -> String {
+    let mut s = std::os::unix::net::UnixStream::connect(daemon.socket()).expect("connect to the API socket");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.write_all(bytes).expect("send");
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+}
+
+#[test]
+fn malformed_socket_requests_get_clear_4xx_and_the_daemon_keeps_serving() {
+    let daemon = Daemon::start_default();
+    let cases: &[(&[u8], &str, &str)] = &[
+        (b"\x16\x03\x01garbage\r\n\r\n", "400", "malformed request"),
+        (b"POST /download HTTP/1.1\r\nContent-Length: 9\r\n\r\nnot json!", "400", "bad download request"),
+        (b"POST /download HTTP/1.1\r\nContent-Length: 22\r\n\r\n{\"url\":\"http://h/\"}   ", "400", "output"),
+        (b"POST /download HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n", "400", "request body over"),
+        (b"POST /download HTTP/1.1\r\nContent-Length: x\r\n\r\n", "400", "Content-Length"),
+        (b"GET /nope HTTP/1.1\r\n\r\n", "404", "no route"),
+        (b"DELETE /tasks/0000 HTTP/1.1\r\n\r\n", "404", "no task"),
+    ];
+    for (bytes, status, needle) in cases {
+        let answer = raw_request(&daemon, bytes);
+        assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{:?} → {answer}", String::from_utf8_lossy(bytes));
+        assert!(answer.contains(needle), "{:?} → {answer}", String::from_utf8_lossy(bytes));
+    }
+    // A request cut off mid-head, then a dead connection: nothing to answer, nothing broken.
+    let _ = raw_request(&daemon, b"GET /heal");
+    assert!(daemon.is_healthy());
+    let origin = TestOrigin::start();
+    origin.add("/after.bin", content(100, 56));
+    let dir = out_dir();
+    assert_success(&daemon.download(&origin.url("/after.bin"), &dir.path().join("after.bin")), "download afterwards");
+}
+
+#[test]
+fn malformed_urls_and_flags_fail_with_exit_2_and_a_reason() {
+    let daemon = Daemon::start_default();
+    let dir = out_dir();
+    let out = dir.path().join("x");
+    let o = out.to_str().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["-u", "http://", "-O", o], "invalid URL"),
+        (&["-u", "ftp://example.invalid/f", "-O", o], "unsupported URL scheme"),
+        (&["-u", "oras://", "-O", o], "oras"),
+        (&["-u", "oras://127.0.0.1:1/UPPER/case:tag", "-O", o], "repository"),
+        (&["-u", "http://127.0.0.1:1/f", "-O", o, "--digest", "md5:abc"], "digest"),
+        (&["-u", "http://127.0.0.1:1/f", "-O", o, "--digest", "sha256:abc"], "64 hex"),
+        (&["-u", "http://127.0.0.1:1/f", "-O", o, "-H", "no colon here"], "Key: Value"),
+        (&["-u", "http://127.0.0.1:1/f", "-O", o, "-H", "Bad Name: v"], "invalid header"),
+        (&["-u", "http://127.0.0.1:1/f", "-O", o, "--timeout", "soon"], "--timeout"),
+        (&["-u", "http://127.0.0.1:1/f"], "no output"),
+    ];
+    for (args, needle) in cases {
+        let result = daemon.dfget(args);
+        assert_eq!(result.status.code(), Some(2), "{args:?}: {}", stderr_of(&result));
+        assert!(stderr_of(&result).contains(needle), "{args:?}: {}", stderr_of(&result));
+        assert!(!out.exists());
+    }
+    assert!(daemon.is_healthy());
+}
