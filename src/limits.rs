@@ -85,6 +85,9 @@ pub const META_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_m
 /// directory removal; this only bounds a wait that should end in milliseconds).
 pub const FAILED_TASK_CLEANUP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Time a client has to send one complete API (or metrics) request after connecting.
+pub const API_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Body of one socket API request (a download request is a URL, a path and a few headers).
 pub const MAX_API_BODY_BYTES: usize = 1024 * 1024;
 

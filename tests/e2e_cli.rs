@@ -259,6 +259,7 @@ fn malformed_urls_and_flags_fail_with_exit_2_and_a_reason() {
         (&["-u", "http://127.0.0.1:1/f", "-O", o, "-H", "no colon here"], "Key: Value"),
         (&["-u", "http://127.0.0.1:1/f", "-O", o, "-H", "Bad Name: v"], "invalid header"),
         (&["-u", "http://127.0.0.1:1/f", "-O", o, "--timeout", "soon"], "--timeout"),
+        (&["-u", "http://127.0.0.1:1/f", "-O", o, "-H", "Range: bytes=0-1"], "set by dfget"),
         (&["-u", "http://127.0.0.1:1/f"], "no output"),
     ];
     for (args, needle) in cases {

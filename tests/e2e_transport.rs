@@ -578,3 +578,59 @@ fn stale_pooled_connections_are_retried_on_fresh_ones() {
     assert_eq!(reqs.len(), 7, "one request per piece, none failed and refetched: {reqs:?}");
     assert_eq!(origin.n_connections(), 7, "every request on its own (fresh) connection");
 }
+
+// ---------------------------------------------------------------- content that changes, absurd lengths
+
+/// The file is replaced (same length, new ETag) after the first response: later piece requests
+/// carry `If-Range` with the old ETag, get the whole new file (200), and the download must fail
+/// rather than mix pieces of two versions.
+#[test]
+fn content_replaced_mid_download_is_detected_through_if_range() {
+    let old = Arc::new(content(3 * PIECE + 7, 43));
+    let new = Arc::new(content(3 * PIECE + 7, 44));
+    let origin = ScriptOrigin::start(move |req, ctx| {
+        let first = req.range.is_some_and(|(a, _)| a == 0) && req.header("if-range").is_none();
+        let (body, etag) = if first { (&old, "\"v1\"") } else { (&new, "\"v2\"") };
+        match (req.range, req.header("if-range")) {
+            // RFC 9110 §13.1.5: a validator that does not match → the whole current file.
+            (Some(_), Some(v)) if v != etag => {
+                ctx.respond(200, &[("ETag", etag.into()), ("Content-Length", body.len().to_string())], body)?;
+                Ok(Next::KeepAlive)
+            }
+            (Some((a, b)), _) => {
+                let b = b.min(body.len() as u64 - 1);
+                let slice = &body[a as usize..=b as usize];
+                let headers = [
+                    ("ETag", etag.to_string()),
+                    ("Content-Range", format!("bytes {a}-{b}/{}", body.len())),
+                    ("Content-Length", slice.len().to_string()),
+                ];
+                ctx.respond(206, &headers, slice)?;
+                Ok(Next::KeepAlive)
+            }
+            (None, _) => ctx.serve_ranged(req, body),
+        }
+    });
+    let daemon = daemon_with(&[]);
+    let reason = assert_download_fails(&daemon, &origin.url("/replaced.bin"));
+    assert_mentions(&reason, "content changed", "file replaced mid-download");
+    let later: Vec<_> = origin.requests().into_iter().filter(|r| r.range.is_some_and(|(a, _)| a > 0)).collect();
+    assert!(later.iter().all(|r| r.header("if-range") == Some("\"v1\"")), "piece requests carry If-Range: {later:?}");
+    assert_still_serves(&daemon);
+}
+
+#[test]
+fn absurd_content_length_is_refused_without_allocating_it() {
+    let origin = ScriptOrigin::start(move |_req, ctx| {
+        let headers = [
+            ("Content-Range", "bytes 0-4194303/18446744073709551615".to_string()),
+            ("Content-Length", "4194304".to_string()),
+        ];
+        ctx.respond(206, &headers, &vec![0u8; 4 * 1024 * 1024])?;
+        Ok(Next::KeepAlive)
+    });
+    let daemon = daemon_with(&[]);
+    let reason = assert_download_fails(&daemon, &origin.url("/huge.bin"));
+    assert_mentions(&reason, "larger than", "a 16 EiB claim");
+    assert_still_serves(&daemon);
+}

@@ -56,7 +56,7 @@ pub(crate) struct HttpReq {
 }
 
 pub async fn serve(shared: Arc<Shared>, mut stream: UnixStream) {
-    let req = match read_request(&mut stream).await {
+    let req = match read_request_within(&mut stream).await {
         Ok(r) => r,
         Err(e) => {
             let _ = respond_json(&mut stream, 400, &serde_json::json!({"error": e.message})).await;
@@ -103,7 +103,16 @@ async fn route(shared: &Arc<Shared>, stream: &mut UnixStream, req: &HttpReq) -> 
     }
 }
 
-pub(crate) async fn read_request(stream: &mut (impl AsyncRead + AsyncWrite)) -> Result<HttpReq> {
+/// `read_request` bounded by `API_REQUEST_TIMEOUT`: a client that connects and says nothing (or
+/// dribbles) must not hold a connection, and its fd, forever.
+pub(crate) async fn read_request_within(stream: &mut (impl AsyncRead + AsyncWrite)) -> Result<HttpReq> {
+    match compio::time::timeout(limits::API_REQUEST_TIMEOUT, read_request(stream)).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::client(format!("no complete request within {:?}", limits::API_REQUEST_TIMEOUT))),
+    }
+}
+
+async fn read_request(stream: &mut (impl AsyncRead + AsyncWrite)) -> Result<HttpReq> {
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     loop {
         let mut headers = [httparse::EMPTY_HEADER; limits::MAX_HEADERS];
@@ -216,18 +225,15 @@ async fn download(shared: &Arc<Shared>, stream: &mut UnixStream, body: &[u8]) ->
 async fn run_download(shared: &Arc<Shared>, stream: &mut UnixStream, req: &DownloadRequest) -> Result<Event> {
     let started = Instant::now();
     let (spec, id) = prepare(shared, req).await?;
-    let (task, reused) = obtain_task(shared, &id, spec).await?;
-    task.touch();
+    // The pin keeps the task's file from eviction until OUT is in place (dropped at return).
+    let (task, reused, _pin) = obtain_task(shared, &id, spec).await?;
     send_event(stream, &Event::Started { task: task.id.clone(), peer: task.peer_id.clone() }).await?;
     if !reused {
         follow(&task, stream).await?;
     }
     let out = std::path::PathBuf::from(&req.output);
-    task.n_readers.fetch_add(1, Ordering::AcqRel);
     let src = task.data_path.clone();
-    let exported = engine::blocking(move || crate::storage::export::export(&src, &out, true)).await;
-    task.n_readers.fetch_sub(1, Ordering::AcqRel);
-    let method = exported?;
+    let method = engine::blocking(move || crate::storage::export::export(&src, &out, true)).await?;
     let len_bytes = task.geometry().map(|g| g.layout.content_len_bytes).unwrap_or(0);
     let cost_ms = started.elapsed().as_millis() as u64;
     if reused {
@@ -246,27 +252,38 @@ async fn run_download(shared: &Arc<Shared>, stream: &mut UnixStream, req: &Downl
 
 /// Finds or creates the task for `id`. Returns (task, reused) where reused = a finished task served
 /// from the cache (its file re-verified).
-async fn obtain_task(shared: &Arc<Shared>, id: &str, spec: crate::daemon::task::Spec) -> Result<(Arc<Task>, bool)> {
+async fn obtain_task(
+    shared: &Arc<Shared>,
+    id: &str,
+    spec: crate::daemon::task::Spec,
+) -> Result<(Arc<Task>, bool, crate::daemon::task::ReaderPin)> {
     for _ in 0..limits::MAX_TASK_RESOLVE_ROUNDS {
         let (task, created) = shared.index.get_or_create(id, || {
             Arc::new(Task::new(id.to_string(), shared.new_peer_id(), spec.clone(), shared.store.data_path(id)))
         });
+        let listener = task.event.listen();
+        // Pinned before anything else: a task being checked for reuse must not look idle to the GC.
+        let Some(pin) = task.pin() else {
+            // Claimed for eviction: its entry disappears once its files are gone.
+            let _ = compio::time::timeout(limits::FAILED_TASK_CLEANUP_WAIT, listener).await;
+            continue;
+        };
+        task.touch();
         if created {
             compio::runtime::spawn(engine::drive(shared.clone(), task.clone())).detach();
-            return Ok((task, false));
+            return Ok((task, false, pin));
         }
         match task.state() {
-            State::Running => return Ok((task, false)),
-            State::Done if shared.config.storage.multiplex => {
-                if reusable(&task).await {
-                    return Ok((task, true));
-                }
-                drop_task(shared, &task);
+            State::Running => return Ok((task, false, pin)),
+            State::Done if shared.config.storage.multiplex && reusable(&task).await => return Ok((task, true, pin)),
+            // multiplex off, or the cached file failed verification: retire it, then start afresh.
+            State::Done => {
+                drop(pin);
+                retire(shared, &task).await;
             }
-            State::Done => drop_task(shared, &task),
             // A failed task is removed by its own `drive`; wait for that, then start afresh.
             State::Failed => {
-                let listener = task.event.listen();
+                drop(pin);
                 if shared.index.get(id).is_some_and(|t| Arc::ptr_eq(&t, &task)) {
                     let _ = compio::time::timeout(limits::FAILED_TASK_CLEANUP_WAIT, listener).await;
                 }
@@ -296,12 +313,15 @@ async fn reusable(task: &Arc<Task>) -> bool {
     }
 }
 
-/// Drops a finished task that cannot be reused (multiplex off, or its file failed verification).
-fn drop_task(shared: &Shared, task: &Arc<Task>) {
-    if task.n_readers.load(Ordering::Acquire) == 0 {
-        let _ = shared.store.remove_task(&task.id);
+/// Retires a finished task that cannot be reused (multiplex off, or its file failed verification).
+/// Only once nobody reads it: files first, then the index entry, so a new task for the id is only
+/// created after the old files are gone. While others still export it, waits briefly instead.
+async fn retire(shared: &Shared, task: &Arc<Task>) {
+    let listener = task.event.listen();
+    if gc::evict(shared, task) {
+        return;
     }
-    shared.index.remove_if_same(&task.id, task);
+    let _ = compio::time::timeout(limits::FAILED_TASK_CLEANUP_WAIT, listener).await;
 }
 
 /// Streams progress until the task is done (Ok) or failed (Err with the task's error).
@@ -338,6 +358,13 @@ async fn prepare(shared: &Shared, req: &DownloadRequest) -> Result<(Spec, String
     for (k, v) in &req.headers {
         if !crate::http::codec::valid_header(k, v) {
             return Err(Error::client(format!("invalid header `{k}`")));
+        }
+        // The daemon owns these: pieces are its ranges, validated against its first response.
+        if ["range", "if-range", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since"]
+            .iter()
+            .any(|h| k.eq_ignore_ascii_case(h))
+        {
+            return Err(Error::client(format!("header `{k}` is set by dfget itself and cannot be given")));
         }
     }
     if !std::path::Path::new(&req.output).is_absolute() {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use compio::fs::OpenOptions;
 
-use crate::daemon::task::{self, FirstResponse, Geometry, State, Task};
+use crate::daemon::task::{self, until_failed, FirstResponse, Geometry, State, Task};
 use crate::daemon::{metrics, Shared};
 use crate::error::{Error, Result};
 use crate::http::client;
@@ -19,44 +19,45 @@ use crate::piece::{Layout, DEFAULT_PIECE_LEN_BYTES};
 /// Runs a task to completion on the home core. Never panics on bad input: every failure ends in
 /// `task.fail` plus cleanup, and the index entry is dropped so the next request starts afresh.
 pub async fn drive(shared: Arc<Shared>, task: Arc<Task>) {
-    let result = match download(&shared, &task).await {
+    let result = match until_failed(&task, download(&shared, &task)).await {
         Ok(()) => finalize(&shared, &task).await,
         Err(e) => Err(e),
     };
-    match result {
-        Ok(()) => {
-            task.mark_done();
-            metrics::bump(&metrics::DOWNLOADS_DONE, 1);
-            tracing::info!(
-                target: "PeerTask",
-                peer = %task.peer_id,
-                task = %task.id,
-                component = "PeerTask",
-                "peer task done, cost: {}ms",
-                task.started.elapsed().as_millis()
-            );
-        }
-        Err(e) => {
-            metrics::bump(&metrics::DOWNLOADS_FAILED, 1);
-            task.fail(e);
-            // The first failure wins (an operator's `rm --force` rather than its echo here).
-            let e = task.failure().cloned().unwrap_or_else(|| Error::internal("task failed"));
-            tracing::error!(
-                target: "PeerTask",
-                peer = %task.peer_id,
-                task = %task.id,
-                component = "PeerTask",
-                source = e.source.as_str(),
-                "peer task failed: {e}"
-            );
-            // Only `drive` removes a failed task, and it keeps the index entry until its files are
-            // gone: a request that finds the failed entry waits for it to disappear, so a new task
-            // for the same id never has its files deleted by this cleanup.
-            let _ = shared.store.remove_task(&task.id);
-            shared.index.remove_if_same(&task.id, &task);
-            task.event.notify(usize::MAX);
-        }
+    // `mark_done` loses only to a failure recorded meanwhile (an operator's `rm --force` during
+    // the digest check, say): then this is a failed task like any other.
+    let done = match result {
+        Ok(()) => task.mark_done(),
+        Err(e) => !task.fail(e),
+    };
+    if done {
+        metrics::bump(&metrics::DOWNLOADS_DONE, 1);
+        tracing::info!(
+            target: "PeerTask",
+            peer = %task.peer_id,
+            task = %task.id,
+            component = "PeerTask",
+            "peer task done, cost: {}ms",
+            task.started.elapsed().as_millis()
+        );
+        return;
     }
+    metrics::bump(&metrics::DOWNLOADS_FAILED, 1);
+    // The first failure wins (an operator's `rm --force` rather than its echo here).
+    let e = task.failure().cloned().unwrap_or_else(|| Error::internal("task failed"));
+    tracing::error!(
+        target: "PeerTask",
+        peer = %task.peer_id,
+        task = %task.id,
+        component = "PeerTask",
+        source = e.source.as_str(),
+        "peer task failed: {e}"
+    );
+    // Only `drive` removes a failed task, and it keeps the index entry until its files are gone: a
+    // request that finds the failed entry waits for it to disappear, so a new task for the same id
+    // never has its files deleted by this cleanup.
+    let _ = shared.store.remove_task(&task.id);
+    shared.index.remove_if_same(&task.id, &task);
+    task.event.notify(usize::MAX);
 }
 
 async fn download(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
@@ -202,11 +203,14 @@ pub async fn piece_worker(task: Arc<Task>) {
     };
     let file = match open_task_file(&task).await {
         Ok(f) => f,
-        Err(e) => return task.fail(e),
+        Err(e) => {
+            task.fail(e);
+            return;
+        }
     };
     while let Some(piece_idx) = task.take_piece() {
         if let Err(e) = fetch_piece_with_retries(&task, &file, layout, piece_idx).await {
-            task.fail(e);
+            let _ = task.fail(e);
             return;
         }
     }
@@ -227,12 +231,34 @@ async fn fetch_piece(task: &Task, file: &compio::fs::File, layout: Layout, piece
         return Ok(());
     }
     let (start, end) = layout.piece_range(piece_idx).ok_or_else(|| Error::internal("piece index past the end"))?;
-    let mut resp = task.spec.fetch.get(Some((start, end - 1))).await?;
+    let if_range: Vec<(String, String)> =
+        task.validator.get().map(|v| vec![("If-Range".to_string(), v.clone())]).unwrap_or_default();
+    let mut resp = task.spec.fetch.get_with(Some((start, end - 1)), &if_range).await?;
     match resp.status() {
         206 => {
             let cr = resp.head.header("content-range").unwrap_or(b"");
             crate::http::range::check_partial(cr, start, end - 1, Some(layout.content_len_bytes))
                 .map_err(|e| Error::origin(false, format!("{}: piece {piece_idx}: {e}", task.spec.display_url)))?;
+            // An origin that ignores If-Range still shows a new ETag on a changed file.
+            let etag = resp.head.header_str("etag").map(str::trim);
+            if let (Some(want), Some(got)) = (task.validator.get().filter(|v| v.starts_with('"')), etag) {
+                if want != got {
+                    return Err(Error::origin(
+                        false,
+                        format!("{}: content changed during the download (ETag {want} → {got})", task.spec.display_url),
+                    )
+                    .with_kind(crate::error::Kind::Integrity));
+                }
+            }
+        }
+        // With If-Range, a 200 means the content changed since the first response: mixing pieces of
+        // two versions would make a file that never existed.
+        200 if !if_range.is_empty() => {
+            return Err(Error::origin(
+                false,
+                format!("{}: content changed during the download (If-Range no longer matches)", task.spec.display_url),
+            )
+            .with_kind(crate::error::Kind::Integrity))
         }
         200 => {
             return Err(Error::origin(

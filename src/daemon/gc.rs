@@ -52,7 +52,7 @@ pub fn list_tasks(shared: &Shared) -> Vec<TaskInfo> {
             State::Failed => "failed",
         },
         last_access_unix_ms: t.last_access_unix_ms.load(Ordering::Acquire),
-        readers: t.n_readers.load(Ordering::Acquire),
+        readers: t.n_readers(),
     }));
     all
 }
@@ -142,7 +142,7 @@ fn view(t: &Task) -> TaskView {
         len_bytes: t.geometry().map(|g| g.layout.content_len_bytes).unwrap_or(0),
         last_access: UNIX_EPOCH + Duration::from_millis(t.last_access_unix_ms.load(Ordering::Acquire)),
         finished: t.state() == State::Done,
-        in_use: t.state() == State::Running || t.n_readers.load(Ordering::Acquire) > 0,
+        in_use: t.state() == State::Running || t.n_readers() > 0,
     }
 }
 
@@ -170,11 +170,9 @@ pub fn collect(shared: &Shared) -> usize {
             n += 1;
             continue;
         }
-        let Some(task) = tasks.iter().find(|t| t.id == ev.id) else {
-            continue;
-        };
-        if shared.index.remove_if_same(&task.id, task) {
-            let _ = shared.store.remove_task(&task.id);
+        let Some(task) = tasks.iter().find(|t| t.id == ev.id) else { continue };
+        // A reader may have pinned it since the plan was made: then it stays.
+        if evict(shared, task) {
             tracing::info!(task = %task.id, reason = ?ev.reason, len_bytes = ev.len_bytes, "gc evicted task");
             n += 1;
         }
@@ -261,25 +259,41 @@ pub fn park_all(shared: &Shared) {
     tracing::info!(parked = n, "unfinished tasks parked for resume");
 }
 
-/// Removes one task. Refused while it runs or is being exported unless `force`.
+/// Evicts a finished task nobody reads: claims it (pins fail from then on), removes its files,
+/// then its index entry. False when it is pinned or already claimed.
+pub fn evict(shared: &Shared, task: &Arc<Task>) -> bool {
+    if !task.claim_eviction() {
+        return false;
+    }
+    let _ = shared.store.remove_task(&task.id);
+    shared.index.remove_if_same(&task.id, task);
+    task.event.notify(usize::MAX);
+    true
+}
+
+/// Removes one task. A running one is refused unless `force` (then it is failed and its own
+/// `drive` cleans up); a finished one is refused while it is being read or exported.
 pub fn remove(shared: &Shared, id: &str, force: bool) -> crate::error::Result<bool> {
+    use crate::error::Error;
     if shared.partial.remove(id).is_some() {
         shared.store.remove_task(id)?;
         return Ok(true);
     }
     let Some(task) = shared.index.get(id) else { return Ok(false) };
-    let busy = task.state() == State::Running || task.n_readers.load(Ordering::Acquire) > 0;
-    if busy && !force {
-        return Err(crate::error::Error::client(format!("task {id} is in use (running or exporting); use --force")));
-    }
     if task.state() == State::Running {
-        // Its `drive` removes the files and the index entry once its workers have stopped.
-        task.fail(crate::error::Error::client("task removed by an operator"));
-        return Ok(true);
+        if !force {
+            return Err(Error::client(format!("task {id} is running; use --force to cancel and remove it")));
+        }
+        if task.fail(Error::client("task removed by an operator")) {
+            return Ok(true);
+        }
+        // It finished meanwhile: remove it like any finished task.
     }
-    // Files first, then the entry: a request that still finds the entry sees a file that fails
-    // verification and starts afresh, so no new task's files are ever removed here.
-    shared.store.remove_task(id)?;
-    shared.index.remove_if_same(id, &task);
+    if task.state() == State::Failed {
+        return Ok(true); // its drive is removing it
+    }
+    if !evict(shared, &task) {
+        return Err(Error::client(format!("task {id} is being read or exported right now; try again")));
+    }
     Ok(true)
 }

@@ -58,10 +58,18 @@ pub async fn serve(shared: Arc<Shared>, addr: SocketAddr) {
     };
     tracing::info!(%addr, "metrics endpoint listening");
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let mut stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning core 0.
+                tracing::warn!("metrics accept failed: {e}");
+                compio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let shared = shared.clone();
         compio::runtime::spawn(async move {
-            let Ok(req) = crate::daemon::api::read_request(&mut stream).await else { return };
+            let Ok(req) = crate::daemon::api::read_request_within(&mut stream).await else { return };
             let (status, body) = if req.method == "GET" && req.path == "/metrics" {
                 ("200 OK", render(&shared))
             } else {

@@ -69,8 +69,13 @@ pub struct Task {
     /// Wakes subscribers (progress streams, the home core's finalizer) after any piece or state change.
     pub event: event_listener::Event,
     pub last_access_unix_ms: AtomicU64,
-    /// Exports and reads in progress; the GC never evicts a task while this is non-zero.
-    pub n_readers: AtomicUsize,
+    /// Readers (cache-hit checks, exports) in the low bits, plus `EVICTED` once the GC or an
+    /// operator claimed the task: one word, so "pin unless evicted" and "evict unless pinned" are
+    /// each a single atomic step and can never both succeed.
+    readers: AtomicUsize,
+    /// Strong validator of the content (ETag, else Last-Modified) from the first response, sent as
+    /// `If-Range` with every piece so a file replaced mid-download is detected, not mixed.
+    pub validator: OnceLock<String>,
 }
 
 pub fn now_unix_ms() -> u64 {
@@ -94,7 +99,8 @@ impl Task {
             failure: OnceLock::new(),
             event: event_listener::Event::new(),
             last_access_unix_ms: AtomicU64::new(now_unix_ms()),
-            n_readers: AtomicUsize::new(0),
+            readers: AtomicUsize::new(0),
+            validator: OnceLock::new(),
         }
     }
 
@@ -118,8 +124,30 @@ impl Task {
         }
     }
 
+    /// The error that failed the task; `None` unless the task is `Failed`.
     pub fn failure(&self) -> Option<&Error> {
-        self.failure.get()
+        if self.state() == State::Failed {
+            self.failure.get()
+        } else {
+            None
+        }
+    }
+
+    /// Pins the task's file against eviction (a cache-hit check, an export). Fails once evicted.
+    pub fn pin(self: &std::sync::Arc<Self>) -> Option<ReaderPin> {
+        self.readers
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| (r & EVICTED == 0).then_some(r + 1))
+            .ok()
+            .map(|_| ReaderPin(self.clone()))
+    }
+
+    pub fn n_readers(&self) -> usize {
+        self.readers.load(Ordering::Acquire) & !EVICTED
+    }
+
+    /// Claims the task for eviction; fails while anyone has it pinned (or it was claimed already).
+    pub fn claim_eviction(&self) -> bool {
+        self.readers.compare_exchange(0, EVICTED, Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
 
     pub fn geometry(&self) -> Option<Geometry> {
@@ -154,17 +182,19 @@ impl Task {
     pub fn to_meta(&self) -> crate::storage::meta::TaskMeta {
         let g = self.geometry();
         let now = now_unix_ms();
+        // One snapshot of the bitmap decides both the pieces and "finished", so they agree.
+        let pieces_done = self.pieces_done();
         crate::storage::meta::TaskMeta {
             task_id: self.id.clone(),
             url: self.spec.display_url.clone(),
             content_len: g.map(|g| g.layout.content_len_bytes),
             piece_len: g.map(|g| g.layout.piece_len_bytes).unwrap_or(DEFAULT_PIECE_LEN_BYTES),
-            pieces_done: self.pieces_done(),
+            finished_unix_ms: (g.is_some() && pieces_done.iter().all(|d| *d)).then_some(now),
+            pieces_done,
             piece_crcs: self.crcs(),
             digest: self.spec.digest.clone(),
             created_unix_ms: now.saturating_sub(self.started.elapsed().as_millis() as u64),
             last_access_unix_ms: self.last_access_unix_ms.load(Ordering::Acquire),
-            finished_unix_ms: self.all_pieces_done().then_some(now),
         }
     }
 
@@ -191,16 +221,24 @@ impl Task {
         self.bitmap.get().is_some_and(|b| b.is_full())
     }
 
-    /// First failure wins; later ones are dropped (they are usually consequences of the first).
-    pub fn fail(&self, e: Error) {
+    /// Running → Failed. First failure wins; later ones are consequences and are dropped. A task
+    /// already Done stays Done (returns false).
+    pub fn fail(&self, e: Error) -> bool {
         let _ = self.failure.set(e);
-        self.state.store(State::Failed as u8, Ordering::Release);
+        let won = self.transition(State::Failed);
         self.event.notify(usize::MAX);
+        won || self.state() == State::Failed
     }
 
-    pub fn mark_done(&self) {
-        self.state.store(State::Done as u8, Ordering::Release);
+    /// Running → Done; false when the task failed meanwhile (an operator's removal, say).
+    pub fn mark_done(&self) -> bool {
+        let won = self.transition(State::Done);
         self.event.notify(usize::MAX);
+        won
+    }
+
+    fn transition(&self, to: State) -> bool {
+        self.state.compare_exchange(State::Running as u8, to as u8, Ordering::AcqRel, Ordering::Acquire).is_ok()
     }
 
     pub fn take_piece(&self) -> Option<u64> {
@@ -235,6 +273,18 @@ impl Task {
 
     pub fn n_pieces_done(&self) -> u64 {
         self.bitmap.get().map(|b| b.count()).unwrap_or(0)
+    }
+}
+
+const EVICTED: usize = 1 << (usize::BITS - 1);
+
+/// A reader's hold on a task's file; released on drop.
+pub struct ReaderPin(std::sync::Arc<Task>);
+
+impl Drop for ReaderPin {
+    fn drop(&mut self) {
+        self.0.readers.fetch_sub(1, Ordering::AcqRel);
+        self.0.event.notify(usize::MAX);
     }
 }
 
@@ -282,6 +332,9 @@ pub async fn first_request(task: &Task) -> Result<FirstResponse> {
                 ));
             }
             task.set_geometry(Geometry { layout, ranged: true });
+            if let Some(v) = strong_validator(&resp.head) {
+                let _ = task.validator.set(v);
+            }
             // Piece 0 is on this response unless piece length is larger than the probe (files > 1 GiB).
             let piece0 = Some(cr.last) == expected_last;
             task.next_piece.store(if piece0 { 1 } else { 0 }, Ordering::Release);
@@ -300,8 +353,24 @@ pub async fn first_request(task: &Task) -> Result<FirstResponse> {
     }
 }
 
+/// A validator usable with `If-Range` (RFC 9110 §13.1.5): a strong ETag, else Last-Modified.
+pub fn strong_validator(head: &crate::http::codec::ResponseHead) -> Option<String> {
+    match head.header_str("etag").map(str::trim) {
+        Some(etag) if !etag.starts_with("W/") && etag.starts_with('"') => Some(etag.to_string()),
+        _ => head.header_str("last-modified").map(|v| v.trim().to_string()),
+    }
+}
+
 /// The origin's length must match a length known in advance (an OCI descriptor's size).
 fn check_len(task: &Task, len_bytes: u64) -> Result<()> {
+    // Bounds the piece table before it is allocated: an origin claiming 2^64 bytes must get an
+    // error, not make the daemon try to allocate terabytes of bitmap.
+    if Layout::for_len(len_bytes).n_pieces() > crate::storage::meta::MAX_PIECES as u64 {
+        return Err(Error::origin(
+            false,
+            format!("{}: content length {len_bytes} is larger than this daemon can store", task.spec.display_url),
+        ));
+    }
     match task.spec.expected_len {
         Some(want) if want != len_bytes => Err(Error::origin(
             false,

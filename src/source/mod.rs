@@ -25,9 +25,19 @@ pub struct Fetch {
 
 impl Fetch {
     pub async fn get(&self, range: Option<(u64, u64)>) -> Result<Response> {
+        self.get_with(range, &[]).await
+    }
+
+    /// GET with request headers added to the task's own (e.g. `If-Range` on piece requests).
+    pub async fn get_with(&self, range: Option<(u64, u64)>, extra: &[(String, String)]) -> Result<Response> {
+        let headers: std::borrow::Cow<'_, [(String, String)]> = if extra.is_empty() {
+            std::borrow::Cow::Borrowed(&self.headers)
+        } else {
+            std::borrow::Cow::Owned(self.headers.iter().chain(extra).cloned().collect())
+        };
         match &self.auth {
-            None => client::get(&self.url, &self.headers, range, &self.opts).await,
-            Some(auth) => auth.get(&self.url, &self.headers, range, &self.opts).await,
+            None => client::get(&self.url, &headers, range, &self.opts).await,
+            Some(auth) => auth.get(&self.url, &headers, range, &self.opts).await,
         }
     }
 }
