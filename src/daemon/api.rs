@@ -81,7 +81,7 @@ async fn route(shared: &Arc<Shared>, stream: &mut UnixStream, req: &HttpReq) -> 
         ("POST", "/download") => download(shared, stream, &req.body).await,
         ("GET", "/tasks") => respond_json(stream, 200, &gc::list_tasks(shared)).await,
         ("POST", "/gc") => {
-            let n = gc::collect(shared);
+            let n = gc::collect_off_core(shared).await;
             respond_json(stream, 200, &serde_json::json!({"evicted": n})).await
         }
         ("GET", p) if p.starts_with("/tasks/") => {

@@ -66,7 +66,7 @@ async fn download(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
     }
     let first = with_retries(|| task::first_request(task)).await?;
     if let Some(g) = task.geometry() {
-        crate::daemon::gc::admit(shared, g.layout.content_len_bytes)?;
+        crate::daemon::gc::admit(shared, g.layout.content_len_bytes).await?;
     }
     match first {
         FirstResponse::Empty => {
@@ -116,6 +116,9 @@ async fn resume(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<bool> {
     let still_good = blocking(move || Ok(crate::storage::recheck_pieces(&path, layout, &done, &crcs))).await?;
     let n_good = still_good.iter().filter(|d| **d).count();
     tracing::info!(task = %task.id, pieces_on_disk = n_good, n_pieces = layout.n_pieces(), "resuming unfinished task");
+    if let Some(v) = meta.validator.clone() {
+        let _ = task.validator.set(v);
+    }
     task.resume_from(layout, &still_good, &meta.piece_crcs);
     if !task.all_pieces_done() {
         shared.broadcast_work(task, layout.n_pieces() - n_good as u64);
@@ -131,7 +134,7 @@ async fn stream_whole(
     len_bytes: Option<u64>,
 ) -> Result<()> {
     if let Some(len) = len_bytes {
-        crate::daemon::gc::admit(shared, len)?;
+        crate::daemon::gc::admit(shared, len).await?;
     }
     shared.store.create_task_file(&task.id, len_bytes)?;
     let file = open_task_file(task).await?;

@@ -203,7 +203,7 @@ pub async fn run_loop(shared: Arc<Shared>) {
         since_gc += tick;
         if since_gc >= gc_interval {
             since_gc = Duration::ZERO;
-            collect(&shared);
+            collect_off_core(&shared).await;
         }
         if let Some(limit) = alive {
             let idle_ms =
@@ -230,17 +230,23 @@ fn alive_time(shared: &Shared) -> Option<Duration> {
 
 /// Admission of a new task of `len_bytes`: refused outright when larger than the quota; otherwise,
 /// if it would push the cache over the quota, a GC pass runs first to make room.
-pub fn admit(shared: &Shared, len_bytes: u64) -> crate::error::Result<()> {
+pub async fn admit(shared: &Arc<Shared>, len_bytes: u64) -> crate::error::Result<()> {
     let pol = policy(shared);
     plan::admit(len_bytes, &pol).map_err(|e| crate::error::Error::disk(e.to_string()))?;
     if pol.disk_gc_threshold_bytes > 0 {
         let used: u64 =
             shared.index.values().iter().filter_map(|t| t.geometry()).map(|g| g.layout.content_len_bytes).sum();
         if used.saturating_add(len_bytes) > pol.disk_gc_threshold_bytes {
-            collect(shared);
+            collect_off_core(shared).await;
         }
     }
     Ok(())
+}
+
+/// A GC pass on the blocking pool: directory removals must not stall a core's IO.
+pub async fn collect_off_core(shared: &Arc<Shared>) -> usize {
+    let shared = shared.clone();
+    crate::daemon::engine::blocking(move || Ok(collect(&shared))).await.unwrap_or(0)
 }
 
 /// At shutdown (cores stopped): record each running task's pieces so the next start resumes it.

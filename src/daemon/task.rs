@@ -195,6 +195,7 @@ impl Task {
             digest: self.spec.digest.clone(),
             created_unix_ms: now.saturating_sub(self.started.elapsed().as_millis() as u64),
             last_access_unix_ms: self.last_access_unix_ms.load(Ordering::Acquire),
+            validator: self.validator.get().cloned(),
         }
     }
 

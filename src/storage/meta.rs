@@ -26,6 +26,8 @@ pub const TASK_ID_HEX_LEN: usize = 64;
 pub const MAX_PIECE_LEN_BYTES: u64 = 64 << 20;
 /// 2^18 pieces: 16 TiB at the 64 MiB cap, 1 TiB at 4 MiB; bounds the meta size below.
 pub const MAX_PIECES: usize = 1 << 18;
+/// An ETag or HTTP date; real ones are well under 100 bytes.
+pub const MAX_VALIDATOR_BYTES: usize = 1024;
 /// Presigned URLs can be long, but not unbounded.
 pub const MAX_URL_BYTES: usize = 64 << 10;
 /// `algo:hex`, room for sha512.
@@ -53,6 +55,9 @@ pub struct TaskMeta {
     pub created_unix_ms: u64,
     pub last_access_unix_ms: u64,
     pub finished_unix_ms: Option<u64>,
+    /// The origin's strong validator (ETag, else Last-Modified) the pieces were fetched under; a
+    /// resumed task sends it as `If-Range`, so a file changed while the daemon was down is caught.
+    pub validator: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +115,8 @@ struct WireOut<'a> {
     created_unix_ms: u64,
     last_access_unix_ms: u64,
     finished_unix_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    validator: Option<&'a str>,
 }
 
 #[derive(Deserialize)]
@@ -127,6 +134,9 @@ struct WireIn {
     created_unix_ms: u64,
     last_access_unix_ms: u64,
     finished_unix_ms: Option<u64>,
+    /// Added within format 1: absent in older files, which is fine (no validator known).
+    #[serde(default)]
+    validator: Option<String>,
 }
 
 /// Parsed first so that a future version is reported as `Version`, not as whatever field of
@@ -157,6 +167,7 @@ impl TaskMeta {
             created_unix_ms: self.created_unix_ms,
             last_access_unix_ms: self.last_access_unix_ms,
             finished_unix_ms: self.finished_unix_ms,
+            validator: self.validator.as_deref(),
         };
         // Serializing plain strings and integers into a Vec has no failure mode in serde_json
         // (no IO, no non-string map keys, no custom Serialize), so this is an invariant, not input.
@@ -264,6 +275,7 @@ fn from_wire(wire: WireIn) -> Result<TaskMeta, MetaError> {
         created_unix_ms: wire.created_unix_ms,
         last_access_unix_ms: wire.last_access_unix_ms,
         finished_unix_ms: wire.finished_unix_ms,
+        validator: wire.validator,
     })
 }
 
@@ -312,6 +324,9 @@ fn validate_strings(meta: &TaskMeta) -> Result<(), String> {
     }
     if meta.url.is_empty() || meta.url.len() > MAX_URL_BYTES {
         return Err(format!("url length {} is outside 1..={MAX_URL_BYTES}", meta.url.len()));
+    }
+    if meta.validator.as_ref().is_some_and(|v| v.len() > MAX_VALIDATOR_BYTES || v.chars().any(char::is_control)) {
+        return Err(format!("validator longer than {MAX_VALIDATOR_BYTES} bytes or with control characters"));
     }
     if let Some(digest) = &meta.digest {
         let shape_ok = digest.len() <= MAX_DIGEST_BYTES
@@ -405,6 +420,7 @@ mod tests {
             created_unix_ms: 1_700_000_000_000,
             last_access_unix_ms: 1_700_000_001_000,
             finished_unix_ms: None,
+            validator: None,
         }
     }
 
@@ -447,6 +463,8 @@ mod tests {
         let exact =
             TaskMeta { content_len: Some(8 * MIB), pieces_done: vec![false, false], piece_crcs: vec![0, 0], ..meta() };
         check_round_trip("length a multiple of piece_len", exact, false);
+        let validated = TaskMeta { validator: Some("\"6936b6a4-1312d07\"".to_string()), ..meta() };
+        check_round_trip("with the origin's validator", validated, false);
         let odd_url = TaskMeta { url: "https://ex.com/ü\n\"q\"?a=1&b=\u{7f}".to_string(), ..meta() };
         check_round_trip("url with escapes and non-ascii", odd_url, false);
         let max_ts = TaskMeta { created_unix_ms: u64::MAX, last_access_unix_ms: 0, ..finished() };
