@@ -108,7 +108,8 @@ async fn resume(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<bool> {
     let Some(meta) = shared.partial.remove(&task.id).map(|e| e.value().clone()) else { return Ok(false) };
     let Some(len) = meta.content_len else { return Ok(false) };
     let layout = Layout::for_len(len);
-    if meta.url != task.spec.display_url || meta.piece_len != layout.piece_len_bytes {
+    let len_ok = task.spec.expected_len.is_none_or(|want| want == len);
+    if meta.url != task.spec.display_url || meta.piece_len != layout.piece_len_bytes || !len_ok {
         return Ok(false);
     }
     let path = task.data_path.clone();
@@ -133,9 +134,7 @@ async fn stream_whole(
     resp: &mut client::Response,
     len_bytes: Option<u64>,
 ) -> Result<()> {
-    if let Some(len) = len_bytes {
-        crate::daemon::gc::admit(shared, len).await?;
-    }
+    // Admission already ran in `download` when the length is known (the geometry was set).
     shared.store.create_task_file(&task.id, len_bytes)?;
     let file = open_task_file(task).await?;
     let piece_len = task.geometry().map(|g| g.layout.piece_len_bytes).unwrap_or(DEFAULT_PIECE_LEN_BYTES);
