@@ -250,8 +250,8 @@ async fn run_download(shared: &Arc<Shared>, stream: &mut UnixStream, req: &Downl
     })
 }
 
-/// Finds or creates the task for `id`. Returns (task, reused) where reused = a finished task served
-/// from the cache (its file re-verified).
+/// Finds or creates the task for `id`. Returns the task, whether it is a cache hit (a finished task
+/// whose file was just re-verified), and a pin that keeps its file from eviction until dropped.
 async fn obtain_task(
     shared: &Arc<Shared>,
     id: &str,
