@@ -21,8 +21,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
-if ! python3 -c "import oras, jwt, cryptography" >/dev/null 2>&1; then
-  python3 -m pip install -q oras pyjwt cryptography
+if ! python3 -c "import oras.client" >/dev/null 2>&1; then
+  python3 -m pip install -q oras
 fi
 
 # RUST_TEST_THREADS rather than `-- --test-threads`: the bench targets (criterion) reject that flag.
