@@ -91,9 +91,12 @@ pub const API_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 /// Body of one socket API request (a download request is a URL, a path and a few headers).
 pub const MAX_API_BODY_BYTES: usize = 1024 * 1024;
 
-/// Times one request may find its task replaced (failed, evicted, corrupt) before giving up; more
-/// than two means something keeps destroying the task and retrying cannot help.
-pub const MAX_TASK_RESOLVE_ROUNDS: usize = 8;
+/// How long one request may wait for its task to become usable (a failed task's cleanup, other
+/// clients' exports of a task being retired) before giving up with an error.
+pub const TASK_RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Longest a client may leave one progress line unread before the daemon drops it.
+pub const CLIENT_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Least time between two progress events on one client stream.
 pub const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);

@@ -92,8 +92,10 @@ async fn route(shared: &Arc<Shared>, stream: &mut UnixStream, req: &HttpReq) -> 
             }
         }
         ("DELETE", p) if p.starts_with("/tasks/") => {
-            let id = &p["/tasks/".len()..];
-            match gc::remove(shared, id, force) {
+            let id = p["/tasks/".len()..].to_string();
+            let (sh, id2) = (shared.clone(), id.clone());
+            let id = id.as_str();
+            match engine::blocking(move || gc::remove(&sh, &id2, force)).await {
                 Ok(true) => respond_json(stream, 200, &serde_json::json!({"removed": id})).await,
                 Ok(false) => respond_json(stream, 404, &serde_json::json!({"error": format!("no task {id}")})).await,
                 Err(e) => respond_json(stream, 409, &serde_json::json!({"error": e.message})).await,
@@ -199,10 +201,15 @@ pub(crate) async fn write(stream: &mut (impl AsyncRead + AsyncWrite), bytes: Vec
     res.map_err(|e| Error::client(format!("client went away: {e}")))
 }
 
+/// One event line. Bounded in time: a client that stops reading (suspended, say) must not hold
+/// its task's pin, and so block eviction and removal, forever.
 async fn send_event(stream: &mut UnixStream, ev: &Event) -> Result<()> {
     let mut line = serde_json::to_vec(ev).map_err(|e| Error::internal(e.to_string()))?;
     line.push(b'\n');
-    write(stream, line).await
+    match compio::time::timeout(limits::CLIENT_WRITE_TIMEOUT, write(stream, line)).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::client(format!("client read nothing for {:?}", limits::CLIENT_WRITE_TIMEOUT))),
+    }
 }
 
 async fn download(shared: &Arc<Shared>, stream: &mut UnixStream, body: &[u8]) -> Result<()> {
@@ -257,17 +264,21 @@ async fn obtain_task(
     id: &str,
     spec: crate::daemon::task::Spec,
 ) -> Result<(Arc<Task>, bool, crate::daemon::task::ReaderPin)> {
-    for _ in 0..limits::MAX_TASK_RESOLVE_ROUNDS {
+    // Waiting for a failed task's cleanup or for other readers of a task being retired can take a
+    // while (a large export); give up only after a deadline, not after a number of wake-ups.
+    let deadline = Instant::now() + limits::TASK_RESOLVE_TIMEOUT;
+    while Instant::now() < deadline {
         let (task, created) = shared.index.get_or_create(id, || {
             Arc::new(Task::new(id.to_string(), shared.new_peer_id(), spec.clone(), shared.store.data_path(id)))
         });
-        let listener = task.event.listen();
         // Pinned before anything else: a task being checked for reuse must not look idle to the GC.
+        let listener = task.event.listen();
         let Some(pin) = task.pin() else {
             // Claimed for eviction: its entry disappears once its files are gone.
             let _ = compio::time::timeout(limits::FAILED_TASK_CLEANUP_WAIT, listener).await;
             continue;
         };
+        drop(listener);
         task.touch();
         if created {
             compio::runtime::spawn(engine::drive(shared.clone(), task.clone())).detach();
@@ -281,16 +292,21 @@ async fn obtain_task(
                 drop(pin);
                 retire(shared, &task).await;
             }
-            // A failed task is removed by its own `drive`; wait for that, then start afresh.
+            // A failed task is removed by its own `drive`; wait for that, then start afresh. The
+            // listener is made after our pin is dropped: dropping a pin notifies.
             State::Failed => {
                 drop(pin);
+                let listener = task.event.listen();
                 if shared.index.get(id).is_some_and(|t| Arc::ptr_eq(&t, &task)) {
                     let _ = compio::time::timeout(limits::FAILED_TASK_CLEANUP_WAIT, listener).await;
                 }
             }
         }
     }
-    Err(Error::internal("task index kept changing under this request"))
+    Err(Error::internal(format!(
+        "task {id} stayed busy (failing, or being exported by others) for {:?}",
+        limits::TASK_RESOLVE_TIMEOUT
+    )))
 }
 
 /// A finished task may be linked again only if its file still has the right length and crcs:
@@ -316,9 +332,10 @@ async fn reusable(task: &Arc<Task>) -> bool {
 /// Retires a finished task that cannot be reused (multiplex off, or its file failed verification).
 /// Only once nobody reads it: files first, then the index entry, so a new task for the id is only
 /// created after the old files are gone. While others still export it, waits briefly instead.
-async fn retire(shared: &Shared, task: &Arc<Task>) {
+async fn retire(shared: &Arc<Shared>, task: &Arc<Task>) {
     let listener = task.event.listen();
-    if gc::evict(shared, task) {
+    let (sh, t) = (shared.clone(), task.clone());
+    if engine::blocking(move || Ok(gc::evict(&sh, &t))).await.unwrap_or(false) {
         return;
     }
     let _ = compio::time::timeout(limits::FAILED_TASK_CLEANUP_WAIT, listener).await;

@@ -19,10 +19,11 @@ use crate::piece::{Layout, DEFAULT_PIECE_LEN_BYTES};
 /// Runs a task to completion on the home core. Never panics on bad input: every failure ends in
 /// `task.fail` plus cleanup, and the index entry is dropped so the next request starts afresh.
 pub async fn drive(shared: Arc<Shared>, task: Arc<Task>) {
-    let result = match until_failed(&task, download(&shared, &task)).await {
-        Ok(()) => finalize(&shared, &task).await,
-        Err(e) => Err(e),
-    };
+    let result = until_failed(&task, async {
+        download(&shared, &task).await?;
+        finalize(&shared, &task).await
+    })
+    .await;
     // `mark_done` loses only to a failure recorded meanwhile (an operator's `rm --force` during
     // the digest check, say): then this is a failed task like any other.
     let done = match result {
@@ -55,7 +56,12 @@ pub async fn drive(shared: Arc<Shared>, task: Arc<Task>) {
     // Only `drive` removes a failed task, and it keeps the index entry until its files are gone: a
     // request that finds the failed entry waits for it to disappear, so a new task for the same id
     // never has its files deleted by this cleanup.
-    let _ = shared.store.remove_task(&task.id);
+    let (sh, t) = (shared.clone(), task.clone());
+    let _ = blocking(move || {
+        let _files = t.files.lock().map_err(|_| Error::internal("task files lock poisoned"))?;
+        sh.store.remove_task(&t.id)
+    })
+    .await;
     shared.index.remove_if_same(&task.id, &task);
     task.event.notify(usize::MAX);
 }
@@ -176,7 +182,16 @@ async fn wait_all_pieces(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
 pub async fn persist(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
     let meta = task.to_meta();
     let (data_path, meta_path) = (task.data_path.clone(), shared.store.meta_path(&task.id));
-    blocking(move || crate::storage::persist_meta(&data_path, &meta_path, &meta)).await
+    let task = task.clone();
+    blocking(move || {
+        let _files = task.files.lock().map_err(|_| Error::internal("task files lock poisoned"))?;
+        // The task may have failed (and its files been removed) while this job waited.
+        if task.state() == State::Failed {
+            return Ok(());
+        }
+        crate::storage::persist_meta(&data_path, &meta_path, &meta)
+    })
+    .await
 }
 
 /// Digest check (when asked for) and metadata, off the IO path.
@@ -246,7 +261,7 @@ async fn fetch_piece(task: &Task, file: &compio::fs::File, layout: Layout, piece
             if let (Some(want), Some(got)) = (task.validator.get().filter(|v| v.starts_with('"')), etag) {
                 if want != got {
                     return Err(Error::origin(
-                        false,
+                        true,
                         format!("{}: content changed during the download (ETag {want} → {got})", task.spec.display_url),
                     )
                     .with_kind(crate::error::Kind::Integrity));
@@ -255,9 +270,11 @@ async fn fetch_piece(task: &Task, file: &compio::fs::File, layout: Layout, piece
         }
         // With If-Range, a 200 means the content changed since the first response: mixing pieces of
         // two versions would make a file that never existed.
+        // Retryable: behind a load balancer another backend may answer with its own ETag; a file
+        // that really changed fails every attempt.
         200 if !if_range.is_empty() => {
             return Err(Error::origin(
-                false,
+                true,
                 format!("{}: content changed during the download (If-Range no longer matches)", task.spec.display_url),
             )
             .with_kind(crate::error::Kind::Integrity))

@@ -142,7 +142,8 @@ fn view(t: &Task) -> TaskView {
         len_bytes: t.geometry().map(|g| g.layout.content_len_bytes).unwrap_or(0),
         last_access: UNIX_EPOCH + Duration::from_millis(t.last_access_unix_ms.load(Ordering::Acquire)),
         finished: t.state() == State::Done,
-        in_use: t.state() == State::Running || t.n_readers() > 0,
+        // Failed tasks belong to their `drive` until it has removed them: never the GC's.
+        in_use: t.state() != State::Done || t.n_readers() > 0,
     }
 }
 
@@ -268,7 +269,9 @@ pub fn park_all(shared: &Shared) {
 /// Evicts a finished task nobody reads: claims it (pins fail from then on), removes its files,
 /// then its index entry. False when it is pinned or already claimed.
 pub fn evict(shared: &Shared, task: &Arc<Task>) -> bool {
-    if !task.claim_eviction() {
+    // Done is terminal, so checking it before the claim cannot race; a failed task is its own
+    // `drive`'s to clean up, a running one is not finished.
+    if task.state() != State::Done || !task.claim_eviction() {
         return false;
     }
     let _ = shared.store.remove_task(&task.id);

@@ -73,6 +73,9 @@ pub struct Task {
     /// operator claimed the task: one word, so "pin unless evicted" and "evict unless pinned" are
     /// each a single atomic step and can never both succeed.
     readers: AtomicUsize,
+    /// Held while metadata is written and while a failed task's files are removed, so a late
+    /// progress write can never land after (or in the middle of) the cleanup.
+    pub files: std::sync::Mutex<()>,
     /// Strong validator of the content (ETag, else Last-Modified) from the first response, sent as
     /// `If-Range` with every piece so a file replaced mid-download is detected, not mixed.
     pub validator: OnceLock<String>,
@@ -100,6 +103,7 @@ impl Task {
             event: event_listener::Event::new(),
             last_access_unix_ms: AtomicU64::new(now_unix_ms()),
             readers: AtomicUsize::new(0),
+            files: std::sync::Mutex::new(()),
             validator: OnceLock::new(),
         }
     }
@@ -333,8 +337,12 @@ pub async fn first_request(task: &Task) -> Result<FirstResponse> {
                 ));
             }
             task.set_geometry(Geometry { layout, ranged: true });
-            if let Some(v) = strong_validator(&resp.head) {
-                let _ = task.validator.set(v);
+            // With a digest the content is checked end to end anyway; If-Range would only add
+            // failures (per-backend ETags behind a load balancer), so it is used without one.
+            if task.spec.digest.is_none() {
+                if let Some(v) = strong_validator(&resp.head) {
+                    let _ = task.validator.set(v);
+                }
             }
             // Piece 0 is on this response unless piece length is larger than the probe (files > 1 GiB).
             let piece0 = Some(cr.last) == expected_last;
@@ -355,11 +363,19 @@ pub async fn first_request(task: &Task) -> Result<FirstResponse> {
 }
 
 /// A validator usable with `If-Range` (RFC 9110 §13.1.5): a strong ETag, else Last-Modified.
+/// Only when there is no ETag at all may a date be used (a weak ETag means "no strong validator").
+/// Anything oversized or with control characters is treated as absent: it goes into a request
+/// header and into meta.json.
 pub fn strong_validator(head: &crate::http::codec::ResponseHead) -> Option<String> {
-    match head.header_str("etag").map(str::trim) {
-        Some(etag) if !etag.starts_with("W/") && etag.starts_with('"') => Some(etag.to_string()),
-        _ => head.header_str("last-modified").map(|v| v.trim().to_string()),
-    }
+    let v = match head.header_str("etag").map(str::trim) {
+        Some(etag) if etag.starts_with('"') => etag,
+        Some(_) => return None,
+        None => head.header_str("last-modified")?.trim(),
+    };
+    let sane = !v.is_empty()
+        && v.len() <= crate::storage::meta::MAX_VALIDATOR_BYTES
+        && v.bytes().all(|b| (0x20..0x7f).contains(&b));
+    sane.then(|| v.to_string())
 }
 
 /// The origin's length must match a length known in advance (an OCI descriptor's size).
@@ -525,6 +541,30 @@ impl Cutter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn check_validator(headers: &[(&str, &str)], expected: Option<&str>) {
+        let head = crate::http::codec::ResponseHead {
+            status: 206,
+            reason: "Partial Content".into(),
+            version_minor: 1,
+            headers: headers.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect(),
+        };
+        assert_eq!(strong_validator(&head).as_deref(), expected, "{headers:?}");
+    }
+
+    #[test]
+    fn validators_follow_rfc_9110_if_range_rules() {
+        let date = "Sun, 29 Nov 2026 16:21:40 GMT";
+        check_validator(&[("ETag", "\"abc\"")], Some("\"abc\""));
+        check_validator(&[("ETag", "\"abc\""), ("Last-Modified", date)], Some("\"abc\""));
+        // A weak ETag means there is no strong validator: the date may not be used either.
+        check_validator(&[("ETag", "W/\"abc\""), ("Last-Modified", date)], None);
+        check_validator(&[("Last-Modified", date)], Some(date));
+        check_validator(&[], None);
+        check_validator(&[("ETag", "\"a\tb\"")], None);
+        let huge = format!("\"{}\"", "x".repeat(2000));
+        check_validator(&[("ETag", huge.as_str())], None);
+    }
 
     #[test]
     fn cutter_splits_at_piece_boundaries_for_any_chunking() {
