@@ -634,3 +634,44 @@ fn absurd_content_length_is_refused_without_allocating_it() {
     assert_mentions(&reason, "larger than", "a 16 EiB claim");
     assert_still_serves(&daemon);
 }
+
+// ---------------------------------------------------------------- idle pool settings
+
+fn one_core_daemon_with(keys: &[(&str, String)]) -> Daemon {
+    Daemon::start(DaemonOpts { extra_yaml: http_transport_yaml(keys), cores: Some(1), ..DaemonOpts::default() })
+}
+
+/// Connection ids that served requests for `path`.
+fn conns_for(origin: &ScriptOrigin, path: &str) -> std::collections::BTreeSet<u64> {
+    origin.requests().into_iter().filter(|r| r.target == path).map(|r| r.conn_id).collect()
+}
+
+#[test]
+fn pooled_connections_are_reused_until_idle_conn_timeout() {
+    let body = Arc::new(content(PIECE + 1, 45));
+    let served = body.clone();
+    let origin = ScriptOrigin::start(move |req, ctx| ctx.serve_ranged(req, &served));
+    let daemon = one_core_daemon_with(&[("idleConnTimeout", "1s".into())]);
+    let dir = out_dir();
+    download_exact(&daemon, &origin.url("/a.bin"), dir.path(), "a.bin", &body);
+    download_exact(&daemon, &origin.url("/b.bin"), dir.path(), "b.bin", &body);
+    let (a, b) = (conns_for(&origin, "/a.bin"), conns_for(&origin, "/b.bin"));
+    assert!(!a.is_disjoint(&b), "a download right after another reuses its pooled connections: {a:?} {b:?}");
+    std::thread::sleep(Duration::from_millis(1500));
+    download_exact(&daemon, &origin.url("/c.bin"), dir.path(), "c.bin", &body);
+    let c = conns_for(&origin, "/c.bin");
+    assert!(c.is_disjoint(&a) && c.is_disjoint(&b), "after idleConnTimeout no pooled connection is reused: {c:?}");
+}
+
+#[test]
+fn max_idle_conns_per_host_0_disables_reuse() {
+    let body = Arc::new(content(3 * PIECE + 1, 46));
+    let served = body.clone();
+    let origin = ScriptOrigin::start(move |req, ctx| ctx.serve_ranged(req, &served));
+    let daemon = one_core_daemon_with(&[("maxIdleConnsPerHost", "0".into())]);
+    let dir = out_dir();
+    download_exact(&daemon, &origin.url("/n.bin"), dir.path(), "n.bin", &body);
+    download_exact(&daemon, &origin.url("/m.bin"), dir.path(), "m.bin", &body);
+    let n_requests = origin.requests().len() as u64;
+    assert_eq!(origin.n_connections(), n_requests, "every request on a fresh connection when nothing may idle");
+}
