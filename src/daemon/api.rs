@@ -316,10 +316,7 @@ async fn reusable(task: &Arc<Task>) -> bool {
         return false;
     };
     let (path, crcs) = (task.data_path.clone(), task.crcs());
-    let check = engine::blocking(move || {
-        crate::storage::verify_pieces(&path, g.layout.content_len_bytes, g.layout.piece_len_bytes, &crcs)
-    })
-    .await;
+    let check = engine::blocking(move || crate::storage::verify_pieces(&path, g.layout, &crcs)).await;
     match check {
         Ok(()) => true,
         Err(e) => {

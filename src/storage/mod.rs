@@ -14,7 +14,7 @@ pub mod meta;
 pub mod task_id;
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -106,26 +106,22 @@ pub fn disk_err(e: io::Error, path: &Path, what: &str) -> Error {
 
 /// Recomputes the crc32 of every piece of a finished file and compares with the recorded ones.
 /// Blocking: run it off the IO path (`spawn_blocking`).
-pub fn verify_pieces(path: &Path, len_bytes: u64, piece_len_bytes: u64, crcs: &[u32]) -> Result<()> {
-    let mut file = File::open(path).map_err(|e| disk_err(e, path, "open task file"))?;
-    let actual_len = file.metadata().map_err(|e| disk_err(e, path, "stat task file"))?.len();
-    if actual_len != len_bytes {
-        return Err(Error::disk(format!("task file {} has {actual_len} bytes, expected {len_bytes}", path.display())));
+pub fn verify_pieces(path: &Path, layout: crate::piece::Layout, crcs: &[u32]) -> Result<()> {
+    let actual_len = fs::metadata(path).map_err(|e| disk_err(e, path, "stat task file"))?.len();
+    if actual_len != layout.content_len_bytes {
+        return Err(Error::disk(format!(
+            "task file {} has {actual_len} bytes, expected {}",
+            path.display(),
+            layout.content_len_bytes
+        )));
     }
-    let mut buf = vec![0u8; piece_len_bytes.min(len_bytes).max(1) as usize];
-    for (idx, want) in crcs.iter().enumerate() {
-        let start = idx as u64 * piece_len_bytes;
-        let n = (len_bytes - start).min(piece_len_bytes) as usize;
-        file.read_exact(&mut buf[..n]).map_err(|e| disk_err(e, path, "read task file"))?;
-        let got = crc32fast::hash(&buf[..n]);
-        if got != *want {
-            return Err(Error::disk(format!(
-                "task file {} piece {idx} crc {got:08x} != recorded {want:08x}",
-                path.display()
-            )));
+    let good = recheck_pieces(path, layout, &vec![true; crcs.len()], crcs);
+    match good.iter().position(|ok| !ok) {
+        Some(idx) => {
+            Err(Error::disk(format!("task file {} piece {idx} does not match its recorded crc", path.display())))
         }
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// sha256 of a finished task file against `sha256:<hex>`. Blocking (mmap + hash).
