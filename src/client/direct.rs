@@ -37,12 +37,11 @@ async fn fetch_to_file(req: &DownloadRequest, config: &Config) -> Result<u64> {
 async fn resolve(req: &DownloadRequest, config: &Config) -> Result<(Fetch, Option<String>)> {
     let digest = req.digest.as_deref().map(crate::daemon::api::parse_digest).transpose()?;
     if req.url.starts_with("oras://") {
-        use crate::source::oras::{reference::Reference, registry};
-        let reference = Reference::parse(&req.url).map_err(|e| Error::client(e.to_string()))?;
         let opts = Options::from_transport(&config.oras)?;
-        let r = registry::resolve(&reference, &opts, &config.oras.insecure_registries).await?;
-        let fetch = Fetch { url: r.blob_url, headers: req.headers.clone(), opts, auth: Some(r.auth) };
-        return Ok((fetch, Some(r.layer.digest)));
+        let insecure = &config.oras.insecure_registries;
+        let (fetch, layer) =
+            crate::source::oras_fetch(&req.url, &req.headers, &opts, insecure, digest.as_deref()).await?;
+        return Ok((fetch, Some(layer.digest)));
     }
     let url = url::Url::parse(&req.url).map_err(|e| Error::client(format!("invalid URL `{}`: {e}", req.url)))?;
     let fetch = Fetch { url, headers: req.headers.clone(), opts: Options::from_transport(&config.http)?, auth: None };

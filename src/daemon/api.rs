@@ -407,31 +407,11 @@ async fn prepare(shared: &Shared, req: &DownloadRequest) -> Result<(Spec, String
 }
 
 async fn prepare_oras(shared: &Shared, req: &DownloadRequest, digest: Option<String>) -> Result<(Spec, String)> {
-    use crate::source::oras::{reference::Reference, registry};
-    let reference = Reference::parse(&req.url).map_err(|e| Error::client(e.to_string()))?;
     let insecure = &shared.config.oras.insecure_registries;
-    let resolved = registry::resolve(&reference, &shared.oras_opts, insecure).await?;
-    if let Some(d) = &digest {
-        if *d != resolved.layer.digest {
-            return Err(Error::client(format!(
-                "--digest {d} does not match the image layer {}",
-                resolved.layer.digest
-            )));
-        }
-    }
-    let id = crate::storage::task_id::task_id(&resolved.layer.digest, &[], "", &req.tag, &req.application);
-    let fetch = Fetch {
-        url: resolved.blob_url,
-        headers: req.headers.clone(),
-        opts: shared.oras_opts.clone(),
-        auth: Some(resolved.auth),
-    };
-    let spec = Spec {
-        display_url: req.url.clone(),
-        fetch,
-        digest: Some(resolved.layer.digest),
-        expected_len: Some(resolved.layer.size),
-    };
+    let (fetch, layer) =
+        crate::source::oras_fetch(&req.url, &req.headers, &shared.oras_opts, insecure, digest.as_deref()).await?;
+    let id = crate::storage::task_id::task_id(&layer.digest, &[], "", &req.tag, &req.application);
+    let spec = Spec { display_url: req.url.clone(), fetch, digest: Some(layer.digest), expected_len: Some(layer.size) };
     Ok((spec, id))
 }
 

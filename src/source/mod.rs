@@ -41,3 +41,23 @@ impl Fetch {
         }
     }
 }
+
+/// Resolves an `oras://` URL to a `Fetch` of its SIF blob plus the layer it must match. A digest the
+/// user gave must be that layer's. Shared by the daemon and the client's back-to-source path.
+pub async fn oras_fetch(
+    url: &str,
+    headers: &[(String, String)],
+    opts: &Options,
+    insecure_registries: &[String],
+    user_digest: Option<&str>,
+) -> Result<(Fetch, oras::manifest::Layer)> {
+    use crate::error::Error;
+    let reference = oras::reference::Reference::parse(url).map_err(|e| Error::client(e.to_string()))?;
+    let resolved = oras::registry::resolve(&reference, opts, insecure_registries).await?;
+    if let Some(d) = user_digest.filter(|d| *d != resolved.layer.digest) {
+        return Err(Error::client(format!("--digest {d} does not match the image layer {}", resolved.layer.digest)));
+    }
+    let fetch =
+        Fetch { url: resolved.blob_url, headers: headers.to_vec(), opts: opts.clone(), auth: Some(resolved.auth) };
+    Ok((fetch, resolved.layer))
+}
