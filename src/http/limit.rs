@@ -58,8 +58,3 @@ pub async fn acquire(key: &PoolKey, max_per_host: usize) -> Permit {
         listener.await;
     }
 }
-
-/// Requests currently in flight to `host:port` (for tests and metrics).
-pub fn in_flight(host: &str, port: u16) -> usize {
-    IN_FLIGHT.lock().ok().and_then(|m| m.get(&(host.to_string(), port)).copied()).unwrap_or(0)
-}

@@ -71,7 +71,3 @@ fn evict_oldest(pool: &mut Pool) {
         }
     }
 }
-
-pub fn n_idle() -> usize {
-    POOL.with_borrow(|p| p.n_idle)
-}
