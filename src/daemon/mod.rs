@@ -127,14 +127,16 @@ pub fn run(
     Ok(())
 }
 
-/// Binds the API socket with mode 0660. A stale socket file (no daemon behind it) is replaced; a live
-/// one is an error, so two daemons never share a socket.
+/// Binds the API socket with mode 0660. A stale socket file (no daemon answering behind it) is
+/// replaced; a live one is an error, so two daemons never share a socket.
 fn bind_socket(path: &Path) -> anyhow::Result<std::os::unix::net::UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create socket dir {}", dir.display()))?;
     }
     if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        // A daemon that answers `/healthy` is alive. A bare successful connect is not proof: after
+        // a SIGKILL, the dead daemon's io_uring teardown can keep its listener accepting briefly.
+        if crate::client::socket::healthy(path) {
             anyhow::bail!("another daemon is already listening on {}", path.display());
         }
         std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
