@@ -24,22 +24,26 @@ pub async fn drive(shared: Arc<Shared>, task: Arc<Task>) {
         finalize(&shared, &task).await
     })
     .await;
-    // `mark_done` loses only to a failure recorded meanwhile (an operator's `rm --force` during
-    // the digest check, say): then this is a failed task like any other.
+    // Logged before `mark_done`: a subscriber can tell its client "done" only after that, so the
+    // line is in core.log when `dfget` returns. `mark_done` loses only to a failure recorded in
+    // that instant (an operator's `rm --force`): then a "failed" line follows and it is a failed
+    // task like any other.
     let done = match result {
-        Ok(()) => task.mark_done(),
+        Ok(()) => {
+            tracing::info!(
+                target: "PeerTask",
+                peer = %task.peer_id,
+                task = %task.id,
+                component = "PeerTask",
+                "peer task done, cost: {}ms",
+                task.started.elapsed().as_millis()
+            );
+            task.mark_done()
+        }
         Err(e) => !task.fail(e),
     };
     if done {
         metrics::bump(&metrics::DOWNLOADS_DONE, 1);
-        tracing::info!(
-            target: "PeerTask",
-            peer = %task.peer_id,
-            task = %task.id,
-            component = "PeerTask",
-            "peer task done, cost: {}ms",
-            task.started.elapsed().as_millis()
-        );
         return;
     }
     metrics::bump(&metrics::DOWNLOADS_FAILED, 1);

@@ -17,29 +17,22 @@ use tracing_subscriber::layer::{Context as LayerCtx, SubscriberExt};
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
-pub struct Guards(#[allow(dead_code)] Vec<tracing_appender::non_blocking::WorkerGuard>);
-
-/// Installs the global subscriber. Keep the returned guards alive until exit (they flush the file).
-pub fn init(log_dir: &Path, to_stderr: bool, level: &str) -> anyhow::Result<Guards> {
+/// Installs the global subscriber. Writes are synchronous, one `write` per line on an O_APPEND
+/// file: log volume is a few lines per task, and a line logged before a client is told "done" is
+/// on disk when that client returns — so `grep "peer task done" core.log` right after `dfget`
+/// always finds it (a background writer could still be holding it).
+pub fn init(log_dir: &Path, to_stderr: bool, level: &str) -> anyhow::Result<()> {
     let dir = log_dir.join("daemon");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create log dir {}", dir.display()))?;
     let level: Level =
         level.parse().map_err(|_| anyhow::anyhow!("unknown log level `{level}` (error, warn, info, debug, trace)"))?;
-    let (file, g1) = tracing_appender::non_blocking(tracing_appender::rolling::never(&dir, "core.log"));
-    let mut guards = vec![g1];
-    let stderr = if to_stderr {
-        let (w, g) = tracing_appender::non_blocking(std::io::stderr());
-        guards.push(g);
-        Some(JsonLines { writer: w, max_level: level })
-    } else {
-        None
-    };
+    let file = tracing_appender::rolling::never(&dir, "core.log");
+    let stderr = to_stderr.then_some(JsonLines { writer: std::io::stderr, max_level: level });
     tracing_subscriber::registry()
         .with(JsonLines { writer: file, max_level: level })
         .with(stderr)
         .try_init()
-        .context("cannot install the logger")?;
-    Ok(Guards(guards))
+        .context("cannot install the logger")
 }
 
 struct JsonLines<W> {

@@ -76,7 +76,7 @@ pub fn run(
 ) -> anyhow::Result<()> {
     // Before any thread exists (the log writer, the cores), so all of them inherit the mask.
     core::block_stop_signals();
-    let _log_guard = log::init(&config.log_dir, log_to_stderr || config.console, log_level)?;
+    log::init(&config.log_dir, log_to_stderr || config.console, log_level)?;
     for w in &warnings {
         tracing::warn!("{w}");
     }
