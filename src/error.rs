@@ -5,8 +5,11 @@
 
 use std::fmt;
 
-/// Where a failure came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use serde::{Deserialize, Serialize};
+
+/// Where a failure came from. On the socket wire (`proto::Event::Error`) as a lowercase word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Source {
     /// The origin server or registry (bad status, malformed response, connection trouble).
     Origin,
@@ -29,8 +32,10 @@ impl Source {
     }
 }
 
-/// What kind of failure, where callers branch on it (fallbacks, exit codes, tests).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What kind of failure, where callers branch on it (fallbacks, exit codes, tests). On the socket
+/// wire as a snake_case word, or `{"status": N}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Kind {
     #[default]
     Other,

@@ -2,16 +2,20 @@
 //!
 //! The crate is the architecture: `config` (YAML → typed config), `http` (our HTTP/1.1 client: sans-IO
 //! codec + IO shell), `piece` (piece math, shared bitmap), `storage` (task files, metadata, export,
-//! the lock-free index), `gc` (the pure eviction planner), `daemon` (cores, socket API, engine, GC
-//! loop, logs) and `client` (the `dfget` side). See ARCHITECTURE.md for a URL's trip through them.
+//! the lock-free index), `gc` (the pure eviction planner), `proto` (the socket wire both sides
+//! speak), `daemon` (cores, socket API, engine, cache lifecycle, logs) and `client` (the `dfget`
+//! side). See ARCHITECTURE.md for a URL's trip through them.
 
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod digest;
 pub mod error;
 pub mod gc;
 pub mod http;
 pub mod limits;
 pub mod piece;
+pub mod proto;
 pub mod source;
 pub mod storage;

@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
-use crate::daemon::api::DownloadRequest;
 use crate::error::{Error, Result};
 use crate::http::client::Options;
+use crate::proto::DownloadRequest;
 use crate::source::Fetch;
 
 pub fn download(req: &DownloadRequest, config: &Config) -> Result<u64> {
@@ -35,7 +35,7 @@ async fn fetch_to_file(req: &DownloadRequest, config: &Config) -> Result<u64> {
 }
 
 async fn resolve(req: &DownloadRequest, config: &Config) -> Result<(Fetch, Option<String>)> {
-    let digest = req.digest.as_deref().map(crate::daemon::api::parse_digest).transpose()?;
+    let digest = req.digest.as_deref().map(crate::digest::parse).transpose()?;
     if req.url.starts_with("oras://") {
         let opts = Options::from_transport(&config.oras)?;
         let insecure = &config.oras.insecure_registries;

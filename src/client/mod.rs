@@ -11,10 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Subcommand};
 
 use crate::config::Config;
-use crate::daemon::api::{DownloadRequest, Event};
+use crate::error::Source;
+use crate::proto::{ApiError, ApiRequest, DownloadRequest, Event, TaskInfo};
 
 pub const EXIT_OK: u8 = 0;
 /// The download failed (origin error, digest mismatch, disk error in the daemon).
@@ -25,32 +26,6 @@ pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_DAEMON: u8 = 3;
 /// `--timeout` elapsed.
 pub const EXIT_TIMEOUT: u8 = 4;
-
-const AFTER_HELP: &str = "\
-Exit codes: 0 success; 1 download failed (origin, digest, disk); 2 bad arguments or request;
-3 no daemon reachable or the daemon failed to start; 4 --timeout elapsed.
-
-Examples:
-  dfget daemon                                   run the daemon (config /etc/dragonfly/dfget.yaml)
-  dfget -u https://example.com/f.iso -O f.iso    download through the daemon";
-
-#[derive(Debug, Parser)]
-#[command(name = "dfget", version, about = "Dragonfly-compatible downloader: dfget and its daemon", after_help = AFTER_HELP)]
-#[command(args_conflicts_with_subcommands = true)]
-pub struct Cli {
-    #[command(subcommand)]
-    pub command: Option<Command>,
-    #[command(flatten)]
-    pub download: DownloadArgs,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum Command {
-    /// Run the download daemon in the foreground.
-    Daemon(DaemonArgs),
-    /// Inspect and manage the daemon's task cache.
-    Tasks(TasksArgs),
-}
 
 #[derive(Debug, Args)]
 pub struct TasksArgs {
@@ -82,28 +57,6 @@ pub enum TasksAction {
     },
     /// Run a GC pass now.
     Gc,
-}
-
-#[derive(Debug, Args)]
-pub struct DaemonArgs {
-    /// Config file (default: /etc/dragonfly/dfget.yaml for root, $XDG_CONFIG_HOME/dragonfly/dfget.yaml otherwise).
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Number of cores (one io_uring runtime each); default: all.
-    #[arg(long)]
-    pub cores: Option<usize>,
-    /// Also log to stderr.
-    #[arg(long)]
-    pub console: bool,
-    /// Log level: error, warn, info, debug, trace.
-    #[arg(long, default_value = "info")]
-    pub log_level: String,
-    /// Shortcut for --log-level debug.
-    #[arg(short, long)]
-    pub verbose: bool,
-    /// Override the socket path of the config.
-    #[arg(long)]
-    pub daemon_sock: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Default)]
@@ -150,24 +103,6 @@ pub struct DownloadArgs {
     /// Never download straight from the origin when no daemon can be reached.
     #[arg(long)]
     pub disable_back_source: bool,
-}
-
-pub fn run_daemon(args: DaemonArgs) -> anyhow::Result<()> {
-    let (path, required) = match &args.config {
-        Some(p) => (p.clone(), true),
-        None => (Config::default_path(), false),
-    };
-    let loaded = Config::load_path(&path, required).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut config = loaded.config;
-    if let Some(sock) = args.daemon_sock {
-        config.socket_path = sock;
-    }
-    let n_cores = args
-        .cores
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
-        .clamp(1, crate::limits::MAX_CORES);
-    let level = if args.verbose || config.verbose { "debug".to_string() } else { args.log_level };
-    crate::daemon::run(config, n_cores, loaded.warnings, args.console, &level)
 }
 
 pub fn run_download(args: DownloadArgs) -> ExitCode {
@@ -222,7 +157,7 @@ fn download(args: &DownloadArgs) -> Result<(), Failure> {
     match result {
         Ok(Event::Done { .. }) => Ok(()),
         Ok(Event::Error { source, message, .. }) => {
-            let code = if source == "client" { EXIT_USAGE } else { EXIT_DOWNLOAD };
+            let code = if source == Source::Client { EXIT_USAGE } else { EXIT_DOWNLOAD };
             Err((code, message))
         }
         Ok(other) => Err((EXIT_DAEMON, format!("daemon ended the stream unexpectedly with {other:?}"))),
@@ -243,7 +178,7 @@ fn back_to_source(args: &DownloadArgs, req: &DownloadRequest, why: &str) -> Resu
     };
     match direct::download(req, &config) {
         Ok(_) => Ok(()),
-        Err(e) => Err((if e.source == crate::error::Source::Client { EXIT_USAGE } else { EXIT_DOWNLOAD }, e.message)),
+        Err(e) => Err((if e.source == Source::Client { EXIT_USAGE } else { EXIT_DOWNLOAD }, e.message)),
     }
 }
 
@@ -322,12 +257,13 @@ pub fn run_tasks(args: TasksArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    let (method, path) = match &args.action {
-        TasksAction::Ls { .. } => ("GET", "/tasks".to_string()),
-        TasksAction::Stat { id } => ("GET", format!("/tasks/{id}")),
-        TasksAction::Rm { id, force } => ("DELETE", format!("/tasks/{id}{}", if *force { "?force=true" } else { "" })),
-        TasksAction::Gc => ("POST", "/gc".to_string()),
+    let req = match &args.action {
+        TasksAction::Ls { .. } => ApiRequest::ListTasks,
+        TasksAction::Stat { id } => ApiRequest::StatTask { id: id.clone() },
+        TasksAction::Rm { id, force } => ApiRequest::RemoveTask { id: id.clone(), force: *force },
+        TasksAction::Gc => ApiRequest::Gc,
     };
+    let (method, path) = req.target();
     match socket::request(&sock, method, &path) {
         Ok((200, body)) => {
             match args.action {
@@ -337,10 +273,7 @@ pub fn run_tasks(args: TasksArgs) -> ExitCode {
             ExitCode::from(EXIT_OK)
         }
         Ok((status, body)) => {
-            let msg = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
-                .unwrap_or(body);
+            let msg = serde_json::from_str::<ApiError>(&body).map(|e| e.error).unwrap_or(body);
             eprintln!("dfget: {msg}");
             ExitCode::from(if status == 404 || status == 409 { EXIT_USAGE } else { EXIT_DAEMON })
         }
@@ -352,23 +285,14 @@ pub fn run_tasks(args: TasksArgs) -> ExitCode {
 }
 
 fn print_task_table(body: &str) {
-    let Ok(tasks) = serde_json::from_str::<Vec<serde_json::Value>>(body) else {
+    let Ok(tasks) = serde_json::from_str::<Vec<TaskInfo>>(body) else {
         println!("{body}");
         return;
     };
     println!("{:<16} {:<8} {:>14} {:>24}  URL", "TASK", "STATE", "BYTES", "LAST ACCESS (UTC)");
     for t in tasks {
-        let id = t["id"].as_str().unwrap_or("");
-        let last = t["last_access_unix_ms"].as_u64().unwrap_or(0);
-        let ts = crate::daemon::log::timestamp(std::time::UNIX_EPOCH + Duration::from_millis(last));
-        let len = t["len_bytes"].as_u64().map(|n| n.to_string()).unwrap_or_else(|| "?".into());
-        println!(
-            "{:<16} {:<8} {:>14} {:>24}  {}",
-            id.get(..16).unwrap_or(id),
-            t["state"].as_str().unwrap_or(""),
-            len,
-            ts,
-            t["url"].as_str().unwrap_or("")
-        );
+        let ts = crate::clock::timestamp(std::time::UNIX_EPOCH + Duration::from_millis(t.last_access_unix_ms));
+        let len = t.len_bytes.map(|n| n.to_string()).unwrap_or_else(|| "?".into());
+        println!("{:<16} {:<8} {:>14} {:>24}  {}", t.id.get(..16).unwrap_or(&t.id), t.state.as_str(), len, ts, t.url);
     }
 }

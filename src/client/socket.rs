@@ -11,8 +11,8 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::daemon::api::{DownloadRequest, Event};
 use crate::limits;
+use crate::proto::{ApiRequest, DownloadRequest, Event};
 
 pub enum StreamError {
     Timeout(Duration),
@@ -36,7 +36,7 @@ pub fn connect_or_spawn(sock: &Path, config: Option<&Path>, spawn: bool) -> Resu
     spawn_daemon(sock, config)?;
     let deadline = Instant::now() + limits::SPAWN_WAIT;
     while Instant::now() < deadline {
-        if healthy(sock) {
+        if crate::proto::healthy(sock) {
             return UnixStream::connect(sock).map_err(|e| format!("daemon started but {}: {e}", sock.display()));
         }
         std::thread::sleep(limits::SPAWN_POLL);
@@ -87,18 +87,6 @@ impl SpawnLock {
     }
 }
 
-pub fn healthy(sock: &Path) -> bool {
-    let Ok(mut s) = UnixStream::connect(sock) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /healthy HTTP/1.1\r\nHost: dfdaemon\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 16];
-    matches!(s.read(&mut buf), Ok(n) if n >= 12 && &buf[..12] == b"HTTP/1.1 200")
-}
-
 /// Sends the download request and reads events until `done` or `error`, which is returned.
 pub fn download(
     mut stream: UnixStream,
@@ -108,8 +96,9 @@ pub fn download(
 ) -> Result<Event, StreamError> {
     let other = |e: String| StreamError::Other(e);
     let body = serde_json::to_vec(req).map_err(|e| other(e.to_string()))?;
+    let (method, path) = ApiRequest::Download(req.clone()).target();
     let head = format!(
-        "POST /download HTTP/1.1\r\nHost: dfdaemon\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: dfdaemon\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     let deadline = timeout.map(|t| Instant::now() + t);

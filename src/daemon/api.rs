@@ -1,204 +1,79 @@
 //! The socket API: HTTP/1.1 + JSON over the daemon's Unix socket, one request per connection,
-//! served by our own small request parser (httparse) on the core that owns the connection.
+//! read by `serving` on the core that owns the connection and routed by `proto::ApiRequest::parse`.
 //!
 //! Routes: `GET /healthy`, `POST /download` (NDJSON progress stream: `started`, `progress`*, then one
-//! `done` or `error`), `GET /tasks`. Invariant: a bad request gets a 4xx with a JSON error and
-//! touches no task; a failing download ends its own stream and nothing else.
+//! `done` or `error`), `GET /tasks`, `GET /tasks/ID`, `DELETE /tasks/ID[?force=true]`, `POST /gc`.
+//! Invariant: a bad request gets a 4xx with a JSON error and touches no task; a failing download
+//! ends its own stream and nothing else.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use compio::buf::{BufResult, IntoInner, IoBufMut};
-use compio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use compio::net::UnixStream;
-use serde::{Deserialize, Serialize};
 
-use crate::daemon::task::{Spec, State, Task};
-use crate::daemon::{engine, gc, Shared};
+use crate::clock::now_unix_ms;
+use crate::daemon::serving::{blocking, read_request_within, respond_json, write};
+use crate::daemon::shared::Shared;
+use crate::daemon::task::{ReaderPin, Spec, State, Task};
+use crate::daemon::{cache, counters, engine};
 use crate::error::{Error, Result};
 use crate::limits;
+use crate::proto::{ApiError, ApiRequest, DownloadRequest, Event, Evicted, Health, Removed};
 use crate::source::Fetch;
 
-/// What `dfget` sends to start a download.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct DownloadRequest {
-    pub url: String,
-    /// Absolute path; the client resolves it against its working directory.
-    pub output: String,
-    #[serde(default)]
-    pub digest: Option<String>,
-    #[serde(default)]
-    pub tag: String,
-    #[serde(default)]
-    pub application: String,
-    #[serde(default)]
-    pub filter: Vec<String>,
-    #[serde(default)]
-    pub headers: Vec<(String, String)>,
-}
-
-/// One NDJSON line of a download's progress stream.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum Event {
-    Started { task: String, peer: String },
-    Progress { completed_bytes: u64, total_bytes: Option<u64> },
-    Done { task: String, output: String, reused: bool, export: String, len_bytes: u64, cost_ms: u64 },
-    Error { source: String, retryable: bool, message: String },
-}
-
-pub(crate) struct HttpReq {
-    pub method: String,
-    pub path: String,
-    pub body: Vec<u8>,
+fn refusal(message: impl Into<String>) -> ApiError {
+    ApiError { error: message.into() }
 }
 
 pub async fn serve(shared: Arc<Shared>, mut stream: UnixStream) {
     let req = match read_request_within(&mut stream).await {
         Ok(r) => r,
         Err(e) => {
-            let _ = respond_json(&mut stream, 400, &serde_json::json!({"error": e.message})).await;
+            let _ = respond_json(&mut stream, 400, &refusal(e.message)).await;
             return;
         }
     };
-    shared.last_request_unix_ms.store(crate::daemon::task::now_unix_ms(), Ordering::Release);
-    let result = route(&shared, &mut stream, &req).await;
+    shared.last_request_unix_ms.store(now_unix_ms(), Ordering::Release);
+    let result = match ApiRequest::parse(&req.method, &req.path, &req.body) {
+        Ok(api_req) => route(&shared, &mut stream, api_req).await,
+        Err(r) => respond_json(&mut stream, r.status, &refusal(r.message)).await,
+    };
     if let Err(e) = result {
         tracing::debug!("client connection ended: {e}");
     }
 }
 
-async fn route(shared: &Arc<Shared>, stream: &mut UnixStream, req: &HttpReq) -> Result<()> {
-    let (path, query) = req.path.split_once('?').unwrap_or((req.path.as_str(), ""));
-    let force = query.split('&').any(|kv| kv == "force=true" || kv == "force=1");
-    match (req.method.as_str(), path) {
-        ("GET", "/healthy") => {
-            let body = serde_json::json!({"ok": true, "driver": shared.driver, "cores": shared.cores.len(), "tasks": shared.index.len()});
+async fn route(shared: &Arc<Shared>, stream: &mut UnixStream, req: ApiRequest) -> Result<()> {
+    match req {
+        ApiRequest::Healthy => {
+            let body = Health {
+                ok: true,
+                driver: shared.driver.clone(),
+                cores: shared.cores.len(),
+                tasks: shared.index.len(),
+            };
             respond_json(stream, 200, &body).await
         }
-        ("POST", "/download") => download(shared, stream, &req.body).await,
-        ("GET", "/tasks") => respond_json(stream, 200, &gc::list_tasks(shared)).await,
-        ("POST", "/gc") => {
-            let n = gc::collect_off_core(shared).await;
-            respond_json(stream, 200, &serde_json::json!({"evicted": n})).await
+        ApiRequest::Download(req) => download(shared, stream, &req).await,
+        ApiRequest::ListTasks => respond_json(stream, 200, &cache::list_tasks(shared)).await,
+        ApiRequest::Gc => {
+            let evicted = cache::collect_off_core(shared).await;
+            respond_json(stream, 200, &Evicted { evicted }).await
         }
-        ("GET", p) if p.starts_with("/tasks/") => {
-            let id = &p["/tasks/".len()..];
-            match gc::list_tasks(shared).into_iter().find(|t| t.id == id) {
-                Some(t) => respond_json(stream, 200, &t).await,
-                None => respond_json(stream, 404, &serde_json::json!({"error": format!("no task {id}")})).await,
-            }
-        }
-        ("DELETE", p) if p.starts_with("/tasks/") => {
-            let id = p["/tasks/".len()..].to_string();
+        ApiRequest::StatTask { id } => match cache::list_tasks(shared).into_iter().find(|t| t.id == id) {
+            Some(t) => respond_json(stream, 200, &t).await,
+            None => respond_json(stream, 404, &refusal(format!("no task {id}"))).await,
+        },
+        ApiRequest::RemoveTask { id, force } => {
             let (sh, id2) = (shared.clone(), id.clone());
-            let id = id.as_str();
-            match engine::blocking(move || gc::remove(&sh, &id2, force)).await {
-                Ok(true) => respond_json(stream, 200, &serde_json::json!({"removed": id})).await,
-                Ok(false) => respond_json(stream, 404, &serde_json::json!({"error": format!("no task {id}")})).await,
-                Err(e) => respond_json(stream, 409, &serde_json::json!({"error": e.message})).await,
+            match blocking(move || cache::remove(&sh, &id2, force)).await {
+                Ok(true) => respond_json(stream, 200, &Removed { removed: id }).await,
+                Ok(false) => respond_json(stream, 404, &refusal(format!("no task {id}"))).await,
+                Err(e) => respond_json(stream, 409, &refusal(e.message)).await,
             }
         }
-        (m, p) => respond_json(stream, 404, &serde_json::json!({"error": format!("no route {m} {p}")})).await,
     }
-}
-
-/// `read_request` bounded by `API_REQUEST_TIMEOUT`: a client that connects and says nothing (or
-/// dribbles) must not hold a connection, and its fd, forever.
-pub(crate) async fn read_request_within(stream: &mut (impl AsyncRead + AsyncWrite)) -> Result<HttpReq> {
-    match compio::time::timeout(limits::API_REQUEST_TIMEOUT, read_request(stream)).await {
-        Ok(r) => r,
-        Err(_) => Err(Error::client(format!("no complete request within {:?}", limits::API_REQUEST_TIMEOUT))),
-    }
-}
-
-async fn read_request(stream: &mut (impl AsyncRead + AsyncWrite)) -> Result<HttpReq> {
-    let mut buf: Vec<u8> = Vec::with_capacity(4096);
-    loop {
-        let mut headers = [httparse::EMPTY_HEADER; limits::MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf) {
-            Ok(httparse::Status::Complete(head_len)) => {
-                let method = req.method.unwrap_or("").to_string();
-                let path = req.path.unwrap_or("").to_string();
-                let len = content_length(req.headers)?;
-                let mut body = buf[head_len..].to_vec();
-                read_body(stream, &mut body, len).await?;
-                return Ok(HttpReq { method, path, body });
-            }
-            Ok(httparse::Status::Partial) => {}
-            Err(e) => return Err(Error::client(format!("malformed request: {e}"))),
-        }
-        if buf.len() >= limits::MAX_HEAD_BYTES {
-            return Err(Error::client("request head too large"));
-        }
-        buf.reserve(4096);
-        let BufResult(res, b) = stream.read(buf.uninit()).await;
-        buf = b.into_inner();
-        match res {
-            Ok(0) => return Err(Error::client("connection closed mid-request")),
-            Ok(_) => {}
-            Err(e) => return Err(Error::client(format!("read: {e}"))),
-        }
-    }
-}
-
-fn content_length(headers: &[httparse::Header<'_>]) -> Result<usize> {
-    let Some(h) = headers.iter().find(|h| h.name.eq_ignore_ascii_case("content-length")) else {
-        return Ok(0);
-    };
-    let len: usize = std::str::from_utf8(h.value)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| Error::client("bad Content-Length"))?;
-    if len > limits::MAX_API_BODY_BYTES {
-        return Err(Error::client(format!("request body over {} bytes", limits::MAX_API_BODY_BYTES)));
-    }
-    Ok(len)
-}
-
-async fn read_body(stream: &mut (impl AsyncRead + AsyncWrite), body: &mut Vec<u8>, len: usize) -> Result<()> {
-    while body.len() < len {
-        body.reserve(len - body.len());
-        let BufResult(res, b) = stream.read(std::mem::take(body).uninit()).await;
-        *body = b.into_inner();
-        match res {
-            Ok(0) => return Err(Error::client("connection closed mid-body")),
-            Ok(_) => {}
-            Err(e) => return Err(Error::client(format!("read: {e}"))),
-        }
-    }
-    body.truncate(len);
-    Ok(())
-}
-
-pub(crate) async fn respond_json(
-    stream: &mut (impl AsyncRead + AsyncWrite),
-    status: u16,
-    body: &impl Serialize,
-) -> Result<()> {
-    let body = serde_json::to_vec(body).map_err(|e| Error::internal(e.to_string()))?;
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        409 => "Conflict",
-        _ => "Error",
-    };
-    let mut out = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    out.extend_from_slice(&body);
-    write(stream, out).await
-}
-
-pub(crate) async fn write(stream: &mut (impl AsyncRead + AsyncWrite), bytes: Vec<u8>) -> Result<()> {
-    let BufResult(res, _) = stream.write_all(bytes).await;
-    res.map_err(|e| Error::client(format!("client went away: {e}")))
 }
 
 /// One event line. Bounded in time: a client that stops reading (suspended, say) must not hold
@@ -212,19 +87,13 @@ async fn send_event(stream: &mut UnixStream, ev: &Event) -> Result<()> {
     }
 }
 
-async fn download(shared: &Arc<Shared>, stream: &mut UnixStream, body: &[u8]) -> Result<()> {
-    let req: DownloadRequest = match serde_json::from_slice(body) {
-        Ok(r) => r,
-        Err(e) => {
-            return respond_json(stream, 400, &serde_json::json!({"error": format!("bad download request: {e}")})).await
-        }
-    };
+async fn download(shared: &Arc<Shared>, stream: &mut UnixStream, req: &DownloadRequest) -> Result<()> {
     let head = "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nConnection: close\r\n\r\n";
     write(stream, head.as_bytes().to_vec()).await?;
-    let outcome = run_download(shared, stream, &req).await;
+    let outcome = run_download(shared, stream, req).await;
     let ev = match outcome {
         Ok(ev) => ev,
-        Err(e) => Event::Error { source: e.source.as_str().into(), retryable: e.retryable, message: e.message },
+        Err(e) => Event::error(e),
     };
     send_event(stream, &ev).await
 }
@@ -240,11 +109,11 @@ async fn run_download(shared: &Arc<Shared>, stream: &mut UnixStream, req: &Downl
     }
     let out = std::path::PathBuf::from(&req.output);
     let src = task.data_path.clone();
-    let method = engine::blocking(move || crate::storage::export::export(&src, &out, true)).await?;
+    let method = blocking(move || crate::storage::export::export(&src, &out, true)).await?;
     let len_bytes = task.geometry().map(|g| g.layout.content_len_bytes).unwrap_or(0);
     let cost_ms = started.elapsed().as_millis() as u64;
     if reused {
-        crate::daemon::metrics::bump(&crate::daemon::metrics::CACHE_HITS, 1);
+        counters::bump(&counters::CACHE_HITS, 1);
         tracing::info!(target: "PeerTask", peer = %task.peer_id, task = %task.id, component = "PeerTask", "reuse file peer task done, cost: {cost_ms}ms");
     }
     Ok(Event::Done {
@@ -259,11 +128,7 @@ async fn run_download(shared: &Arc<Shared>, stream: &mut UnixStream, req: &Downl
 
 /// Finds or creates the task for `id`. Returns the task, whether it is a cache hit (a finished task
 /// whose file was just re-verified), and a pin that keeps its file from eviction until dropped.
-async fn obtain_task(
-    shared: &Arc<Shared>,
-    id: &str,
-    spec: crate::daemon::task::Spec,
-) -> Result<(Arc<Task>, bool, crate::daemon::task::ReaderPin)> {
+async fn obtain_task(shared: &Arc<Shared>, id: &str, spec: Spec) -> Result<(Arc<Task>, bool, ReaderPin)> {
     // Waiting for a failed task's cleanup or for other readers of a task being retired can take a
     // while (a large export); give up only after a deadline, not after a number of wake-ups.
     let deadline = Instant::now() + limits::TASK_RESOLVE_TIMEOUT;
@@ -316,7 +181,7 @@ async fn reusable(task: &Arc<Task>) -> bool {
         return false;
     };
     let (path, crcs) = (task.data_path.clone(), task.crcs());
-    let check = engine::blocking(move || crate::storage::verify_pieces(&path, g.layout, &crcs)).await;
+    let check = blocking(move || crate::storage::verify_pieces(&path, g.layout, &crcs)).await;
     match check {
         Ok(()) => true,
         Err(e) => {
@@ -332,7 +197,7 @@ async fn reusable(task: &Arc<Task>) -> bool {
 async fn retire(shared: &Arc<Shared>, task: &Arc<Task>) {
     let listener = task.event.listen();
     let (sh, t) = (shared.clone(), task.clone());
-    if engine::blocking(move || Ok(gc::evict(&sh, &t))).await.unwrap_or(false) {
+    if blocking(move || Ok(cache::evict(&sh, &t))).await.unwrap_or(false) {
         return;
     }
     let _ = compio::time::timeout(limits::FAILED_TASK_CLEANUP_WAIT, listener).await;
@@ -384,7 +249,7 @@ async fn prepare(shared: &Shared, req: &DownloadRequest) -> Result<(Spec, String
     if !std::path::Path::new(&req.output).is_absolute() {
         return Err(Error::client(format!("output path must be absolute: {}", req.output)));
     }
-    let digest = req.digest.as_deref().map(parse_digest).transpose()?;
+    let digest = req.digest.as_deref().map(crate::digest::parse).transpose()?;
     if req.url.starts_with("oras://") {
         return prepare_oras(shared, req, digest).await;
     }
@@ -413,16 +278,4 @@ async fn prepare_oras(shared: &Shared, req: &DownloadRequest, digest: Option<Str
     let id = crate::storage::task_id::task_id(&layer.digest, &[], "", &req.tag, &req.application);
     let spec = Spec { display_url: req.url.clone(), fetch, digest: Some(layer.digest), expected_len: Some(layer.size) };
     Ok((spec, id))
-}
-
-/// `sha256:<64 hex>` (case-insensitive hex, normalised to lowercase).
-pub fn parse_digest(d: &str) -> Result<String> {
-    let (algo, hex_part) = d.split_once(':').ok_or_else(|| Error::client(format!("digest `{d}` is not algo:hex")))?;
-    if !algo.eq_ignore_ascii_case("sha256") {
-        return Err(Error::client(format!("unsupported digest algorithm `{algo}` (sha256)")));
-    }
-    if hex_part.len() != 64 || !hex_part.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Error::client(format!("digest `{d}`: expected 64 hex digits")));
-    }
-    Ok(format!("sha256:{}", hex_part.to_ascii_lowercase()))
 }

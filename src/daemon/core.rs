@@ -14,19 +14,8 @@ use anyhow::Context;
 use compio::driver::{DriverType, ProactorBuilder};
 use compio::runtime::Runtime;
 
-use crate::daemon::task::Task;
-use crate::daemon::{api, engine, Shared};
-
-pub enum CoreMsg {
-    /// A client connection accepted by core 0.
-    Conn(StdStream),
-    /// Start `n_workers` piece workers for this task.
-    Work {
-        task: Arc<Task>,
-        n_workers: usize,
-    },
-    Shutdown,
-}
+use crate::daemon::shared::{CoreMsg, Shared};
+use crate::daemon::{api, cache, engine, metrics};
 
 /// `DFGET_DRIVER=polling|io_uring` forces a driver (tests run both paths); default: io_uring when the
 /// kernel allows it, else polling.
@@ -107,9 +96,9 @@ fn core_main(idx: usize, shared: Arc<Shared>, inbox: flume::Receiver<CoreMsg>, l
     rt.block_on(async move {
         if let Some(l) = listener {
             compio::runtime::spawn(accept_loop(shared.clone(), l)).detach();
-            compio::runtime::spawn(crate::daemon::gc::run_loop(shared.clone())).detach();
-            if let Some(addr) = shared.config.metrics.as_deref().and_then(crate::daemon::metrics::parse_listen) {
-                compio::runtime::spawn(crate::daemon::metrics::serve(shared.clone(), addr)).detach();
+            compio::runtime::spawn(cache::run_loop(shared.clone())).detach();
+            if let Some(addr) = shared.config.metrics.as_deref().and_then(metrics::parse_listen) {
+                compio::runtime::spawn(metrics::serve(shared.clone(), addr)).detach();
             }
         }
         while let Ok(msg) = inbox.recv_async().await {

@@ -1,5 +1,6 @@
-//! The download engine: `drive` (home core: first request, layout, finalize) and `piece_worker`
-//! (every core: fetch ranged pieces until the cursor runs out).
+//! The download engine: `drive` (home core: first request, layout, finalize), `piece_worker`
+//! (every core: fetch ranged pieces until the cursor runs out) and `write_body`, which streams a
+//! response into the task file, cutting it into crc'd pieces.
 //!
 //! Invariant: exactly one `drive` runs per task (the request that created the task's index entry
 //! spawns it); piece workers never finalize, they only fill pieces and report failures.
@@ -7,13 +8,19 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use compio::buf::BufResult;
 use compio::fs::OpenOptions;
+use compio::io::AsyncWriteAtExt;
 
-use crate::daemon::task::{self, until_failed, FirstResponse, Geometry, State, Task};
-use crate::daemon::{metrics, Shared};
+use crate::daemon::first_response::{self, FirstResponse};
+use crate::daemon::serving::blocking;
+use crate::daemon::shared::Shared;
+use crate::daemon::task::{Geometry, State, Task};
+use crate::daemon::{cache, counters, rate};
 use crate::error::{Error, Result};
 use crate::http::client;
 use crate::limits;
+use crate::piece::cutter::Cutter;
 use crate::piece::{Layout, DEFAULT_PIECE_LEN_BYTES};
 
 /// Runs a task to completion on the home core. Never panics on bad input: every failure ends in
@@ -43,10 +50,10 @@ pub async fn drive(shared: Arc<Shared>, task: Arc<Task>) {
         Err(e) => !task.fail(e),
     };
     if done {
-        metrics::bump(&metrics::DOWNLOADS_DONE, 1);
+        counters::bump(&counters::DOWNLOADS_DONE, 1);
         return;
     }
-    metrics::bump(&metrics::DOWNLOADS_FAILED, 1);
+    counters::bump(&counters::DOWNLOADS_FAILED, 1);
     // The first failure wins (an operator's `rm --force` rather than its echo here).
     let e = task.failure().cloned().unwrap_or_else(|| Error::internal("task failed"));
     tracing::error!(
@@ -74,9 +81,9 @@ async fn download(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
     if resume(shared, task).await? {
         return wait_all_pieces(shared, task).await;
     }
-    let first = with_retries(|| task::first_request(task)).await?;
+    let first = with_retries(|| first_response::first_request(task)).await?;
     if let Some(g) = task.geometry() {
-        crate::daemon::gc::admit(shared, g.layout.content_len_bytes).await?;
+        cache::admit(shared, g.layout.content_len_bytes).await?;
     }
     match first {
         FirstResponse::Empty => {
@@ -92,7 +99,7 @@ async fn download(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
             if piece0 {
                 let file = open_task_file(task).await?;
                 let len = g.layout.piece_range(0).map(|(s, e)| e - s).unwrap_or(0);
-                let got = task::write_body(task, &mut resp, &file, 0, g.layout.piece_len_bytes, Some(len)).await;
+                let got = write_body(task, &mut resp, &file, 0, g.layout.piece_len_bytes, Some(len)).await;
                 if let Err(e) = got {
                     if !e.retryable {
                         return Err(e);
@@ -148,7 +155,7 @@ async fn stream_whole(
     shared.store.create_task_file(&task.id, len_bytes)?;
     let file = open_task_file(task).await?;
     let piece_len = task.geometry().map(|g| g.layout.piece_len_bytes).unwrap_or(DEFAULT_PIECE_LEN_BYTES);
-    let (written, unrecorded) = task::write_body(task, resp, &file, 0, piece_len, len_bytes).await?;
+    let (written, unrecorded) = write_body(task, resp, &file, 0, piece_len, len_bytes).await?;
     if task.geometry().is_none() {
         // Unknown length: now it is known. Bigger files get Dragonfly's larger pieces only when the
         // length is known up front; a streamed one keeps 4 MiB pieces (the crcs were cut that way).
@@ -209,11 +216,6 @@ async fn finalize(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
             .map_err(|e| e.with_kind(crate::error::Kind::Integrity).context(&task.spec.display_url))?;
     }
     persist(shared, task).await
-}
-
-/// Runs blocking work (hashing, fsync) on compio's blocking pool so the core keeps serving IO.
-pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    compio::runtime::spawn_blocking(f).await.unwrap_or_else(|_| Err(Error::internal("blocking job panicked")))
 }
 
 /// Piece worker: one of several per core per task. Takes piece indexes from the task's shared
@@ -297,8 +299,88 @@ async fn fetch_piece(task: &Task, file: &compio::fs::File, layout: Layout, piece
             ));
         }
     }
-    task::write_body(task, &mut resp, file, piece_idx, layout.piece_len_bytes, Some(end - start)).await?;
+    write_body(task, &mut resp, file, piece_idx, layout.piece_len_bytes, Some(end - start)).await?;
     Ok(())
+}
+
+/// Streams `resp`'s body into the task file as pieces `first_piece..`, each crc'd. A piece is recorded
+/// (bit set) only after the write holding its last byte completed. With `expect_bytes` (a ranged
+/// piece) the body must be exactly that long. Pieces of a stream of unknown length are returned
+/// instead of recorded, because the bitmap does not exist until the length is known.
+pub async fn write_body(
+    task: &Task,
+    resp: &mut client::Response,
+    file: &compio::fs::File,
+    first_piece: u64,
+    piece_len_bytes: u64,
+    expect_bytes: Option<u64>,
+) -> Result<(u64, Vec<u32>)> {
+    let record_now = task.geometry().is_some();
+    let base = first_piece * piece_len_bytes;
+    let mut cutter = Cutter::new(first_piece, piece_len_bytes);
+    let mut unrecorded = Vec::new();
+    let mut written = 0u64;
+    let mut buf: Vec<u8> = Vec::with_capacity(crate::limits::WRITE_CHUNK_BYTES);
+    loop {
+        if task.state() == State::Failed {
+            return Err(Error::internal("task failed elsewhere"));
+        }
+        let more = until_failed(task, resp.read_into(&mut buf, crate::limits::WRITE_CHUNK_BYTES)).await?;
+        if expect_bytes.is_some_and(|limit| written + buf.len() as u64 > limit) {
+            return Err(Error::origin(false, format!("{}: body longer than the range asked for", resp.url)));
+        }
+        rate::take(buf.len()).await;
+        let finished = cutter.feed(&buf);
+        if !buf.is_empty() {
+            let n = buf.len() as u64;
+            let mut f = file;
+            let BufResult(res, b) = f.write_all_at(buf, base + written).await;
+            res.map_err(|e| crate::storage::disk_err(e, &task.data_path, "write task file"))?;
+            buf = b;
+            buf.clear();
+            written += n;
+        }
+        for (idx, crc, len) in finished {
+            settle(task, record_now, &mut unrecorded, idx, crc, len);
+        }
+        if !more {
+            break;
+        }
+    }
+    if let Some(limit) = expect_bytes {
+        if written != limit {
+            return Err(Error::origin(true, format!("{}: body of {written} bytes, expected {limit}", resp.url)));
+        }
+    }
+    if let Some((idx, crc, len)) = cutter.finish() {
+        settle(task, record_now, &mut unrecorded, idx, crc, len);
+    }
+    Ok((written, unrecorded))
+}
+
+/// Runs `fut` unless the task fails first (another core's fatal error, an operator's removal): a
+/// slow origin must not keep a failed task's worker — and its cleanup — waiting.
+pub async fn until_failed<T>(task: &Task, fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    use futures_util::future::{select, Either};
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        let listener = task.event.listen();
+        if let Some(e) = task.failure() {
+            return Err(e.clone());
+        }
+        match select(fut.as_mut(), listener).await {
+            Either::Left((out, _)) => return out,
+            Either::Right(((), _)) => {}
+        }
+    }
+}
+
+fn settle(task: &Task, record_now: bool, unrecorded: &mut Vec<u32>, idx: u64, crc: u32, len: u64) {
+    if record_now {
+        task.record_piece(idx, crc, len);
+    } else {
+        unrecorded.push(crc);
+    }
 }
 
 /// Retries retryable failures with a short linear backoff; a non-retryable error returns at once.
@@ -327,11 +409,4 @@ async fn open_task_file(task: &Task) -> Result<compio::fs::File> {
         .open(&task.data_path)
         .await
         .map_err(|e| crate::storage::disk_err(e, &task.data_path, "open task file"))
-}
-
-/// How many piece workers a core should start for a task with `n_pieces` pieces on `n_cores` cores.
-pub fn workers_per_core(n_pieces: u64, n_cores: usize) -> usize {
-    let per_core = limits::PIECE_WORKERS_PER_CORE as u64;
-    let want = n_pieces.div_ceil(n_cores.max(1) as u64).min(per_core);
-    want.max(1) as usize
 }

@@ -8,7 +8,7 @@
 use std::fmt::Write as _;
 use std::io::Write;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use anyhow::Context;
 use tracing::field::{Field, Visit};
@@ -71,7 +71,7 @@ fn format_event(event: &Event<'_>, now: SystemTime) -> String {
     let _ = write!(
         out,
         ",\"ts\":{},\"caller\":{},\"msg\":{}",
-        json_str(&timestamp(now)),
+        json_str(&crate::clock::timestamp(now)),
         json_str(&caller),
         json_str(&v.msg)
     );
@@ -117,46 +117,5 @@ impl Visit for Fields {
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
         self.fields.push((field.name().to_string(), value.to_string()));
-    }
-}
-
-/// `YYYY-MM-DD HH:MM:SS.mmm` in UTC (zap's console-friendly layout Dragonfly uses).
-pub fn timestamp(now: SystemTime) -> String {
-    let d = now.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    let (y, m, day) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{day:02} {:02}:{:02}:{:02}.{:03}", rem / 3600, rem % 3600 / 60, rem % 60, d.subsec_millis())
-}
-
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    fn check_ts(unix_ms: u64, expected: &str) {
-        assert_eq!(timestamp(UNIX_EPOCH + Duration::from_millis(unix_ms)), expected);
-    }
-
-    #[test]
-    fn timestamps_match_dragonfly_layout() {
-        check_ts(0, "1970-01-01 00:00:00.000");
-        check_ts(1_662_552_266_485, "2022-09-07 12:04:26.485");
-        check_ts(951_782_400_000, "2000-02-29 00:00:00.000");
-        check_ts(4_102_444_799_999, "2099-12-31 23:59:59.999");
     }
 }

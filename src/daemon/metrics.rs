@@ -1,6 +1,6 @@
 //! The `metrics` endpoint: when the config sets `metrics: ":8000"` (or `host:port`), core 0 serves
-//! `GET /metrics` in the Prometheus text format on that TCP address. Counters are global atomics,
-//! bumped with `Relaxed` ordering: they are statistics, not synchronisation.
+//! `GET /metrics` in the Prometheus text format on that TCP address, from the counters of
+//! `daemon::counters`.
 //!
 //! Invariant: counters only grow; gauges (`tasks`) are read from the index at scrape time.
 
@@ -8,17 +8,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::daemon::Shared;
-
-pub static DOWNLOADS_DONE: AtomicU64 = AtomicU64::new(0);
-pub static DOWNLOADS_FAILED: AtomicU64 = AtomicU64::new(0);
-pub static CACHE_HITS: AtomicU64 = AtomicU64::new(0);
-pub static PIECES_FETCHED: AtomicU64 = AtomicU64::new(0);
-pub static BYTES_FETCHED: AtomicU64 = AtomicU64::new(0);
-
-pub fn bump(counter: &AtomicU64, n: u64) {
-    counter.fetch_add(n, Ordering::Relaxed);
-}
+use crate::daemon::counters::{BYTES_FETCHED, CACHE_HITS, DOWNLOADS_DONE, DOWNLOADS_FAILED, PIECES_FETCHED};
+use crate::daemon::serving;
+use crate::daemon::shared::Shared;
+use crate::daemon::task::State;
 
 /// `":8000"` → `0.0.0.0:8000` (Go's meaning of an empty host), `"127.0.0.1:9000"` as is.
 pub fn parse_listen(addr: &str) -> Option<SocketAddr> {
@@ -29,7 +22,7 @@ pub fn parse_listen(addr: &str) -> Option<SocketAddr> {
 pub fn render(shared: &Shared) -> String {
     let c = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let tasks = shared.index.values();
-    let running = tasks.iter().filter(|t| t.state() == crate::daemon::task::State::Running).count();
+    let running = tasks.iter().filter(|t| t.state() == State::Running).count();
     format!(
         "# TYPE dfget_downloads_done_total counter\ndfget_downloads_done_total {}\n\
          # TYPE dfget_downloads_failed_total counter\ndfget_downloads_failed_total {}\n\
@@ -69,7 +62,7 @@ pub async fn serve(shared: Arc<Shared>, addr: SocketAddr) {
         };
         let shared = shared.clone();
         compio::runtime::spawn(async move {
-            let Ok(req) = crate::daemon::api::read_request_within(&mut stream).await else { return };
+            let Ok(req) = serving::read_request_within(&mut stream).await else { return };
             let (status, body) = if req.method == "GET" && req.path == "/metrics" {
                 ("200 OK", render(&shared))
             } else {
@@ -79,7 +72,7 @@ pub async fn serve(shared: Arc<Shared>, addr: SocketAddr) {
                 "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
                 body.len()
             );
-            let _ = crate::daemon::api::write(&mut stream, [head.into_bytes(), body.into_bytes()].concat()).await;
+            let _ = serving::write(&mut stream, [head.into_bytes(), body.into_bytes()].concat()).await;
         })
         .detach();
     }

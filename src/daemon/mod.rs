@@ -1,69 +1,80 @@
 //! The daemon: one compio runtime per core, a Unix-socket API, the task index and the GC loop.
 //!
-//! What crosses cores, and why: `Shared` (read-only config, the lock-free task index, the store's
-//! paths) and one inbox per core (a flume channel) through which cores hand each other accepted
-//! client connections and "work on this task" jobs. Everything else — HTTP connection pools, open
-//! task-file handles, in-flight requests — is owned by the core that created it.
+//! What crosses cores, and why: `shared::Shared` (read-only config, the lock-free task index, the
+//! store's paths) and one inbox per core (a flume channel) through which cores hand each other
+//! accepted client connections and "work on this task" jobs. Everything else — HTTP connection
+//! pools, open task-file handles, in-flight requests — is owned by the core that created it.
+//!
+//! Rooms, leaves first (each imports only rooms above it in this list, none imports this file):
+//! `counters`, `rate`, `log`, `serving` → `task` → `shared` → `first_response`, `cache` →
+//! `engine` → `api`, `metrics` → `core`.
 
 pub mod api;
+pub mod cache;
 pub mod core;
+pub mod counters;
 pub mod engine;
-pub mod gc;
+pub mod first_response;
 pub mod log;
 pub mod metrics;
 pub mod rate;
+pub mod serving;
+pub mod shared;
 pub mod task;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 
 use anyhow::Context;
+use clap::Args;
 
 use crate::config::Config;
 use crate::http::client::Options;
 use crate::storage::index::Index;
 use crate::storage::Store;
-use task::Task;
+use shared::Shared;
 
-pub struct Shared {
-    pub config: Config,
-    pub store: Store,
-    pub index: Index<Task>,
-    /// Unfinished tasks found at start, waiting for a request to resume them (id → metadata).
-    pub partial: crossbeam_skiplist::SkipMap<String, crate::storage::meta::TaskMeta>,
-    /// Last time a client request arrived (unix ms): the idle clock of `aliveTime`.
-    pub last_request_unix_ms: std::sync::atomic::AtomicU64,
-    pub cores: Vec<flume::Sender<core::CoreMsg>>,
-    pub http_opts: Options,
-    /// The seed's `oras:` block (or `download.resourceClients.oras`): registries' transport.
-    pub oras_opts: Options,
-    /// `<ip>-<pid>` prefix of Dragonfly peer ids.
-    pub peer_prefix: String,
-    pub driver: String,
-    pub shutting_down: AtomicBool,
-    next_core: AtomicUsize,
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Config file (default: /etc/dragonfly/dfget.yaml for root, $XDG_CONFIG_HOME/dragonfly/dfget.yaml otherwise).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Number of cores (one io_uring runtime each); default: all.
+    #[arg(long)]
+    pub cores: Option<usize>,
+    /// Also log to stderr.
+    #[arg(long)]
+    pub console: bool,
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+    /// Shortcut for --log-level debug.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// Override the socket path of the config.
+    #[arg(long)]
+    pub daemon_sock: Option<PathBuf>,
 }
 
-impl Shared {
-    /// Asks every core to start piece workers for `task`.
-    pub fn broadcast_work(&self, task: &Arc<Task>, n_pieces: u64) {
-        let n_workers = engine::workers_per_core(n_pieces, self.cores.len());
-        for core in &self.cores {
-            let _ = core.send(core::CoreMsg::Work { task: task.clone(), n_workers });
-        }
+/// `dfget daemon`: loads the config, applies the flags, and runs until stopped.
+pub fn run_with_args(args: DaemonArgs) -> anyhow::Result<()> {
+    let (path, required) = match &args.config {
+        Some(p) => (p.clone(), true),
+        None => (Config::default_path(), false),
+    };
+    let loaded = Config::load_path(&path, required).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut config = loaded.config;
+    if let Some(sock) = args.daemon_sock {
+        config.socket_path = sock;
     }
-
-    /// Round-robin choice of the core that serves the next client connection.
-    pub fn pick_core(&self) -> &flume::Sender<core::CoreMsg> {
-        let i = self.next_core.fetch_add(1, Ordering::Relaxed) % self.cores.len();
-        &self.cores[i]
-    }
-
-    pub fn new_peer_id(&self) -> String {
-        format!("{}-{}", self.peer_prefix, uuid::Uuid::new_v4())
-    }
+    let n_cores = args
+        .cores
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        .clamp(1, crate::limits::MAX_CORES);
+    let level = if args.verbose || config.verbose { "debug".to_string() } else { args.log_level };
+    run(config, n_cores, loaded.warnings, args.console, &level)
 }
 
 /// Starts the daemon and blocks until it is asked to stop.
@@ -92,7 +103,7 @@ pub fn run(
         store,
         index: Index::default(),
         partial: crossbeam_skiplist::SkipMap::new(),
-        last_request_unix_ms: std::sync::atomic::AtomicU64::new(task::now_unix_ms()),
+        last_request_unix_ms: std::sync::atomic::AtomicU64::new(crate::clock::now_unix_ms()),
         cores: senders,
         peer_prefix: format!("{}-{}", local_ip(), std::process::id()),
         driver: driver.clone(),
@@ -114,11 +125,11 @@ pub fn run(
         );
     }
     rate::install(shared.config.total_rate_limit_bytes_per_sec);
-    crate::daemon::gc::restore(&shared);
+    cache::restore(&shared);
     core::run_cores(shared.clone(), receivers, listener)?;
     // Cores have stopped: nothing writes any more. Park what was running, then honour keepStorage.
     let _ = std::fs::remove_file(&shared.config.socket_path);
-    gc::park_all(&shared);
+    cache::park_all(&shared);
     if !shared.config.keep_storage {
         tracing::info!("keepStorage is false: removing the task cache");
         let _ = std::fs::remove_dir_all(shared.store.root());
@@ -134,9 +145,8 @@ fn bind_socket(path: &Path) -> anyhow::Result<std::os::unix::net::UnixListener> 
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create socket dir {}", dir.display()))?;
     }
     if path.exists() {
-        // A daemon that answers `/healthy` is alive. A bare successful connect is not proof: after
-        // a SIGKILL, the dead daemon's io_uring teardown can keep its listener accepting briefly.
-        if crate::client::socket::healthy(path) {
+        // A daemon that answers `/healthy` is alive (a bare connect is not proof: see `healthy`).
+        if crate::proto::healthy(path) {
             anyhow::bail!("another daemon is already listening on {}", path.display());
         }
         std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;

@@ -1,26 +1,20 @@
-//! One task: its shared state (read by every core) and the download engine that fills it.
-//!
-//! The home core runs `drive`: it sends the first ranged GET, learns the length, preallocates the task
-//! file, asks every core to run piece workers, and finalizes (digest, metadata, log line). Piece workers
-//! take indexes from an atomic cursor, fetch `Range: bytes=a-b` on their core's keep-alive connections,
-//! and write at the piece's offset. Origins without Range support or without a length are read as one
-//! stream by the home core, cut into pieces as the bytes arrive.
+//! One task's shared state, read and written by every core: what it downloads (`Spec`), its piece
+//! geometry, bitmap and crcs, its state machine (`Running` → `Done` | `Failed`), its readers' pins
+//! and the event that wakes whoever waits on it. How a task is filled lives elsewhere: the first
+//! response in `first_response`, piece workers and finalizing in `engine`.
 //!
 //! Invariant: a piece's bit is set only after its bytes are written and its crc is stored; the task is
 //! `Done` only when every bit is set (and the digest, if any, matched). Failure is terminal and first
-//! one wins.
+//! one wins. "Pin unless evicted" and "evict unless pinned" are each one atomic step.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::OnceLock;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
-use compio::buf::BufResult;
-use compio::io::AsyncWriteAtExt;
-
-use crate::error::Kind;
-use crate::error::{Error, Result};
-use crate::http::client;
+use crate::clock::now_unix_ms;
+use crate::daemon::counters;
+use crate::error::Error;
 use crate::piece::bitmap::AtomicBitmap;
 use crate::piece::{Layout, DEFAULT_PIECE_LEN_BYTES};
 
@@ -79,10 +73,6 @@ pub struct Task {
     /// Strong validator of the content (ETag, else Last-Modified) from the first response, sent as
     /// `If-Range` with every piece so a file replaced mid-download is detected, not mixed.
     pub validator: OnceLock<String>,
-}
-
-pub fn now_unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl Task {
@@ -203,20 +193,22 @@ impl Task {
         }
     }
 
-    fn set_geometry(&self, g: Geometry) {
+    /// Lays the task out, once: a second call is ignored (the first response decides the geometry).
+    pub(crate) fn set_geometry(&self, g: Geometry) {
         let n = g.layout.n_pieces();
         let _ = self.geometry.set(g);
         let _ = self.bitmap.set(AtomicBitmap::new(n));
         let _ = self.crcs.set((0..n).map(|_| AtomicU32::new(0)).collect());
     }
 
-    fn record_piece(&self, piece_idx: u64, crc: u32, len_bytes: u64) {
+    /// Records a piece whose bytes are written: crc first, then its bit, then a wake-up.
+    pub(crate) fn record_piece(&self, piece_idx: u64, crc: u32, len_bytes: u64) {
         if let (Some(crcs), Some(bitmap)) = (self.crcs.get(), self.bitmap.get()) {
             crcs[piece_idx as usize].store(crc, Ordering::Release);
             if bitmap.set(piece_idx) {
                 self.completed_bytes.fetch_add(len_bytes, Ordering::AcqRel);
-                crate::daemon::metrics::bump(&crate::daemon::metrics::PIECES_FETCHED, 1);
-                crate::daemon::metrics::bump(&crate::daemon::metrics::BYTES_FETCHED, len_bytes);
+                counters::bump(&counters::PIECES_FETCHED, 1);
+                counters::bump(&counters::BYTES_FETCHED, len_bytes);
             }
         }
         self.event.notify(usize::MAX);
@@ -244,6 +236,11 @@ impl Task {
 
     fn transition(&self, to: State) -> bool {
         self.state.compare_exchange(State::Running as u8, to as u8, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    /// Points the piece cursor at `piece_idx` (1 when the first response carries piece 0).
+    pub(crate) fn start_cursor_at(&self, piece_idx: u64) {
+        self.next_piece.store(piece_idx, Ordering::Release);
     }
 
     pub fn take_piece(&self) -> Option<u64> {
@@ -290,297 +287,5 @@ impl Drop for ReaderPin {
     fn drop(&mut self) {
         self.0.readers.fetch_sub(1, Ordering::AcqRel);
         self.0.event.notify(usize::MAX);
-    }
-}
-
-/// The outcome of the first request: either the task is now laid out and (maybe) ranged, or it is
-/// being read as a single stream.
-pub enum FirstResponse {
-    /// Piece 0's body follows on this response when `piece0` is true.
-    Ranged {
-        resp: client::Response,
-        piece0: bool,
-    },
-    Stream {
-        resp: client::Response,
-        len_bytes: Option<u64>,
-    },
-    Empty,
-}
-
-/// Sends the first GET (piece 0's range) and classifies the answer.
-pub async fn first_request(task: &Task) -> Result<FirstResponse> {
-    let resp = task.spec.fetch.get(Some((0, DEFAULT_PIECE_LEN_BYTES - 1))).await?;
-    match resp.status() {
-        206 => {
-            let cr = resp.head.header("content-range").unwrap_or(b"");
-            let cr = crate::http::range::parse_content_range(cr)
-                .map_err(|e| Error::origin(false, format!("{}: {e}", task.spec.display_url)))?;
-            let Some(total) = cr.complete_len else {
-                drop(resp);
-                let resp = task.spec.fetch.get(None).await?;
-                return stream_or_error(task, resp);
-            };
-            check_len(task, total)?;
-            let layout = Layout::for_len(total);
-            let expected_last = layout.piece_range(0).map(|(_, e)| e - 1);
-            if cr.first != 0 || Some(cr.last) > expected_last {
-                return Err(Error::origin(
-                    false,
-                    format!(
-                        "{}: 206 with Content-Range {}-{}/{total} for a request of bytes=0-{}",
-                        task.spec.display_url,
-                        cr.first,
-                        cr.last,
-                        DEFAULT_PIECE_LEN_BYTES - 1
-                    ),
-                ));
-            }
-            task.set_geometry(Geometry { layout, ranged: true });
-            // With a digest the content is checked end to end anyway; If-Range would only add
-            // failures (per-backend ETags behind a load balancer), so it is used without one.
-            if task.spec.digest.is_none() {
-                if let Some(v) = strong_validator(&resp.head) {
-                    let _ = task.validator.set(v);
-                }
-            }
-            // Piece 0 is on this response unless piece length is larger than the probe (files > 1 GiB).
-            let piece0 = Some(cr.last) == expected_last;
-            task.next_piece.store(if piece0 { 1 } else { 0 }, Ordering::Release);
-            Ok(FirstResponse::Ranged { resp, piece0 })
-        }
-        416 => {
-            let total = resp.head.header("content-range").and_then(crate::http::range::parse_unsatisfied_range);
-            if total == Some(0) {
-                check_len(task, 0)?;
-                task.set_geometry(Geometry { layout: Layout::for_len(0), ranged: true });
-                return Ok(FirstResponse::Empty);
-            }
-            Err(Error::origin(false, format!("{}: 416 Range Not Satisfiable for bytes=0-", task.spec.display_url)))
-        }
-        _ => stream_or_error(task, resp),
-    }
-}
-
-/// A validator usable with `If-Range` (RFC 9110 §13.1.5): a strong ETag, else Last-Modified.
-/// Only when there is no ETag at all may a date be used (a weak ETag means "no strong validator").
-/// Anything oversized or with control characters is treated as absent: it goes into a request
-/// header and into meta.json.
-pub fn strong_validator(head: &crate::http::codec::ResponseHead) -> Option<String> {
-    let v = match head.header_str("etag").map(str::trim) {
-        Some(etag) if etag.starts_with('"') => etag,
-        Some(_) => return None,
-        None => head.header_str("last-modified")?.trim(),
-    };
-    let sane = !v.is_empty()
-        && v.len() <= crate::storage::meta::MAX_VALIDATOR_BYTES
-        && v.bytes().all(|b| (0x20..0x7f).contains(&b));
-    sane.then(|| v.to_string())
-}
-
-/// The origin's length must match a length known in advance (an OCI descriptor's size).
-fn check_len(task: &Task, len_bytes: u64) -> Result<()> {
-    // Bounds the piece table before it is allocated: an origin claiming 2^64 bytes must get an
-    // error, not make the daemon try to allocate terabytes of bitmap.
-    if Layout::for_len(len_bytes).n_pieces() > crate::storage::meta::MAX_PIECES as u64 {
-        return Err(Error::origin(
-            false,
-            format!("{}: content length {len_bytes} is larger than this daemon can store", task.spec.display_url),
-        ));
-    }
-    match task.spec.expected_len {
-        Some(want) if want != len_bytes => Err(Error::origin(
-            false,
-            format!("{}: origin has {len_bytes} bytes, the descriptor says {want}", task.spec.display_url),
-        )
-        .with_kind(Kind::Integrity)),
-        _ => Ok(()),
-    }
-}
-
-fn stream_or_error(task: &Task, resp: client::Response) -> Result<FirstResponse> {
-    let status = resp.status();
-    if status != 200 {
-        let retryable = status >= 500 || status == 429;
-        return Err(Error::origin(
-            retryable,
-            format!("{} returned {status} {}", task.spec.display_url, resp.head.reason),
-        )
-        .with_kind(Kind::Status(status)));
-    }
-    let len_bytes = match crate::http::codec::framing(&resp.head, false) {
-        Ok(crate::http::codec::Framing::Length(n)) => Some(n),
-        Ok(crate::http::codec::Framing::Empty) => Some(0),
-        _ => None,
-    };
-    if let Some(len) = len_bytes {
-        check_len(task, len)?;
-        task.set_geometry(Geometry { layout: Layout::for_len(len), ranged: false });
-    }
-    Ok(FirstResponse::Stream { resp, len_bytes })
-}
-
-/// Streams `resp`'s body into the task file as pieces `first_piece..`, each crc'd. A piece is recorded
-/// (bit set) only after the write holding its last byte completed. With `expect_bytes` (a ranged
-/// piece) the body must be exactly that long. Pieces of a stream of unknown length are returned
-/// instead of recorded, because the bitmap does not exist until the length is known.
-pub async fn write_body(
-    task: &Task,
-    resp: &mut client::Response,
-    file: &compio::fs::File,
-    first_piece: u64,
-    piece_len_bytes: u64,
-    expect_bytes: Option<u64>,
-) -> Result<(u64, Vec<u32>)> {
-    let record_now = task.geometry().is_some();
-    let base = first_piece * piece_len_bytes;
-    let mut cutter = Cutter::new(first_piece, piece_len_bytes);
-    let mut unrecorded = Vec::new();
-    let mut written = 0u64;
-    let mut buf: Vec<u8> = Vec::with_capacity(crate::limits::WRITE_CHUNK_BYTES);
-    loop {
-        if task.state() == State::Failed {
-            return Err(Error::internal("task failed elsewhere"));
-        }
-        let more = until_failed(task, resp.read_into(&mut buf, crate::limits::WRITE_CHUNK_BYTES)).await?;
-        if expect_bytes.is_some_and(|limit| written + buf.len() as u64 > limit) {
-            return Err(Error::origin(false, format!("{}: body longer than the range asked for", resp.url)));
-        }
-        crate::daemon::rate::take(buf.len()).await;
-        let finished = cutter.feed(&buf);
-        if !buf.is_empty() {
-            let n = buf.len() as u64;
-            let mut f = file;
-            let BufResult(res, b) = f.write_all_at(buf, base + written).await;
-            res.map_err(|e| crate::storage::disk_err(e, &task.data_path, "write task file"))?;
-            buf = b;
-            buf.clear();
-            written += n;
-        }
-        for (idx, crc, len) in finished {
-            settle(task, record_now, &mut unrecorded, idx, crc, len);
-        }
-        if !more {
-            break;
-        }
-    }
-    if let Some(limit) = expect_bytes {
-        if written != limit {
-            return Err(Error::origin(true, format!("{}: body of {written} bytes, expected {limit}", resp.url)));
-        }
-    }
-    if let Some((idx, crc, len)) = cutter.finish() {
-        settle(task, record_now, &mut unrecorded, idx, crc, len);
-    }
-    Ok((written, unrecorded))
-}
-
-/// Runs `fut` unless the task fails first (another core's fatal error, an operator's removal): a
-/// slow origin must not keep a failed task's worker — and its cleanup — waiting.
-pub async fn until_failed<T>(task: &Task, fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
-    use futures_util::future::{select, Either};
-    let mut fut = std::pin::pin!(fut);
-    loop {
-        let listener = task.event.listen();
-        if let Some(e) = task.failure() {
-            return Err(e.clone());
-        }
-        match select(fut.as_mut(), listener).await {
-            Either::Left((out, _)) => return out,
-            Either::Right(((), _)) => {}
-        }
-    }
-}
-
-fn settle(task: &Task, record_now: bool, unrecorded: &mut Vec<u32>, idx: u64, crc: u32, len: u64) {
-    if record_now {
-        task.record_piece(idx, crc, len);
-    } else {
-        unrecorded.push(crc);
-    }
-}
-
-/// Cuts a byte stream at piece boundaries, computing each piece's crc32.
-struct Cutter {
-    piece_idx: u64,
-    piece_len_bytes: u64,
-    fill_bytes: u64,
-    crc: crc32fast::Hasher,
-}
-
-impl Cutter {
-    fn new(first_piece: u64, piece_len_bytes: u64) -> Cutter {
-        Cutter { piece_idx: first_piece, piece_len_bytes, fill_bytes: 0, crc: crc32fast::Hasher::new() }
-    }
-
-    /// Returns the pieces completed by `bytes`: (index, crc, length).
-    fn feed(&mut self, mut bytes: &[u8]) -> Vec<(u64, u32, u64)> {
-        let mut done = Vec::new();
-        while !bytes.is_empty() {
-            let room = (self.piece_len_bytes - self.fill_bytes) as usize;
-            let take = room.min(bytes.len());
-            self.crc.update(&bytes[..take]);
-            self.fill_bytes += take as u64;
-            bytes = &bytes[take..];
-            if self.fill_bytes == self.piece_len_bytes {
-                let crc = std::mem::replace(&mut self.crc, crc32fast::Hasher::new()).finalize();
-                done.push((self.piece_idx, crc, self.fill_bytes));
-                self.piece_idx += 1;
-                self.fill_bytes = 0;
-            }
-        }
-        done
-    }
-
-    /// The trailing short piece, if any.
-    fn finish(self) -> Option<(u64, u32, u64)> {
-        (self.fill_bytes > 0).then(|| (self.piece_idx, self.crc.finalize(), self.fill_bytes))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn check_validator(headers: &[(&str, &str)], expected: Option<&str>) {
-        let head = crate::http::codec::ResponseHead {
-            status: 206,
-            reason: "Partial Content".into(),
-            version_minor: 1,
-            headers: headers.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect(),
-        };
-        assert_eq!(strong_validator(&head).as_deref(), expected, "{headers:?}");
-    }
-
-    #[test]
-    fn validators_follow_rfc_9110_if_range_rules() {
-        let date = "Sun, 29 Nov 2026 16:21:40 GMT";
-        check_validator(&[("ETag", "\"abc\"")], Some("\"abc\""));
-        check_validator(&[("ETag", "\"abc\""), ("Last-Modified", date)], Some("\"abc\""));
-        // A weak ETag means there is no strong validator: the date may not be used either.
-        check_validator(&[("ETag", "W/\"abc\""), ("Last-Modified", date)], None);
-        check_validator(&[("Last-Modified", date)], Some(date));
-        check_validator(&[], None);
-        check_validator(&[("ETag", "\"a\tb\"")], None);
-        let huge = format!("\"{}\"", "x".repeat(2000));
-        check_validator(&[("ETag", huge.as_str())], None);
-    }
-
-    #[test]
-    fn cutter_splits_at_piece_boundaries_for_any_chunking() {
-        let data: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
-        let want: Vec<u32> = data.chunks(64).map(crc32fast::hash).collect();
-        for chunk in [1usize, 7, 63, 64, 65, 1000] {
-            let mut c = Cutter::new(0, 64);
-            let mut got: Vec<(u64, u32, u64)> = Vec::new();
-            for part in data.chunks(chunk) {
-                got.extend(c.feed(part));
-            }
-            got.extend(c.finish());
-            let crcs: Vec<u32> = got.iter().map(|p| p.1).collect();
-            assert_eq!(crcs, want, "chunk={chunk}");
-            assert_eq!(got.iter().map(|p| p.0).collect::<Vec<_>>(), (0..16).collect::<Vec<_>>());
-            assert_eq!(got.last().unwrap().2, 1000 - 15 * 64);
-        }
     }
 }

@@ -5,6 +5,7 @@
 //! may be short, and an empty content has zero pieces.
 
 pub mod bitmap;
+pub mod cutter;
 
 /// Piece length for files up to [`SMALL_FILE_LIMIT_BYTES`] (Dragonfly's default).
 pub const DEFAULT_PIECE_LEN_BYTES: u64 = 4 * 1024 * 1024;

@@ -1,5 +1,6 @@
-//! The daemon side of storage lifetime: restoring finished tasks at start, listing tasks, and the GC
-//! loop that executes the pure planner's (`crate::gc::plan`) evictions every `gcInterval`.
+//! The cache's lifecycle on the daemon side: restoring tasks at start, admitting a new task against
+//! the quota, the GC loop that executes the pure planner's (`crate::gc::plan`) evictions every
+//! `gcInterval`, eviction and removal of one task, parking running tasks at stop, and listing.
 //!
 //! Invariant: a task with readers (an export in progress) or still running is never evicted; an
 //! evicted task leaves the index before its files are removed, so no new request can be handed a
@@ -9,23 +10,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
-
+use crate::clock::now_unix_ms;
+use crate::daemon::serving::blocking;
+use crate::daemon::shared::Shared;
 use crate::daemon::task::{Spec, State, Task};
-use crate::daemon::Shared;
 use crate::gc::plan::{self, Policy, TaskView, Usage};
 use crate::piece::Layout;
-
-#[derive(Debug, Serialize)]
-pub struct TaskInfo {
-    pub id: String,
-    pub url: String,
-    pub len_bytes: Option<u64>,
-    pub completed_bytes: u64,
-    pub state: &'static str,
-    pub last_access_unix_ms: u64,
-    pub readers: usize,
-}
+use crate::proto::{TaskInfo, TaskState};
 
 pub fn list_tasks(shared: &Shared) -> Vec<TaskInfo> {
     let parked = shared.partial.iter().map(|e| {
@@ -35,7 +26,7 @@ pub fn list_tasks(shared: &Shared) -> Vec<TaskInfo> {
             url: m.url.clone(),
             len_bytes: m.content_len,
             completed_bytes: 0,
-            state: "parked",
+            state: TaskState::Parked,
             last_access_unix_ms: m.last_access_unix_ms,
             readers: 0,
         }
@@ -47,9 +38,9 @@ pub fn list_tasks(shared: &Shared) -> Vec<TaskInfo> {
         len_bytes: t.geometry().map(|g| g.layout.content_len_bytes),
         completed_bytes: t.completed_bytes(),
         state: match t.state() {
-            State::Running => "running",
-            State::Done => "done",
-            State::Failed => "failed",
+            State::Running => TaskState::Running,
+            State::Done => TaskState::Done,
+            State::Failed => TaskState::Failed,
         },
         last_access_unix_ms: t.last_access_unix_ms.load(Ordering::Acquire),
         readers: t.n_readers(),
@@ -207,8 +198,7 @@ pub async fn run_loop(shared: Arc<Shared>) {
             collect_off_core(&shared).await;
         }
         if let Some(limit) = alive {
-            let idle_ms =
-                crate::daemon::task::now_unix_ms().saturating_sub(shared.last_request_unix_ms.load(Ordering::Acquire));
+            let idle_ms = now_unix_ms().saturating_sub(shared.last_request_unix_ms.load(Ordering::Acquire));
             let running = shared.index.values().iter().any(|t| t.state() == State::Running);
             if !running && Duration::from_millis(idle_ms) >= limit {
                 tracing::info!(idle_ms, "no request for aliveTime ({limit:?}): stopping");
@@ -247,7 +237,7 @@ pub async fn admit(shared: &Arc<Shared>, len_bytes: u64) -> crate::error::Result
 /// A GC pass on the blocking pool: directory removals must not stall a core's IO.
 pub async fn collect_off_core(shared: &Arc<Shared>) -> usize {
     let shared = shared.clone();
-    crate::daemon::engine::blocking(move || Ok(collect(&shared))).await.unwrap_or(0)
+    blocking(move || Ok(collect(&shared))).await.unwrap_or(0)
 }
 
 /// At shutdown (cores stopped): record each running task's pieces so the next start resumes it.

@@ -1,0 +1,121 @@
+//! The serving toolkit of the daemon's listeners (the socket API and the metrics endpoint): read one
+//! bounded HTTP/1.1 request, answer it, and run blocking work off the core.
+//!
+//! Invariant: every read is bounded in bytes (`MAX_HEAD_BYTES`, `MAX_API_BODY_BYTES`) and in time
+//! (`API_REQUEST_TIMEOUT`), so no client can pin a connection or its memory; blocking work never
+//! runs on a core's own thread.
+
+use compio::buf::{BufResult, IntoInner, IoBufMut};
+use compio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::limits;
+
+/// One request as read off a connection: the wire router (`proto::ApiRequest::parse`) takes it from here.
+pub struct HttpReq {
+    pub method: String,
+    pub path: String,
+    pub body: Vec<u8>,
+}
+
+/// `read_request` bounded by `API_REQUEST_TIMEOUT`: a client that connects and says nothing (or
+/// dribbles) must not hold a connection, and its fd, forever.
+pub async fn read_request_within(stream: &mut (impl AsyncRead + AsyncWrite)) -> Result<HttpReq> {
+    match compio::time::timeout(limits::API_REQUEST_TIMEOUT, read_request(stream)).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::client(format!("no complete request within {:?}", limits::API_REQUEST_TIMEOUT))),
+    }
+}
+
+async fn read_request(stream: &mut (impl AsyncRead + AsyncWrite)) -> Result<HttpReq> {
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; limits::MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(head_len)) => {
+                let method = req.method.unwrap_or("").to_string();
+                let path = req.path.unwrap_or("").to_string();
+                let len = content_length(req.headers)?;
+                let mut body = buf[head_len..].to_vec();
+                read_body(stream, &mut body, len).await?;
+                return Ok(HttpReq { method, path, body });
+            }
+            Ok(httparse::Status::Partial) => {}
+            Err(e) => return Err(Error::client(format!("malformed request: {e}"))),
+        }
+        if buf.len() >= limits::MAX_HEAD_BYTES {
+            return Err(Error::client("request head too large"));
+        }
+        buf.reserve(4096);
+        let BufResult(res, b) = stream.read(buf.uninit()).await;
+        buf = b.into_inner();
+        match res {
+            Ok(0) => return Err(Error::client("connection closed mid-request")),
+            Ok(_) => {}
+            Err(e) => return Err(Error::client(format!("read: {e}"))),
+        }
+    }
+}
+
+fn content_length(headers: &[httparse::Header<'_>]) -> Result<usize> {
+    let Some(h) = headers.iter().find(|h| h.name.eq_ignore_ascii_case("content-length")) else {
+        return Ok(0);
+    };
+    let len: usize = std::str::from_utf8(h.value)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| Error::client("bad Content-Length"))?;
+    if len > limits::MAX_API_BODY_BYTES {
+        return Err(Error::client(format!("request body over {} bytes", limits::MAX_API_BODY_BYTES)));
+    }
+    Ok(len)
+}
+
+async fn read_body(stream: &mut (impl AsyncRead + AsyncWrite), body: &mut Vec<u8>, len: usize) -> Result<()> {
+    while body.len() < len {
+        body.reserve(len - body.len());
+        let BufResult(res, b) = stream.read(std::mem::take(body).uninit()).await;
+        *body = b.into_inner();
+        match res {
+            Ok(0) => return Err(Error::client("connection closed mid-body")),
+            Ok(_) => {}
+            Err(e) => return Err(Error::client(format!("read: {e}"))),
+        }
+    }
+    body.truncate(len);
+    Ok(())
+}
+
+pub async fn respond_json(
+    stream: &mut (impl AsyncRead + AsyncWrite),
+    status: u16,
+    body: &impl Serialize,
+) -> Result<()> {
+    let body = serde_json::to_vec(body).map_err(|e| Error::internal(e.to_string()))?;
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        409 => "Conflict",
+        _ => "Error",
+    };
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    write(stream, out).await
+}
+
+pub async fn write(stream: &mut (impl AsyncRead + AsyncWrite), bytes: Vec<u8>) -> Result<()> {
+    let BufResult(res, _) = stream.write_all(bytes).await;
+    res.map_err(|e| Error::client(format!("client went away: {e}")))
+}
+
+/// Runs blocking work (hashing, fsync) on compio's blocking pool so the core keeps serving IO.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    compio::runtime::spawn_blocking(f).await.unwrap_or_else(|_| Err(Error::internal("blocking job panicked")))
+}
