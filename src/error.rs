@@ -4,6 +4,7 @@
 //! the message is for people and never contains credentials.
 
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -47,6 +48,10 @@ pub enum Kind {
     Status(u16),
     /// Size or digest of the content did not match what was expected.
     Integrity,
+    /// EOF or reset before any response byte on a reused keep-alive connection: the server closed
+    /// it while idle. Retried at once on a fresh connection by `http::client` (GET is idempotent),
+    /// never waited out; it does not leave the HTTP client unless the fresh connection fails too.
+    StaleConnection,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,21 +59,35 @@ pub struct Error {
     pub source: Source,
     pub kind: Kind,
     pub retryable: bool,
+    /// How long the origin asked us to wait before a retry (`Retry-After` on a 429 or 503).
+    pub retry_after: Option<Duration>,
     pub message: String,
 }
 
 impl Error {
     pub fn origin(retryable: bool, message: impl Into<String>) -> Error {
-        Error { source: Source::Origin, kind: Kind::Other, retryable, message: message.into() }
+        Error { source: Source::Origin, kind: Kind::Other, retryable, retry_after: None, message: message.into() }
     }
     pub fn client(message: impl Into<String>) -> Error {
-        Error { source: Source::Client, kind: Kind::Other, retryable: false, message: message.into() }
+        Error {
+            source: Source::Client,
+            kind: Kind::Other,
+            retryable: false,
+            retry_after: None,
+            message: message.into(),
+        }
     }
     pub fn disk(message: impl Into<String>) -> Error {
-        Error { source: Source::Disk, kind: Kind::Other, retryable: false, message: message.into() }
+        Error { source: Source::Disk, kind: Kind::Other, retryable: false, retry_after: None, message: message.into() }
     }
     pub fn internal(message: impl Into<String>) -> Error {
-        Error { source: Source::Internal, kind: Kind::Other, retryable: false, message: message.into() }
+        Error {
+            source: Source::Internal,
+            kind: Kind::Other,
+            retryable: false,
+            retry_after: None,
+            message: message.into(),
+        }
     }
     pub fn with_kind(mut self, kind: Kind) -> Error {
         self.kind = kind;

@@ -73,6 +73,11 @@ pub const MAX_ATTEMPTS: u32 = 3;
 /// Linear backoff step between attempts, in milliseconds.
 pub const RETRY_BACKOFF_MS: u64 = 100;
 
+/// Longest `Retry-After` (429/503) honoured with a wait. An origin asking for more gets an error
+/// now instead: a user waiting on `dfget` learns the reason at once rather than after minutes of
+/// silent backoff, and `MAX_ATTEMPTS` such waits stay under half a minute.
+pub const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Error bodies (a 401's or 404's page) read and dropped so the connection can be reused; a
 /// longer one closes the connection instead.
 pub const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;

@@ -303,6 +303,8 @@ fn digest_mismatch_fails_cleanly_and_daemon_stays_healthy() {
     let out = dir.path().join("out.bin");
     let result = download(&daemon, &origin.url("/digest.bin"), &out, &["--digest", &wrong]);
     assert_clean_failure(&daemon, &result, dir.path(), &["digest"]);
+    // The error's kind travels on the wire: the client names it.
+    assert!(stderr_of(&result).contains("integrity check failed"), "kind not named: {}", stderr_of(&result));
 }
 
 #[test]

@@ -49,9 +49,10 @@ async fn resolve(req: &DownloadRequest, config: &Config) -> Result<(Fetch, Optio
 }
 
 async fn stream_into(fetch: &Fetch, tmp: &Path, digest: Option<&str>) -> Result<u64> {
-    let mut resp = fetch.get(None).await?;
+    let mut resp = fetch.get(None, None).await?;
     if resp.status() != 200 {
-        return Err(Error::origin(false, format!("{} returned {} {}", fetch.url, resp.status(), resp.head.reason)));
+        let what = format!("{} returned {} {}", fetch.url, resp.status(), resp.head.reason);
+        return Err(crate::http::status::error(&resp.head, what));
     }
     let mut file = std::fs::File::create(tmp).map_err(|e| crate::storage::disk_err(e, tmp, "create"))?;
     let mut hasher = Sha256::new();

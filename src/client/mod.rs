@@ -14,7 +14,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 
 use crate::config::Config;
-use crate::error::Source;
+use crate::error::{Kind, Source};
 use crate::proto::{ApiError, ApiRequest, DownloadRequest, Event, TaskInfo};
 
 pub const EXIT_OK: u8 = 0;
@@ -156,9 +156,9 @@ fn download(args: &DownloadArgs) -> Result<(), Failure> {
     progress.finish();
     match result {
         Ok(Event::Done { .. }) => Ok(()),
-        Ok(Event::Error { source, message, .. }) => {
+        Ok(Event::Error { source, kind, message, .. }) => {
             let code = if source == Source::Client { EXIT_USAGE } else { EXIT_DOWNLOAD };
-            Err((code, message))
+            Err((code, describe(kind, message)))
         }
         Ok(other) => Err((EXIT_DAEMON, format!("daemon ended the stream unexpectedly with {other:?}"))),
         Err(socket::StreamError::Timeout(d)) => Err((EXIT_TIMEOUT, format!("timed out after {d:?} (--timeout)"))),
@@ -178,8 +178,24 @@ fn back_to_source(args: &DownloadArgs, req: &DownloadRequest, why: &str) -> Resu
     };
     match direct::download(req, &config) {
         Ok(_) => Ok(()),
-        Err(e) => Err((if e.source == Source::Client { EXIT_USAGE } else { EXIT_DOWNLOAD }, e.message)),
+        Err(e) => {
+            Err((if e.source == Source::Client { EXIT_USAGE } else { EXIT_DOWNLOAD }, describe(e.kind, e.message)))
+        }
     }
+}
+
+/// The failure's kind in words, before its message: the kind travels on the wire
+/// (`proto::Event::Error`), so a user (or a script grepping stderr) tells a corrupt download from a
+/// slow origin from a refused credential without parsing the message.
+fn describe(kind: Kind, message: String) -> String {
+    let label = match kind {
+        Kind::Integrity => "integrity check failed",
+        Kind::Timeout => "timed out",
+        Kind::Status(401 | 403) => "not authorized",
+        Kind::TlsHandshake => "TLS handshake failed",
+        Kind::Status(_) | Kind::StaleConnection | Kind::Other => return message,
+    };
+    format!("{label}: {message}")
 }
 
 fn absolute(p: &Path) -> Result<PathBuf, String> {
@@ -294,5 +310,22 @@ fn print_task_table(body: &str) {
         let ts = crate::clock::timestamp(std::time::UNIX_EPOCH + Duration::from_millis(t.last_access_unix_ms));
         let len = t.len_bytes.map(|n| n.to_string()).unwrap_or_else(|| "?".into());
         println!("{:<16} {:<8} {:>14} {:>24}  {}", t.id.get(..16).unwrap_or(&t.id), t.state.as_str(), len, ts, t.url);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_name_their_kind() {
+        let check = |kind, expected: &str| assert_eq!(describe(kind, "m".into()), expected, "{kind:?}");
+        check(Kind::Integrity, "integrity check failed: m");
+        check(Kind::Timeout, "timed out: m");
+        check(Kind::Status(401), "not authorized: m");
+        check(Kind::Status(403), "not authorized: m");
+        check(Kind::TlsHandshake, "TLS handshake failed: m");
+        check(Kind::Status(404), "m");
+        check(Kind::Other, "m");
     }
 }

@@ -13,6 +13,7 @@ use compio::fs::OpenOptions;
 use compio::io::AsyncWriteAtExt;
 
 use crate::daemon::first_response::{self, FirstResponse};
+use crate::daemon::judge::{self, PieceAsked};
 use crate::daemon::serving::blocking;
 use crate::daemon::shared::Shared;
 use crate::daemon::task::{Geometry, State, Task};
@@ -240,13 +241,9 @@ pub async fn piece_worker(task: Arc<Task>) {
 }
 
 async fn fetch_piece_with_retries(task: &Task, file: &compio::fs::File, layout: Layout, piece_idx: u64) -> Result<()> {
-    with_retries(|| fetch_piece(task, file, layout, piece_idx)).await.map_err(|e| {
-        if e.message.contains("piece ") {
-            e
-        } else {
-            e.context(format_args!("piece {piece_idx}"))
-        }
-    })
+    with_retries(|| fetch_piece(task, file, layout, piece_idx))
+        .await
+        .map_err(|e| e.context(format_args!("piece {piece_idx}")))
 }
 
 async fn fetch_piece(task: &Task, file: &compio::fs::File, layout: Layout, piece_idx: u64) -> Result<()> {
@@ -254,51 +251,16 @@ async fn fetch_piece(task: &Task, file: &compio::fs::File, layout: Layout, piece
         return Ok(());
     }
     let (start, end) = layout.piece_range(piece_idx).ok_or_else(|| Error::internal("piece index past the end"))?;
-    let if_range: Vec<(String, String)> =
-        task.validator.get().map(|v| vec![("If-Range".to_string(), v.clone())]).unwrap_or_default();
-    let mut resp = task.spec.fetch.get_with(Some((start, end - 1)), &if_range).await?;
-    match resp.status() {
-        206 => {
-            let cr = resp.head.header("content-range").unwrap_or(b"");
-            crate::http::range::check_partial(cr, start, end - 1, Some(layout.content_len_bytes))
-                .map_err(|e| Error::origin(false, format!("{}: piece {piece_idx}: {e}", task.spec.display_url)))?;
-            // An origin that ignores If-Range still shows a new ETag on a changed file.
-            let etag = resp.head.header_str("etag").map(str::trim);
-            if let (Some(want), Some(got)) = (task.validator.get().filter(|v| v.starts_with('"')), etag) {
-                if want != got {
-                    return Err(Error::origin(
-                        true,
-                        format!("{}: content changed during the download (ETag {want} → {got})", task.spec.display_url),
-                    )
-                    .with_kind(crate::error::Kind::Integrity));
-                }
-            }
-        }
-        // With If-Range, a 200 means the content changed since the first response: mixing pieces of
-        // two versions would make a file that never existed.
-        // Retryable: behind a load balancer another backend may answer with its own ETag; a file
-        // that really changed fails every attempt.
-        200 if !if_range.is_empty() => {
-            return Err(Error::origin(
-                true,
-                format!("{}: content changed during the download (If-Range no longer matches)", task.spec.display_url),
-            )
-            .with_kind(crate::error::Kind::Integrity))
-        }
-        200 => {
-            return Err(Error::origin(
-                false,
-                format!("{}: origin ignored Range on piece {piece_idx} after honouring it", task.spec.display_url),
-            ))
-        }
-        s => {
-            let retryable = s >= 500 || s == 429;
-            return Err(Error::origin(
-                retryable,
-                format!("{} returned {s} {} for piece {piece_idx}", task.spec.display_url, resp.head.reason),
-            ));
-        }
-    }
+    let if_range = task.validator.get().map(String::as_str);
+    let mut resp = task.spec.fetch.get(Some((start, end - 1)), if_range).await?;
+    let asked = PieceAsked {
+        url: &task.spec.display_url,
+        first: start,
+        last: end - 1,
+        content_len_bytes: layout.content_len_bytes,
+        if_range,
+    };
+    judge::piece(&resp.head, &asked)?;
     write_body(task, &mut resp, file, piece_idx, layout.piece_len_bytes, Some(end - start)).await?;
     Ok(())
 }
@@ -383,7 +345,8 @@ fn settle(task: &Task, record_now: bool, unrecorded: &mut Vec<u32>, idx: u64, cr
     }
 }
 
-/// Retries retryable failures with a short linear backoff; a non-retryable error returns at once.
+/// Retries retryable failures with a short linear backoff (or the origin's `Retry-After`); a
+/// non-retryable error returns at once.
 async fn with_retries<T, F, Fut>(mut f: F) -> Result<T>
 where
     F: FnMut() -> Fut,
@@ -395,8 +358,11 @@ where
             Ok(v) => return Ok(v),
             Err(e) if e.retryable && attempt + 1 < limits::MAX_ATTEMPTS => {
                 attempt += 1;
-                tracing::debug!(error = %e, attempt, "retrying");
-                compio::time::sleep(Duration::from_millis(limits::RETRY_BACKOFF_MS * attempt as u64)).await;
+                // The origin's Retry-After (already capped by `http::status`) when it asked for more.
+                let backoff = Duration::from_millis(limits::RETRY_BACKOFF_MS * attempt as u64);
+                let wait = e.retry_after.map_or(backoff, |w| w.max(backoff));
+                tracing::debug!(error = %e, attempt, wait_ms = wait.as_millis() as u64, "retrying");
+                compio::time::sleep(wait).await;
             }
             Err(e) => return Err(e),
         }

@@ -6,7 +6,7 @@
 //! pools, open task-file handles, in-flight requests — is owned by the core that created it.
 //!
 //! Rooms, leaves first (each imports only rooms above it in this list, none imports this file):
-//! `counters`, `rate`, `log`, `serving` → `task` → `shared` → `first_response`, `cache` →
+//! `counters`, `rate`, `log`, `serving`, `judge` → `task` → `shared` → `first_response`, `cache` →
 //! `engine` → `api`, `metrics` → `core`.
 
 pub mod api;
@@ -15,6 +15,7 @@ pub mod core;
 pub mod counters;
 pub mod engine;
 pub mod first_response;
+pub mod judge;
 pub mod log;
 pub mod metrics;
 pub mod rate;

@@ -228,7 +228,10 @@ async fn send(url: &Url, headers: &[(String, String)], opts: &Options) -> Result
     if let Some(conn) = pool::take(&key, &opts.pool) {
         match exchange(conn, req_bytes.clone(), url, opts, permit.clone()).await {
             Ok(resp) => return Ok(resp),
-            Err(e) if e.retryable => {
+            // Only a connection the server closed while idle is retried here, at once. A timeout
+            // on a pooled connection is the origin being slow: waiting it out again on a fresh
+            // connection would double the wait before the caller's own retry budget even starts.
+            Err(e) if e.kind == Kind::StaleConnection => {
                 tracing::debug!(url = %url, error = %e, "stale pooled connection, retrying on a new one");
             }
             Err(e) => return Err(e),
@@ -240,13 +243,20 @@ async fn send(url: &Url, headers: &[(String, String)], opts: &Options) -> Result
 
 async fn exchange(mut conn: Conn, req: Vec<u8>, url: &Url, opts: &Options, permit: limit::Permit) -> Result<Response> {
     let key = conn.key.clone();
+    let reused = conn.n_requests > 0;
     conn.n_requests += 1;
     let fut = async {
         conn.write_all(req).await.map_err(|e| io_error(&key, e))?;
         conn.read_head().await
     };
-    let head = match crate::http::within(opts.response_header_timeout, fut).await {
-        Ok(r) => r?,
+    let got = crate::http::within(opts.response_header_timeout, fut).await;
+    let head = match got {
+        Ok(Ok(head)) => head,
+        // EOF or reset (retryable IO trouble) with not one byte of a response: the stale class.
+        Ok(Err(e)) if reused && e.retryable && e.kind == Kind::Other && conn.buffered().is_empty() => {
+            return Err(e.with_kind(Kind::StaleConnection))
+        }
+        Ok(Err(e)) => return Err(e),
         Err(_) => {
             return Err(Error::origin(
                 true,
@@ -336,5 +346,121 @@ impl Response {
                 pool::put(conn, &self.opts.pool);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// What the origin does with the second request on its first connection. A fake origin,
+    /// because no real server can be told to drop one reused connection at a chosen moment.
+    #[derive(Clone, Copy, Debug)]
+    enum Second {
+        /// Closes the connection (FIN) without a response byte: it timed out while idle.
+        Close,
+        /// Resets it (RST, `SO_LINGER` 0) without a response byte.
+        Reset,
+        /// Says nothing: a slow origin, not a stale connection.
+        Silence,
+    }
+
+    /// Reads one request head; false at EOF.
+    fn read_request(r: &mut BufReader<TcpStream>) -> bool {
+        let mut n_lines = 0;
+        loop {
+            let mut line = String::new();
+            match r.read_line(&mut line) {
+                Ok(0) | Err(_) => return false,
+                Ok(_) if line == "\r\n" && n_lines > 0 => return true,
+                Ok(_) => n_lines += 1,
+            }
+        }
+    }
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+    /// Serves `ok` on every request, except the second on the first connection. Counts connections.
+    fn origin(second: Second) -> (u16, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let n_conns = Arc::new(AtomicUsize::new(0));
+        let counter = n_conns.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let first_conn = counter.fetch_add(1, Ordering::SeqCst) == 0;
+                let mut r = BufReader::new(stream.try_clone().unwrap());
+                let mut w = stream;
+                let mut n = 0;
+                while read_request(&mut r) {
+                    n += 1;
+                    if first_conn && n == 2 {
+                        match second {
+                            Second::Close => drop(w),
+                            Second::Reset => {
+                                let _ = rustix::net::sockopt::set_socket_linger(&w, Some(Duration::ZERO));
+                                drop(w);
+                            }
+                            Second::Silence => held.push(w),
+                        }
+                        break;
+                    }
+                    if w.write_all(OK).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        (port, n_conns)
+    }
+
+    fn options(response_header_timeout: Duration) -> Options {
+        let t = crate::config::TransportConfig { response_header_timeout, ..Default::default() };
+        Options::from_transport(&t).unwrap()
+    }
+
+    async fn get_ok(url: &Url, opts: &Options) -> Result<Vec<u8>> {
+        let mut resp = get(url, &[], None, opts).await?;
+        let mut body = Vec::new();
+        while resp.read_into(&mut body, 1024).await? {}
+        Ok(body)
+    }
+
+    #[test]
+    fn a_stale_pooled_connection_is_retried_at_once_on_a_fresh_one() {
+        for second in [Second::Close, Second::Reset] {
+            let (port, n_conns) = origin(second);
+            let url = Url::parse(&format!("http://127.0.0.1:{port}/f")).unwrap();
+            // A long responseHeaderTimeout: were the stale connection waited out, the test would hang.
+            let opts = options(Duration::from_secs(600));
+            let rt = compio::runtime::Runtime::new().unwrap();
+            rt.block_on(async {
+                assert_eq!(get_ok(&url, &opts).await.unwrap(), b"ok", "{second:?}: first request");
+                let again = get_ok(&url, &opts).await;
+                assert_eq!(again.as_deref().ok(), Some(&b"ok"[..]), "{second:?}: {again:?}");
+            });
+            assert_eq!(n_conns.load(Ordering::SeqCst), 2, "{second:?}: one pooled, one fresh connection");
+        }
+    }
+
+    #[test]
+    fn a_timeout_on_a_pooled_connection_is_not_waited_out_twice() {
+        let (port, n_conns) = origin(Second::Silence);
+        let url = Url::parse(&format!("http://127.0.0.1:{port}/f")).unwrap();
+        let opts = options(Duration::from_millis(300));
+        let rt = compio::runtime::Runtime::new().unwrap();
+        let err = rt.block_on(async {
+            assert_eq!(get_ok(&url, &opts).await.unwrap(), b"ok");
+            get_ok(&url, &opts).await.unwrap_err()
+        });
+        assert_eq!(err.kind, Kind::Timeout, "{err:?}");
+        assert!(err.retryable, "the caller's retry budget decides: {err:?}");
+        assert_eq!(n_conns.load(Ordering::SeqCst), 1, "the timeout was retried on a fresh connection");
     }
 }

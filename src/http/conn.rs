@@ -128,13 +128,11 @@ impl Conn {
         self.write_raw(req.into_bytes()).await.map_err(|e| io_error(&self.key, e))?;
         let head = self.read_head().await?;
         if !(200..300).contains(&head.status) {
-            return Err(Error::origin(
-                head.status >= 500,
-                format!(
-                    "proxy {}:{} refused CONNECT {authority}: {} {}",
-                    proxy.host, proxy.port, head.status, head.reason
-                ),
-            ));
+            let what = format!(
+                "proxy {}:{} refused CONNECT {authority}: {} {}",
+                proxy.host, proxy.port, head.status, head.reason
+            );
+            return Err(crate::http::status::error(&head, what));
         }
         if !self.buffered().is_empty() {
             return Err(Error::origin(false, format!("proxy {}:{} sent data after CONNECT", proxy.host, proxy.port)));

@@ -1,4 +1,4 @@
-//! Our HTTP/1.1 client. `codec`, `body` and `range` are sans-IO (bytes in, values out, unit-tested and
+//! Our HTTP/1.1 client. `codec`, `body`, `range` and `status` are sans-IO (bytes in, values out, unit-tested and
 //! fuzzed); `conn`, `pool` and `client` are the thin IO shell on compio sockets.
 //!
 //! Invariant: a connection goes back to its core's pool only after its response body was read to the
@@ -11,6 +11,7 @@ pub mod conn;
 pub mod limit;
 pub mod pool;
 pub mod range;
+pub mod status;
 pub mod tls;
 
 pub use client::{get, Response};

@@ -24,16 +24,16 @@ pub struct Fetch {
 }
 
 impl Fetch {
-    pub async fn get(&self, range: Option<(u64, u64)>) -> Result<Response> {
-        self.get_with(range, &[]).await
-    }
-
-    /// GET with request headers added to the task's own (e.g. `If-Range` on piece requests).
-    pub async fn get_with(&self, range: Option<(u64, u64)>, extra: &[(String, String)]) -> Result<Response> {
-        let headers: std::borrow::Cow<'_, [(String, String)]> = if extra.is_empty() {
-            std::borrow::Cow::Borrowed(&self.headers)
-        } else {
-            std::borrow::Cow::Owned(self.headers.iter().chain(extra).cloned().collect())
+    /// GET the content, or the inclusive byte `range` of it; `if_range` (the first response's
+    /// validator) makes the range conditional on the content being unchanged.
+    pub async fn get(&self, range: Option<(u64, u64)>, if_range: Option<&str>) -> Result<Response> {
+        let headers: std::borrow::Cow<'_, [(String, String)]> = match if_range {
+            None => std::borrow::Cow::Borrowed(&self.headers),
+            Some(v) => {
+                let mut all = self.headers.clone();
+                all.push(("If-Range".to_string(), v.to_string()));
+                std::borrow::Cow::Owned(all)
+            }
         };
         match &self.auth {
             None => client::get(&self.url, &headers, range, &self.opts).await,

@@ -113,11 +113,8 @@ impl RegistryAuth {
             200 => {}
             401 | 403 => return Err(self.unauthorized()),
             s => {
-                return Err(Error::origin(
-                    s >= 500,
-                    format!("token service {} answered {s}", url.host_str().unwrap_or("")),
-                )
-                .with_kind(Kind::Status(s)))
+                let what = format!("token service {} answered {s}", url.host_str().unwrap_or(""));
+                return Err(crate::http::status::error(&resp.head, what));
             }
         }
         let body = read_all(resp, auth::MAX_TOKEN_RESPONSE_BYTES).await?;
@@ -194,8 +191,10 @@ async fn fetch_manifest(
                 .with_kind(Kind::Status(404)))
         }
         s => {
-            return Err(Error::origin(s >= 500 || s == 429, format!("{reference}: registry answered {s} for {path}"))
-                .with_kind(Kind::Status(s)))
+            return Err(crate::http::status::error(
+                &resp.head,
+                format!("{reference}: registry answered {s} for {path}"),
+            ))
         }
     }
     let content_type =
