@@ -31,6 +31,7 @@ fn write_tasks(data_dir: &Path, n: usize) {
             last_access_unix_ms: 2,
             finished_unix_ms: Some(3),
             validator: None,
+            private: false,
         };
         meta::write_atomic(&store.meta_path(&id), &m.encode()).expect("write meta");
     }

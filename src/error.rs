@@ -52,6 +52,8 @@ pub enum Kind {
     /// it while idle. Retried at once on a fresh connection by `http::client` (GET is idempotent),
     /// never waited out; it does not leave the HTTP client unless the fresh connection fails too.
     StaleConnection,
+    /// The caller may not do this (another user's task, cache management).
+    Denied,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -118,5 +118,20 @@ pub const SPAWNED_ALIVE_TIME: std::time::Duration = std::time::Duration::from_se
 pub const SPAWN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 pub const SPAWN_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
+// ---- Callers (src/daemon/caller.rs) -----------------------------------------------------------
+
+/// Supplementary groups kept for one caller. Linux allows 65536 (NGROUPS_MAX); real users have a
+/// few dozen. Dropping the rest only ever takes rights away from the job, never adds any.
+pub const MAX_CALLER_GROUPS: usize = 1024;
+
+/// Threads acting as callers (exports) at once. Each is a short file operation (a link, or a
+/// copy bounded by the disk); beyond this, a burst of finishing clients waits its turn rather
+/// than spawning thousands of threads.
+pub const MAX_CALLER_THREADS: usize = 64;
+
+/// How often a request waiting for a free caller thread looks again. A local timer, never a
+/// wake-up from another core.
+pub const CALLER_THREAD_POLL: std::time::Duration = std::time::Duration::from_millis(2);
+
 const _: () = assert!(WRITE_CHUNK_BYTES as u64 <= crate::piece::DEFAULT_PIECE_LEN_BYTES);
 const _: () = assert!(MAX_ATTEMPTS >= 1);

@@ -31,6 +31,10 @@ pub struct DownloadRequest {
     pub filter: Vec<String>,
     #[serde(default)]
     pub headers: Vec<(String, String)>,
+    /// For `oras://`: the registry's entry in the caller's own docker / Apptainer config, read by
+    /// the client (which runs as the caller). The daemon's own config serves root only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_credential: Option<crate::source::oras::creds::Credential>,
 }
 
 /// One NDJSON line of a download's progress stream.

@@ -144,7 +144,11 @@ fn download(args: &DownloadArgs) -> Result<(), Failure> {
         application: args.application.clone(),
         filter: crate::storage::task_id::parse_filter(&args.filter),
         headers,
+        registry_credential: None,
     };
+    // This process runs as the caller: its docker config is the caller's own. (A bad reference
+    // is the daemon's to report.)
+    let req = DownloadRequest { registry_credential: own_registry_credential(&req.url), ..req };
     let sock = socket_path(args).map_err(usage)?;
     let stream = match socket::connect_or_spawn(&sock, args.config.as_deref(), !args.no_spawn) {
         Ok(s) => s,
@@ -164,6 +168,12 @@ fn download(args: &DownloadArgs) -> Result<(), Failure> {
         Err(socket::StreamError::Timeout(d)) => Err((EXIT_TIMEOUT, format!("timed out after {d:?} (--timeout)"))),
         Err(socket::StreamError::Other(e)) => Err((EXIT_DAEMON, e)),
     }
+}
+
+/// For `oras://`: the registry's entry in the caller's docker / Apptainer config.
+fn own_registry_credential(url: &str) -> Option<crate::source::oras::creds::Credential> {
+    let reference = crate::source::oras::reference::Reference::parse(url).ok()?;
+    crate::source::oras::registry::load_credential(&reference.registry)
 }
 
 /// No daemon: fetch straight from the origin (one stream, no cache), as Dragonfly's dfget does
@@ -193,7 +203,7 @@ fn describe(kind: Kind, message: String) -> String {
         Kind::Timeout => "timed out",
         Kind::Status(401 | 403) => "not authorized",
         Kind::TlsHandshake => "TLS handshake failed",
-        Kind::Status(_) | Kind::StaleConnection | Kind::Other => return message,
+        Kind::Status(_) | Kind::StaleConnection | Kind::Denied | Kind::Other => return message,
     };
     format!("{label}: {message}")
 }
@@ -291,7 +301,7 @@ pub fn run_tasks(args: TasksArgs) -> ExitCode {
         Ok((status, body)) => {
             let msg = serde_json::from_str::<ApiError>(&body).map(|e| e.error).unwrap_or(body);
             eprintln!("dfget: {msg}");
-            ExitCode::from(if status == 404 || status == 409 { EXIT_USAGE } else { EXIT_DAEMON })
+            ExitCode::from(if matches!(status, 403 | 404 | 409) { EXIT_USAGE } else { EXIT_DAEMON })
         }
         Err(e) => {
             eprintln!("dfget: {e}");

@@ -22,8 +22,11 @@ pub enum StreamError {
 /// Connects to `sock`; when nothing answers and `spawn` is set, starts `dfget daemon` and polls its
 /// health for a few seconds.
 pub fn connect_or_spawn(sock: &Path, config: Option<&Path>, spawn: bool) -> Result<UnixStream, String> {
-    if let Ok(s) = UnixStream::connect(sock) {
-        return Ok(s);
+    match UnixStream::connect(sock) {
+        Ok(s) => return Ok(s),
+        // A daemon is there, we may not talk to it: spawning another would not help.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Err(no_access(sock, &e)),
+        Err(_) => {}
     }
     if !spawn {
         return Err(format!("no daemon is listening on {} (start one with `dfget daemon`)", sock.display()));
@@ -46,6 +49,45 @@ pub fn connect_or_spawn(sock: &Path, config: Option<&Path>, spawn: bool) -> Resu
         sock.display(),
         limits::SPAWN_WAIT
     ))
+}
+
+/// Says that the socket is there but this user may not use it, and how to get access: the
+/// socket's group, which the user can be added to.
+pub fn no_access(sock: &Path, e: &std::io::Error) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let me = rustix::process::getuid().as_raw();
+    match std::fs::metadata(sock) {
+        Ok(m) => {
+            let group = group_name(m.gid()).unwrap_or_else(|| m.gid().to_string());
+            format!(
+                "permission denied on the daemon's socket {} ({e}): it admits its owner and group `{group}` \
+                 (mode {:o}), and uid {me} is in neither; ask an administrator to add you to `{group}` \
+                 (usermod -aG {group} USER, then log in again), or run a daemon of your own with --daemon-sock",
+                sock.display(),
+                m.mode() & 0o777
+            )
+        }
+        Err(_) => format!(
+            "permission denied on the daemon's socket {} ({e}): uid {me} may not enter its directory; ask an \
+             administrator for access, or run a daemon of your own with --daemon-sock",
+            sock.display()
+        ),
+    }
+}
+
+/// The name of group `gid` (NSS: files, LDAP, ...), if it has one.
+fn group_name(gid: u32) -> Option<String> {
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut found: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: getgrgid_r writes only into `grp` and `buf` (whose length is passed) and sets
+    // `found` to `&grp` or null; the strings it points to live in `buf`, read before it drops.
+    let rc = unsafe { libc::getgrgid_r(gid, &mut grp, buf.as_mut_ptr().cast(), buf.len(), &mut found) };
+    if rc != 0 || found.is_null() || grp.gr_name.is_null() {
+        return None;
+    }
+    // SAFETY: gr_name is a NUL-terminated string inside `buf`.
+    Some(unsafe { std::ffi::CStr::from_ptr(grp.gr_name) }.to_string_lossy().into_owned())
 }
 
 fn spawn_daemon(sock: &Path, config: Option<&Path>) -> Result<(), String> {
@@ -160,8 +202,10 @@ fn read_status(reader: &mut impl BufRead) -> Result<u16, String> {
 
 /// One small request/response exchange with the daemon: (status, body).
 pub fn request(sock: &Path, method: &str, path: &str) -> Result<(u16, String), String> {
-    let mut s = UnixStream::connect(sock)
-        .map_err(|e| format!("no daemon is listening on {} ({e}); start one with `dfget daemon`", sock.display()))?;
+    let mut s = UnixStream::connect(sock).map_err(|e| match e.kind() {
+        std::io::ErrorKind::PermissionDenied => no_access(sock, &e),
+        _ => format!("no daemon is listening on {} ({e}); start one with `dfget daemon`", sock.display()),
+    })?;
     let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
     let req = format!("{method} {path} HTTP/1.1\r\nHost: dfdaemon\r\nContent-Length: 0\r\n\r\n");
     s.write_all(req.as_bytes()).map_err(|e| format!("sending to the daemon: {e}"))?;

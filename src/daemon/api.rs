@@ -16,7 +16,8 @@ use crate::clock::now_unix_ms;
 use crate::daemon::serving::{blocking, read_request_within, respond_json, write};
 use crate::daemon::shared::Shared;
 use crate::daemon::task::{ReaderPin, Spec, State, Task};
-use crate::daemon::{cache, counters, engine};
+use crate::daemon::caller::{self, Caller};
+use crate::daemon::{access, cache, counters, engine};
 use crate::error::{Error, Result};
 use crate::limits;
 use crate::proto::{ApiError, ApiRequest, DownloadRequest, Event, Evicted, Health, Removed};
@@ -27,6 +28,14 @@ fn refusal(message: impl Into<String>) -> ApiError {
 }
 
 pub async fn serve(shared: Arc<Shared>, mut stream: UnixStream) {
+    let caller = match Caller::of_socket(&stream) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("refusing a client connection: {e}");
+            let _ = respond_json(&mut stream, 500, &refusal(e.message)).await;
+            return;
+        }
+    };
     let req = match read_request_within(&mut stream).await {
         Ok(r) => r,
         Err(e) => {
@@ -36,7 +45,7 @@ pub async fn serve(shared: Arc<Shared>, mut stream: UnixStream) {
     };
     shared.last_request_unix_ms.store(now_unix_ms(), Ordering::Release);
     let result = match ApiRequest::parse(&req.method, &req.path, &req.body) {
-        Ok(api_req) => route(&shared, &mut stream, api_req).await,
+        Ok(api_req) => route(&shared, &mut stream, api_req, &caller).await,
         Err(r) => respond_json(&mut stream, r.status, &refusal(r.message)).await,
     };
     if let Err(e) = result {
@@ -44,7 +53,7 @@ pub async fn serve(shared: Arc<Shared>, mut stream: UnixStream) {
     }
 }
 
-async fn route(shared: &Arc<Shared>, stream: &mut UnixStream, req: ApiRequest) -> Result<()> {
+async fn route(shared: &Arc<Shared>, stream: &mut UnixStream, req: ApiRequest, caller: &Caller) -> Result<()> {
     match req {
         ApiRequest::Healthy => {
             let body = Health {
@@ -55,9 +64,12 @@ async fn route(shared: &Arc<Shared>, stream: &mut UnixStream, req: ApiRequest) -
             };
             respond_json(stream, 200, &body).await
         }
-        ApiRequest::Download(req) => download(shared, stream, &req).await,
+        ApiRequest::Download(req) => download(shared, stream, &req, caller).await,
         ApiRequest::ListTasks => respond_json(stream, 200, &cache::list_tasks(shared)).await,
         ApiRequest::Gc => {
+            if let Err(e) = access::may_collect(caller) {
+                return respond_json(stream, 403, &refusal(e.message)).await;
+            }
             let evicted = cache::collect_off_core(shared).await;
             respond_json(stream, 200, &Evicted { evicted }).await
         }
@@ -66,10 +78,11 @@ async fn route(shared: &Arc<Shared>, stream: &mut UnixStream, req: ApiRequest) -
             None => respond_json(stream, 404, &refusal(format!("no task {id}"))).await,
         },
         ApiRequest::RemoveTask { id, force } => {
-            let (sh, id2) = (shared.clone(), id.clone());
-            match blocking(move || cache::remove(&sh, &id2, force)).await {
+            let (sh, id2, who) = (shared.clone(), id.clone(), caller.clone());
+            match blocking(move || cache::remove(&sh, &id2, force, &who)).await {
                 Ok(true) => respond_json(stream, 200, &Removed { removed: id }).await,
                 Ok(false) => respond_json(stream, 404, &refusal(format!("no task {id}"))).await,
+                Err(e) if e.kind == crate::error::Kind::Denied => respond_json(stream, 403, &refusal(e.message)).await,
                 Err(e) => respond_json(stream, 409, &refusal(e.message)).await,
             }
         }
@@ -87,10 +100,10 @@ async fn send_event(stream: &mut UnixStream, ev: &Event) -> Result<()> {
     }
 }
 
-async fn download(shared: &Arc<Shared>, stream: &mut UnixStream, req: &DownloadRequest) -> Result<()> {
+async fn download(shared: &Arc<Shared>, stream: &mut UnixStream, req: &DownloadRequest, caller: &Caller) -> Result<()> {
     let head = "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nConnection: close\r\n\r\n";
     write(stream, head.as_bytes().to_vec()).await?;
-    let outcome = run_download(shared, stream, req).await;
+    let outcome = run_download(shared, stream, req, caller).await;
     let ev = match outcome {
         Ok(ev) => ev,
         Err(e) => Event::error(e),
@@ -98,23 +111,36 @@ async fn download(shared: &Arc<Shared>, stream: &mut UnixStream, req: &DownloadR
     send_event(stream, &ev).await
 }
 
-async fn run_download(shared: &Arc<Shared>, stream: &mut UnixStream, req: &DownloadRequest) -> Result<Event> {
+async fn run_download(
+    shared: &Arc<Shared>,
+    stream: &mut UnixStream,
+    req: &DownloadRequest,
+    caller: &Caller,
+) -> Result<Event> {
     let started = Instant::now();
-    let (spec, id) = prepare(shared, req).await?;
+    let (spec, id) = prepare(shared, req, caller).await?;
+    tracing::info!(
+        uid = caller.uid,
+        pid = caller.pid,
+        task = %id,
+        url = %spec.display_url,
+        output = %req.output,
+        private = spec.private,
+        "download requested"
+    );
     // The pin keeps the task's file from eviction until OUT is in place (dropped at return).
     let (task, reused, _pin) = obtain_task(shared, &id, spec).await?;
+    task.note_requester(caller.uid);
     send_event(stream, &Event::Started { task: task.id.clone(), peer: task.peer_id.clone() }).await?;
     if !reused {
         follow(&task, stream).await?;
     }
-    let out = std::path::PathBuf::from(&req.output);
-    let src = task.data_path.clone();
-    let method = blocking(move || crate::storage::export::export(&src, &out, true)).await?;
+    let method = export_as(caller, &task, &req.output).await?;
     let len_bytes = task.geometry().map(|g| g.layout.content_len_bytes).unwrap_or(0);
     let cost_ms = started.elapsed().as_millis() as u64;
     if reused {
         counters::bump(&counters::CACHE_HITS, 1);
-        tracing::info!(target: "PeerTask", peer = %task.peer_id, task = %task.id, component = "PeerTask", "reuse file peer task done, cost: {cost_ms}ms");
+        tracing::info!(target: "PeerTask", peer = %task.peer_id, task = %task.id, component = "PeerTask", uid = caller.uid, "reuse file peer task done, cost: {cost_ms}ms");
     }
     Ok(Event::Done {
         task: task.id.clone(),
@@ -124,6 +150,15 @@ async fn run_download(shared: &Arc<Shared>, stream: &mut UnixStream, req: &Downl
         len_bytes,
         cost_ms,
     })
+}
+
+/// Puts the task's file at `output` with the caller's rights (`caller::as_caller`): the task file
+/// is opened as the daemon, everything on OUT's side is done as the caller.
+async fn export_as(caller: &Caller, task: &Task, output: &str) -> Result<crate::storage::export::Method> {
+    let (src, out) = (task.data_path.clone(), std::path::PathBuf::from(output));
+    let copy_mode = 0o666 & !caller.umask;
+    let open = move || std::fs::File::open(&src).map_err(|e| crate::storage::disk_err(e, &src, "open task file"));
+    caller::as_caller(caller, open, move |file| crate::storage::export::export_file(&file, &out, true, copy_mode)).await
 }
 
 /// Finds or creates the task for `id`. Returns the task, whether it is a cache hit (a finished task
@@ -150,8 +185,14 @@ async fn obtain_task(shared: &Arc<Shared>, id: &str, spec: Spec) -> Result<(Arc<
             return Ok((task, false, pin));
         }
         match task.state() {
-            State::Running => return Ok((task, false, pin)),
-            State::Done if shared.config.storage.multiplex && reusable(&task).await => return Ok((task, true, pin)),
+            State::Running => {
+                shown_access(&task, &spec).await?;
+                return Ok((task, false, pin));
+            }
+            State::Done if shared.config.storage.multiplex && reusable(&task).await => {
+                shown_access(&task, &spec).await?;
+                return Ok((task, true, pin));
+            }
             // multiplex off, or the cached file failed verification: retire it, then start afresh.
             State::Done => {
                 drop(pin);
@@ -172,6 +213,15 @@ async fn obtain_task(shared: &Arc<Shared>, id: &str, spec: Spec) -> Result<(Arc<
         "task {id} stayed busy (failing, or being exported by others) for {:?}",
         limits::TASK_RESOLVE_TIMEOUT
     )))
+}
+
+/// A private task is shared only with a request whose own credentials the origin accepts; public
+/// ones, and requests that proved access while being prepared (ORAS), pass at once.
+async fn shown_access(task: &Task, spec: &Spec) -> Result<()> {
+    if !task.spec.private || spec.access_shown {
+        return Ok(());
+    }
+    access::revalidate(task, &spec.fetch).await
 }
 
 /// A finished task may be linked again only if its file still has the right length and crcs:
@@ -230,7 +280,7 @@ async fn follow(task: &Arc<Task>, stream: &mut UnixStream) -> Result<()> {
 /// Turns a request into the task it asks for: `(spec, task id)`. For `oras://` this talks to the
 /// registry (manifest, auth) so that the task id can come from the blob digest: two tags of one
 /// blob share one cache entry.
-async fn prepare(shared: &Shared, req: &DownloadRequest) -> Result<(Spec, String)> {
+async fn prepare(shared: &Shared, req: &DownloadRequest, caller: &Caller) -> Result<(Spec, String)> {
     if req.headers.len() > limits::MAX_REQUEST_HEADERS {
         return Err(Error::client(format!("more than {} request headers", limits::MAX_REQUEST_HEADERS)));
     }
@@ -251,14 +301,15 @@ async fn prepare(shared: &Shared, req: &DownloadRequest) -> Result<(Spec, String
     }
     let digest = req.digest.as_deref().map(crate::digest::parse).transpose()?;
     if req.url.starts_with("oras://") {
-        return prepare_oras(shared, req, digest).await;
+        return prepare_oras(shared, req, digest, caller).await;
     }
-    let url = url::Url::parse(&req.url).map_err(|e| Error::client(format!("invalid URL `{}`: {e}", req.url)))?;
+    let shown = crate::http::redact::redact_url(&req.url).into_owned();
+    let url = url::Url::parse(&req.url).map_err(|e| Error::client(format!("invalid URL `{shown}`: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(Error::client(format!("unsupported URL scheme `{}` (http, https, oras)", url.scheme())));
     }
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(Error::client(format!("URL has no host: {}", req.url)));
+        return Err(Error::client(format!("URL has no host: {shown}")));
     }
     let id = crate::storage::task_id::task_id(
         &req.url,
@@ -267,15 +318,31 @@ async fn prepare(shared: &Shared, req: &DownloadRequest) -> Result<(Spec, String
         &req.tag,
         &req.application,
     );
+    let private = access::carries_credentials(&url, &req.headers);
     let fetch = Fetch { url, headers: req.headers.clone(), opts: shared.http_opts.clone(), auth: None };
-    Ok((Spec { display_url: req.url.clone(), fetch, digest, expected_len: None }, id))
+    Ok((Spec { display_url: shown, fetch, digest, expected_len: None, private, access_shown: false }, id))
 }
 
-async fn prepare_oras(shared: &Shared, req: &DownloadRequest, digest: Option<String>) -> Result<(Spec, String)> {
+/// The manifest is fetched with the requester's registry credential: the caller's own (sent by
+/// the client), and the daemon's config only for root. That request is the requester's proof of
+/// access, so an existing task for the blob needs no other check (`access_shown`).
+async fn prepare_oras(
+    shared: &Shared,
+    req: &DownloadRequest,
+    digest: Option<String>,
+    caller: &Caller,
+) -> Result<(Spec, String)> {
+    use crate::source::RegistryCredential;
     let insecure = &shared.config.oras.insecure_registries;
+    let given = req.registry_credential.clone();
+    let private = given.is_some() || access::headers_carry_credentials(&req.headers);
+    let credential = if caller.is_root() { RegistryCredential::GivenOrOwn(given) } else { RegistryCredential::Given(given) };
     let (fetch, layer) =
-        crate::source::oras_fetch(&req.url, &req.headers, &shared.oras_opts, insecure, digest.as_deref()).await?;
+        crate::source::oras_fetch(&req.url, &req.headers, &shared.oras_opts, insecure, digest.as_deref(), credential)
+            .await?;
     let id = crate::storage::task_id::task_id(&layer.digest, &[], "", &req.tag, &req.application);
-    let spec = Spec { display_url: req.url.clone(), fetch, digest: Some(layer.digest), expected_len: Some(layer.size) };
+    let display_url = crate::http::redact::redact_url(&req.url).into_owned();
+    let spec =
+        Spec { display_url, fetch, digest: Some(layer.digest), expected_len: Some(layer.size), private, access_shown: true };
     Ok((spec, id))
 }

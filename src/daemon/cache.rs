@@ -14,6 +14,8 @@ use crate::clock::now_unix_ms;
 use crate::daemon::serving::blocking;
 use crate::daemon::shared::Shared;
 use crate::daemon::task::{Spec, State, Task};
+use crate::daemon::caller::Caller;
+use crate::daemon::access;
 use crate::gc::plan::{self, Policy, TaskView, Usage};
 use crate::piece::Layout;
 use crate::proto::{TaskInfo, TaskState};
@@ -100,7 +102,14 @@ fn restore_one(shared: &Arc<Shared>, id: &str) -> bool {
     }
     let layout = Layout { content_len_bytes: len, piece_len_bytes: meta.piece_len };
     let fetch = crate::source::Fetch { url, headers: Vec::new(), opts: shared.http_opts.clone(), auth: None };
-    let spec = Spec { display_url: meta.url.clone(), fetch, digest: meta.digest.clone(), expected_len: Some(len) };
+    let spec = Spec {
+        display_url: meta.url.clone(),
+        fetch,
+        digest: meta.digest.clone(),
+        expected_len: Some(len),
+        private: meta.private,
+        access_shown: false,
+    };
     let task = Task::finished(id.to_string(), shared.new_peer_id(), spec, data_path, layout, &meta.piece_crcs);
     task.last_access_unix_ms.store(meta.last_access_unix_ms, Ordering::Release);
     shared.index.get_or_create(id, || Arc::new(task));
@@ -270,15 +279,21 @@ pub fn evict(shared: &Shared, task: &Arc<Task>) -> bool {
     true
 }
 
-/// Removes one task. A running one is refused unless `force` (then it is failed and its own
-/// `drive` cleans up); a finished one is refused while it is being read or exported.
-pub fn remove(shared: &Shared, id: &str, force: bool) -> crate::error::Result<bool> {
+/// Removes one task for `caller` (`access::may_remove`: root, or the task's sole requester). A
+/// running one is refused unless `force` (then it is failed and its own `drive` cleans up); a
+/// finished one is refused while it is being read or exported.
+pub fn remove(shared: &Shared, id: &str, force: bool, caller: &Caller) -> crate::error::Result<bool> {
     use crate::error::Error;
-    if shared.partial.remove(id).is_some() {
-        shared.store.remove_task(id)?;
+    if shared.partial.contains_key(id) {
+        // Left by an earlier run: nobody asked for it since, so only root may remove it.
+        access::may_remove(caller, None)?;
+        if shared.partial.remove(id).is_some() {
+            shared.store.remove_task(id)?;
+        }
         return Ok(true);
     }
     let Some(task) = shared.index.get(id) else { return Ok(false) };
+    access::may_remove(caller, task.sole_requester())?;
     if task.state() == State::Running {
         if !force {
             return Err(Error::client(format!("task {id} is running; use --force to cancel and remove it")));

@@ -289,7 +289,7 @@ pub async fn write_body(
         }
         let more = until_failed(task, resp.read_into(&mut buf, crate::limits::WRITE_CHUNK_BYTES)).await?;
         if expect_bytes.is_some_and(|limit| written + buf.len() as u64 > limit) {
-            return Err(Error::origin(false, format!("{}: body longer than the range asked for", resp.url)));
+            return Err(Error::origin(false, format!("{}: body longer than the range asked for", crate::http::redact::Shown(&resp.url))));
         }
         rate::take(buf.len()).await;
         let finished = cutter.feed(&buf);
@@ -311,7 +311,7 @@ pub async fn write_body(
     }
     if let Some(limit) = expect_bytes {
         if written != limit {
-            return Err(Error::origin(true, format!("{}: body of {written} bytes, expected {limit}", resp.url)));
+            return Err(Error::origin(true, format!("{}: body of {written} bytes, expected {limit}", crate::http::redact::Shown(&resp.url))));
         }
     }
     if let Some((idx, crc, len)) = cutter.finish() {

@@ -6,11 +6,13 @@
 //! pools, open task-file handles, in-flight requests — is owned by the core that created it.
 //!
 //! Rooms, leaves first (each imports only rooms above it in this list, none imports this file):
-//! `counters`, `rate`, `log`, `serving`, `judge` → `task` → `shared` → `first_response`, `cache` →
-//! `engine` → `api`, `metrics` → `core`.
+//! `counters`, `rate`, `log`, `serving`, `judge`, `caller` → `task` → `shared` → `first_response` →
+//! `access`, `cache` → `engine` → `api`, `metrics` → `core`.
 
+pub mod access;
 pub mod api;
 pub mod cache;
+pub mod caller;
 pub mod core;
 pub mod counters;
 pub mod engine;
@@ -93,8 +95,12 @@ pub fn run(
         tracing::warn!("{w}");
     }
     let store = Store::new(&config.data_dir);
-    std::fs::create_dir_all(store.root())
-        .with_context(|| format!("cannot create data dir {}", store.root().display()))?;
+    // A new data dir is made 0700; an existing one keeps its mode (it may be shared, say /var/tmp),
+    // but `tasks/` is ours alone and is made 0700 whatever an older build left.
+    crate::storage::private_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    crate::storage::make_private(store.root())
+        .with_context(|| format!("cannot create data dir {} (mode 0700)", store.root().display()))?;
     let listener = bind_socket(&config.socket_path)?;
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..n_cores).map(|_| flume::unbounded()).unzip();
     let driver = core::probe_driver();

@@ -36,6 +36,12 @@ pub struct Spec {
     pub digest: Option<String>,
     /// Known in advance (an OCI descriptor's size): the origin's length must match.
     pub expected_len: Option<u64>,
+    /// Fetched with credentials: another request gets it only after showing its own
+    /// (`daemon::access`). Kept in `meta.json`.
+    pub private: bool,
+    /// Building this spec already proved, with the requester's own credentials, that it may read
+    /// the content (ORAS: the manifest request), so a private task needs no further check.
+    pub access_shown: bool,
 }
 
 /// Piece geometry plus how the origin is read. Set once, when the first response arrives.
@@ -73,7 +79,12 @@ pub struct Task {
     /// Strong validator of the content (ETag, else Last-Modified) from the first response, sent as
     /// `If-Range` with every piece so a file replaced mid-download is detected, not mixed.
     pub validator: OnceLock<String>,
+    /// Who asked for this task since the daemon started: 0 nobody, uid + 1 one user, `SEVERAL`.
+    /// One word, so noting a requester never takes a lock.
+    requesters: AtomicU64,
 }
+
+const SEVERAL: u64 = u64::MAX;
 
 impl Task {
     pub fn new(id: String, peer_id: String, spec: Spec, data_path: PathBuf) -> Task {
@@ -95,6 +106,25 @@ impl Task {
             readers: AtomicUsize::new(0),
             files: std::sync::Mutex::new(()),
             validator: OnceLock::new(),
+            requesters: AtomicU64::new(0),
+        }
+    }
+
+    /// Records that `uid` asked for this task.
+    pub fn note_requester(&self, uid: u32) {
+        let me = u64::from(uid) + 1;
+        let _ = self.requesters.fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| match r {
+            0 => Some(me),
+            r if r == me => None,
+            _ => Some(SEVERAL),
+        });
+    }
+
+    /// The one uid that asked for this task since the daemon started, if exactly one did.
+    pub fn sole_requester(&self) -> Option<u32> {
+        match self.requesters.load(Ordering::Acquire) {
+            0 | SEVERAL => None,
+            r => u32::try_from(r - 1).ok(),
         }
     }
 
@@ -190,6 +220,7 @@ impl Task {
             created_unix_ms: now.saturating_sub(self.started.elapsed().as_millis() as u64),
             last_access_unix_ms: self.last_access_unix_ms.load(Ordering::Acquire),
             validator: self.validator.get().cloned(),
+            private: self.spec.private,
         }
     }
 

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use url::Url;
 
+use crate::http::redact::Shown;
+
 use crate::error::{Error, Kind, Result};
 use crate::http::body::{BodyDecoder, Step};
 use crate::http::codec::{self, Framing, Request, ResponseHead};
@@ -89,18 +91,12 @@ fn is_loopback(host: &str) -> bool {
 /// to the proxy itself) are not supported: say so instead of silently speaking plain text.
 pub fn parse_proxy(text: &str) -> Result<ProxyAddr> {
     let with_scheme = if text.contains("://") { text.to_string() } else { format!("http://{text}") };
-    let url = Url::parse(&with_scheme).map_err(|e| Error::client(format!("invalid proxy `{text}`: {e}")))?;
+    let url = Url::parse(&with_scheme).map_err(|e| Error::client(format!("invalid proxy `{}`: {e}", crate::http::redact::redact_url(text))))?;
     if url.scheme() != "http" {
         return Err(Error::client(format!("proxy scheme `{}` is not supported (use http://)", url.scheme())));
     }
-    let host = url.host_str().ok_or_else(|| Error::client(format!("proxy `{text}` has no host")))?.to_string();
-    let auth = (!url.username().is_empty()).then(|| {
-        let user = percent_decode(url.username());
-        let pass = percent_decode(url.password().unwrap_or(""));
-        use base64::Engine;
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}")))
-    });
-    Ok(ProxyAddr { host, port: url.port().unwrap_or(80), auth })
+    let host = url.host_str().ok_or_else(|| Error::client(format!("proxy `{}` has no host", crate::http::redact::redact_url(text))))?.to_string();
+    Ok(ProxyAddr { host, port: url.port().unwrap_or(80), auth: userinfo_auth(&url) })
 }
 
 fn percent_decode(s: &str) -> String {
@@ -146,9 +142,9 @@ pub fn pool_key(url: &Url, proxy: Option<ProxyAddr>) -> Result<PoolKey> {
     let tls = match url.scheme() {
         "http" => false,
         "https" => true,
-        other => return Err(Error::client(format!("unsupported URL scheme `{other}` in {url}"))),
+        other => return Err(Error::client(format!("unsupported URL scheme `{other}` in {}", Shown(url)))),
     };
-    let host = url.host_str().ok_or_else(|| Error::client(format!("URL has no host: {url}")))?;
+    let host = url.host_str().ok_or_else(|| Error::client(format!("URL has no host: {}", Shown(url))))?;
     let port = url.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
     Ok(PoolKey { tls, host: host.to_string(), port, proxy })
 }
@@ -166,6 +162,9 @@ fn target(url: &Url, via_proxy: bool) -> String {
     if via_proxy && url.scheme() == "http" {
         let mut u = url.clone();
         u.set_fragment(None);
+        // The userinfo is the origin's credential (sent as Authorization), never the proxy's.
+        let _ = u.set_username("");
+        let _ = u.set_password(None);
         return u.to_string();
     }
     match url.query() {
@@ -196,10 +195,10 @@ pub async fn get(
         let location = resp
             .head
             .header_str("location")
-            .ok_or_else(|| Error::origin(false, format!("{url}: {status} redirect without Location")))?;
+            .ok_or_else(|| Error::origin(false, format!("{}: {status} redirect without Location", Shown(&url))))?;
         let next = url
             .join(location)
-            .map_err(|e| Error::origin(false, format!("{url}: bad redirect Location `{location}`: {e}")))?;
+            .map_err(|e| Error::origin(false, format!("{}: bad redirect Location `{location}`: {e}", Shown(&url))))?;
         drop(resp);
         if next.host_str() != url.host_str() || next.port_or_known_default() != url.port_or_known_default() {
             headers.retain(|(k, _)| !k.eq_ignore_ascii_case("authorization"));
@@ -207,6 +206,23 @@ pub async fn get(
         url = next;
     }
     Err(Error::origin(false, format!("too many redirects (more than {})", limits::MAX_REDIRECTS)))
+}
+
+/// `Basic base64(user:password)` from the URL's userinfo (percent-decoded), as Go's net/http
+/// sends it; an explicit `Authorization` header wins. A redirect to another URL has no userinfo,
+/// so the credential never follows it.
+fn userinfo_auth(url: &Url) -> Option<String> {
+    use base64::Engine as _;
+    if url.username().is_empty() && url.password().is_none() {
+        return None;
+    }
+    let user = percent_decode(url.username());
+    let pass = percent_decode(url.password().unwrap_or(""));
+    Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))))
+}
+
+fn has_header(headers: &[(String, String)], name: &str) -> bool {
+    headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name))
 }
 
 /// One request/response exchange, retried once on a fresh connection when a pooled one turns out
@@ -218,6 +234,9 @@ async fn send(url: &Url, headers: &[(String, String)], opts: &Options) -> Result
     let target = target(url, plain_proxy.is_some());
     let host = host_header(url);
     let mut all_headers = headers.to_vec();
+    if let Some(auth) = userinfo_auth(url).filter(|_| !has_header(headers, "authorization")) {
+        all_headers.push(("Authorization".into(), auth));
+    }
     if let Some(auth) = plain_proxy.and_then(|p| p.auth.clone()) {
         all_headers.push(("Proxy-Authorization".into(), auth));
     }
@@ -232,7 +251,7 @@ async fn send(url: &Url, headers: &[(String, String)], opts: &Options) -> Result
             // on a pooled connection is the origin being slow: waiting it out again on a fresh
             // connection would double the wait before the caller's own retry budget even starts.
             Err(e) if e.kind == Kind::StaleConnection => {
-                tracing::debug!(url = %url, error = %e, "stale pooled connection, retrying on a new one");
+                tracing::debug!(url = %Shown(url), error = %e, "stale pooled connection, retrying on a new one");
             }
             Err(e) => return Err(e),
         }
@@ -260,12 +279,12 @@ async fn exchange(mut conn: Conn, req: Vec<u8>, url: &Url, opts: &Options, permi
         Err(_) => {
             return Err(Error::origin(
                 true,
-                format!("{url}: responseHeaderTimeout ({:?}) elapsed", opts.response_header_timeout),
+                format!("{}: responseHeaderTimeout ({:?}) elapsed", Shown(url), opts.response_header_timeout),
             )
             .with_kind(Kind::Timeout))
         }
     };
-    let framing = codec::framing(&head, false).map_err(|e| Error::origin(false, format!("{url}: {e}")))?;
+    let framing = codec::framing(&head, false).map_err(|e| Error::origin(false, format!("{}: {e}", Shown(url))))?;
     let keep_alive = head.keep_alive() && !matches!(framing, Framing::Close);
     Ok(Response {
         head,
@@ -296,7 +315,7 @@ impl Response {
             }
             let conn = self.conn.as_mut().ok_or_else(|| Error::internal("body read after release"))?;
             let (consumed, step) =
-                self.decoder.decode(conn.buffered()).map_err(|e| Error::origin(false, format!("{}: {e}", self.url)))?;
+                self.decoder.decode(conn.buffered()).map_err(|e| Error::origin(false, format!("{}: {e}", Shown(&self.url))))?;
             match step {
                 Some(Step::Data { start, end }) => out.extend_from_slice(&conn.buffered()[start..end]),
                 Some(Step::Done) => {}
@@ -317,14 +336,14 @@ impl Response {
             Err(_) => {
                 return Err(Error::origin(
                     true,
-                    format!("{}: no body data for {:?} (idle read timeout)", self.url, self.opts.body_idle_timeout),
+                    format!("{}: no body data for {:?} (idle read timeout)", Shown(&self.url), self.opts.body_idle_timeout),
                 )
                 .with_kind(Kind::Timeout))
             }
         };
         if n == 0 {
             self.keep_alive = false;
-            self.decoder.on_eof().map_err(|e| Error::origin(true, format!("{}: {e}", self.url)))?;
+            self.decoder.on_eof().map_err(|e| Error::origin(true, format!("{}: {e}", Shown(&self.url))))?;
         }
         Ok(())
     }

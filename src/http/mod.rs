@@ -11,6 +11,7 @@ pub mod conn;
 pub mod limit;
 pub mod pool;
 pub mod range;
+pub mod redact;
 pub mod status;
 pub mod tls;
 

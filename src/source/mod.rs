@@ -42,6 +42,14 @@ impl Fetch {
     }
 }
 
+/// Which registry credential an `oras://` request uses.
+pub enum RegistryCredential {
+    /// The requester's own (read by the client from the caller's config), or none.
+    Given(Option<oras::creds::Credential>),
+    /// Given, else this process's own docker config: the client itself, or the daemon for root.
+    GivenOrOwn(Option<oras::creds::Credential>),
+}
+
 /// Resolves an `oras://` URL to a `Fetch` of its SIF blob plus the layer it must match. A digest the
 /// user gave must be that layer's. Shared by the daemon and the client's back-to-source path.
 pub async fn oras_fetch(
@@ -50,10 +58,15 @@ pub async fn oras_fetch(
     opts: &Options,
     insecure_registries: &[String],
     user_digest: Option<&str>,
+    credential: RegistryCredential,
 ) -> Result<(Fetch, oras::manifest::Layer)> {
     use crate::error::Error;
     let reference = oras::reference::Reference::parse(url).map_err(|e| Error::client(e.to_string()))?;
-    let resolved = oras::registry::resolve(&reference, opts, insecure_registries).await?;
+    let credential = match credential {
+        RegistryCredential::Given(c) => c,
+        RegistryCredential::GivenOrOwn(c) => c.or_else(|| oras::registry::load_credential(&reference.registry)),
+    };
+    let resolved = oras::registry::resolve(&reference, opts, insecure_registries, credential).await?;
     if let Some(d) = user_digest.filter(|d| *d != resolved.layer.digest) {
         return Err(Error::client(format!("--digest {d} does not match the image layer {}", resolved.layer.digest)));
     }

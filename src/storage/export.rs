@@ -29,18 +29,34 @@ impl Method {
     }
 }
 
-/// Blocking: run off the IO path.
+/// Blocking: run off the IO path. Opens `src` and exports it ([`export_file`]), with copies made
+/// 0644 (tests, and callers that are the daemon itself).
 pub fn export(src: &Path, out: &Path, allow_link: bool) -> Result<Method> {
+    let from = File::open(src).map_err(|e| disk_err(e, src, "open task file"))?;
+    export_file(&from, out, allow_link, 0o644)
+}
+
+/// Puts the open task file `src` at `out`. Run it as the caller (`daemon::caller::as_caller`):
+/// every step below then has exactly the caller's rights. The link goes through
+/// `/proc/self/fd/N`, so the caller needs no access to the data dir's path, and the kernel's
+/// `fs.protected_hardlinks` decides whether the caller could have made that link itself; where not,
+/// the caller gets a reflink or copy it owns, with mode `copy_mode`. Errors name OUT's side.
+pub fn export_file(src: &File, out: &Path, allow_link: bool, copy_mode: u32) -> Result<Method> {
     let dir = match out.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    if !dir.is_dir() {
-        return Err(Error::client(format!("output directory {} does not exist", dir.display())));
+    match fs::metadata(&dir) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(Error::client(format!("output directory {} is not a directory", dir.display()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(Error::client(format!("output directory {} does not exist", dir.display())))
+        }
+        Err(e) => return Err(out_err(e, &dir, "output directory")),
     }
     let tmp = temp_name(&dir, out);
-    let result = place(src, &tmp, allow_link).and_then(|method| {
-        fs::rename(&tmp, out).map_err(|e| disk_err(e, out, "rename into place"))?;
+    let result = place(src, &tmp, allow_link, copy_mode).and_then(|method| {
+        fs::rename(&tmp, out).map_err(|e| out_err(e, out, "rename into place"))?;
         Ok(method)
     });
     if result.is_err() {
@@ -49,31 +65,53 @@ pub fn export(src: &Path, out: &Path, allow_link: bool) -> Result<Method> {
     result
 }
 
+/// An error on OUT's side: a full or read-only filesystem, or no permission, is the output's,
+/// not the data dir's. A permission problem is the caller's own (OUT is made with its rights), so
+/// it is a client error.
+pub fn out_err(e: io::Error, path: &Path, what: &str) -> Error {
+    let msg = |hint: &str| format!("{what} {}: {e} ({hint})", path.display());
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) => Error::disk(msg("no space left on the output's filesystem")),
+        Some(libc::EDQUOT) => Error::disk(msg("disk quota exceeded on the output's filesystem")),
+        Some(libc::EROFS) => Error::disk(msg("the output's filesystem is read-only")),
+        Some(libc::EACCES | libc::EPERM) => Error::client(msg(
+            "permission denied: dfget writes OUT with your own rights, and you may not write there",
+        )),
+        _ => Error::disk(format!("{what} {}: {e}", path.display())),
+    }
+}
+
 fn temp_name(dir: &Path, out: &Path) -> PathBuf {
     let base = out.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     dir.join(format!(".{base}.dfget-{}.tmp", uuid::Uuid::new_v4().simple()))
 }
 
-fn place(src: &Path, tmp: &Path, allow_link: bool) -> Result<Method> {
+fn place(src: &File, tmp: &Path, allow_link: bool, copy_mode: u32) -> Result<Method> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
     if allow_link {
-        match fs::hard_link(src, tmp) {
+        let by_fd = format!("/proc/self/fd/{}", src.as_raw_fd());
+        let cwd = rustix::fs::CWD;
+        match rustix::fs::linkat(cwd, by_fd.as_str(), cwd, tmp, rustix::fs::AtFlags::SYMLINK_FOLLOW) {
             Ok(()) => return Ok(Method::HardLink),
-            // Cross-device, or a filesystem/policy that forbids links (fs.protected_hardlinks): fall
-            // through to a copy. Anything else is a real error.
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EXDEV | libc::EPERM | libc::EMLINK)) => {}
-            Err(e) => return Err(disk_err(e, tmp, "hard-link task file to")),
+            // Cross-device, a link the caller could not have made (fs.protected_hardlinks), too
+            // many links, or no /proc: fall through to a copy. Anything else is a real error.
+            Err(
+                rustix::io::Errno::XDEV | rustix::io::Errno::PERM | rustix::io::Errno::MLINK | rustix::io::Errno::NOENT,
+            ) => {}
+            Err(e) => return Err(out_err(e.into(), tmp, "hard-link task file to")),
         }
     }
-    let from = File::open(src).map_err(|e| disk_err(e, src, "open task file"))?;
     let to = OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(copy_mode)
         .open(tmp)
-        .map_err(|e| disk_err(e, tmp, "create output temp file"))?;
-    if rustix::fs::ioctl_ficlone(&to, &from).is_ok() {
+        .map_err(|e| out_err(e, tmp, "create output temp file"))?;
+    if rustix::fs::ioctl_ficlone(&to, src).is_ok() {
         return Ok(Method::Reflink);
     }
-    copy_range(&from, &to).map_err(|e| disk_err(e, tmp, "copy task file to"))?;
+    copy_range(src, &to).map_err(|e| out_err(e, tmp, "copy task file to"))?;
     Ok(Method::Copy)
 }
 
@@ -143,5 +181,15 @@ mod tests {
         fs::write(&src, b"x").unwrap();
         let err = export(&src, &dir.path().join("nope/out"), true).unwrap_err();
         assert_eq!(err.source, crate::error::Source::Client);
+    }
+
+    #[test]
+    fn out_errors_name_the_outputs_filesystem() {
+        let p = Path::new("/o/x");
+        let full = out_err(io::Error::from_raw_os_error(libc::ENOSPC), p, "copy task file to");
+        assert!(full.message.contains("output's filesystem") && !full.message.contains("data dir"), "{}", full.message);
+        let denied = out_err(io::Error::from_raw_os_error(libc::EPERM), p, "rename into place");
+        assert!(denied.message.contains("permission denied"), "{}", denied.message);
+        assert_eq!(denied.source, crate::error::Source::Client);
     }
 }

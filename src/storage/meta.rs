@@ -58,6 +58,9 @@ pub struct TaskMeta {
     /// The origin's strong validator (ETag, else Last-Modified) the pieces were fetched under; a
     /// resumed task sends it as `If-Range`, so a file changed while the daemon was down is caught.
     pub validator: Option<String>,
+    /// Fetched with credentials: reused only for requests the origin accepts (`daemon::access`).
+    /// The credentials themselves are never stored; `url` is redacted.
+    pub private: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +120,12 @@ struct WireOut<'a> {
     finished_unix_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     validator: Option<&'a str>,
+    #[serde(skip_serializing_if = "is_false")]
+    private: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 #[derive(Deserialize)]
@@ -137,6 +146,9 @@ struct WireIn {
     /// Added within format 1: absent in older files, which is fine (no validator known).
     #[serde(default)]
     validator: Option<String>,
+    /// Added within format 1 like `validator`: absent means public.
+    #[serde(default)]
+    private: bool,
 }
 
 /// Parsed first so that a future version is reported as `Version`, not as whatever field of
@@ -168,6 +180,7 @@ impl TaskMeta {
             last_access_unix_ms: self.last_access_unix_ms,
             finished_unix_ms: self.finished_unix_ms,
             validator: self.validator.as_deref(),
+            private: self.private,
         };
         // Serializing plain strings and integers into a Vec has no failure mode in serde_json
         // (no IO, no non-string map keys, no custom Serialize), so this is an invariant, not input.
@@ -276,6 +289,7 @@ fn from_wire(wire: WireIn) -> Result<TaskMeta, MetaError> {
         last_access_unix_ms: wire.last_access_unix_ms,
         finished_unix_ms: wire.finished_unix_ms,
         validator: wire.validator,
+        private: wire.private,
     })
 }
 
@@ -369,7 +383,11 @@ fn tmp_path(path: &Path) -> io::Result<PathBuf> {
 }
 
 fn write_and_rename(tmp: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut file = OpenOptions::new().write(true).create(true).truncate(true).open(tmp)?;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    // 0600: metadata names URLs (and whether they needed credentials); a leftover tmp from an
+    // older build may be 0644, hence the explicit fchmod too.
+    let mut file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(tmp)?;
+    file.set_permissions(fs::Permissions::from_mode(0o600))?;
     file.write_all(bytes)?;
     file.sync_all()?;
     drop(file);
@@ -421,6 +439,7 @@ mod tests {
             last_access_unix_ms: 1_700_000_001_000,
             finished_unix_ms: None,
             validator: None,
+            private: false,
         }
     }
 
@@ -464,6 +483,7 @@ mod tests {
             TaskMeta { content_len: Some(8 * MIB), pieces_done: vec![false, false], piece_crcs: vec![0, 0], ..meta() };
         check_round_trip("length a multiple of piece_len", exact, false);
         let validated = TaskMeta { validator: Some("\"6936b6a4-1312d07\"".to_string()), ..meta() };
+        check_round_trip("private", TaskMeta { private: true, ..meta() }, false);
         check_round_trip("with the origin's validator", validated, false);
         let odd_url = TaskMeta { url: "https://ex.com/ü\n\"q\"?a=1&b=\u{7f}".to_string(), ..meta() };
         check_round_trip("url with escapes and non-ascii", odd_url, false);

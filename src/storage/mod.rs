@@ -51,7 +51,7 @@ impl Store {
     /// the file starts empty and grows as a single stream appends to it.
     pub fn create_task_file(&self, task_id: &str, len_bytes: Option<u64>) -> Result<PathBuf> {
         let dir = self.task_dir(task_id);
-        fs::create_dir_all(&dir).map_err(|e| disk_err(e, &dir, "create task dir"))?;
+        private_dir_all(&dir).map_err(|e| disk_err(e, &dir, "create task dir"))?;
         let path = dir.join("data");
         // Always a new inode: an old task file may be hard-linked as some user's OUT, and
         // truncating it in place would rewrite that user's file.
@@ -80,6 +80,21 @@ impl Store {
             Err(e) => Err(disk_err(e, &dir, "remove task")),
         }
     }
+}
+
+/// Creates `dir` and its missing parents with mode 0700: the cache admits only the daemon's uid
+/// (OUT reaches a task file through a hard link, never through this path).
+pub fn private_dir_all(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// Creates `dir` 0700, or makes it 0700 if it exists: older builds left the cache 0755, and
+/// the files cached then would stay readable through the path by anyone.
+pub fn make_private(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    private_dir_all(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
 }
 
 /// `fallocate` reserves the blocks so a full disk fails now, not mid-download; filesystems without

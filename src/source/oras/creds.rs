@@ -26,7 +26,10 @@ const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
-#[derive(Clone, PartialEq, Eq)]
+/// Also a wire type: the client reads the caller's own config and sends the registry's entry in
+/// its download request (`registry_credential`), over the local socket only.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Credential {
     pub username: String,
     pub password: String,

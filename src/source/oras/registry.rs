@@ -131,10 +131,15 @@ pub struct Resolved {
     pub auth: Arc<RegistryAuth>,
 }
 
-/// Resolves `reference` to its one SIF layer. https first; for loopback and `insecure` registries,
-/// plain http when the TLS handshake fails (go-containerregistry's behaviour).
-pub async fn resolve(reference: &Reference, opts: &Options, insecure: &[String]) -> Result<Resolved> {
-    let credential = load_credential(&reference.registry);
+/// Resolves `reference` to its one SIF layer with `credential` (the requester's). https first; for
+/// loopback and `insecure` registries, plain http when the TLS handshake fails
+/// (go-containerregistry's behaviour).
+pub async fn resolve(
+    reference: &Reference,
+    opts: &Options,
+    insecure: &[String],
+    credential: Option<Credential>,
+) -> Result<Resolved> {
     let auth = Arc::new(RegistryAuth::new(reference, credential));
     let may_fall_back = reference.is_loopback() || insecure.iter().any(|h| h.eq_ignore_ascii_case(&reference.registry));
     let mut base = format!("https://{}", reference.registry);
@@ -208,18 +213,20 @@ pub async fn read_all(mut resp: Response, max_bytes: usize) -> Result<Vec<u8>> {
     let mut body = Vec::new();
     while resp.read_into(&mut body, max_bytes + 1).await? {
         if body.len() > max_bytes {
-            return Err(Error::origin(false, format!("{}: response body over {max_bytes} bytes", resp.url)));
+            return Err(Error::origin(false, format!("{}: response body over {max_bytes} bytes", crate::http::redact::Shown(&resp.url))));
         }
     }
     if body.len() > max_bytes {
-        return Err(Error::origin(false, format!("{}: response body over {max_bytes} bytes", resp.url)));
+        return Err(Error::origin(false, format!("{}: response body over {max_bytes} bytes", crate::http::redact::Shown(&resp.url))));
     }
     Ok(body)
 }
 
-/// The first credential found for `registry` in the docker config files, in Apptainer's order.
-/// Unreadable or malformed files are logged (without contents) and skipped.
-fn load_credential(registry: &str) -> Option<Credential> {
+/// The first credential found for `registry` in the docker config files of this process's
+/// `$DOCKER_CONFIG` / `$HOME`, in Apptainer's order. The client calls it as the caller; the
+/// daemon only for root's requests. Unreadable or malformed files are logged (without contents)
+/// and skipped.
+pub fn load_credential(registry: &str) -> Option<Credential> {
     let docker_config = std::env::var_os("DOCKER_CONFIG").filter(|v| !v.is_empty()).map(std::path::PathBuf::from);
     let home = std::env::var_os("HOME").map(std::path::PathBuf::from);
     for path in creds::candidate_paths(docker_config.as_deref(), home.as_deref()) {
