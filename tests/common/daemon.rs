@@ -48,6 +48,8 @@ pub struct DaemonOpts {
     pub daemon_env: Vec<(String, OsString)>,
     /// Variables removed from the daemon's and the clients' environment before the above are set.
     pub env_remove: Vec<String>,
+    /// The daemon's soft `RLIMIT_NOFILE` at exec (as after `ulimit -n N`); None inherits ours.
+    pub nofile_soft: Option<u64>,
 }
 
 impl Default for DaemonOpts {
@@ -63,6 +65,7 @@ impl Default for DaemonOpts {
             env: Vec::new(),
             daemon_env: Vec::new(),
             env_remove: Vec::new(),
+            nofile_soft: None,
         }
     }
 }
@@ -123,6 +126,11 @@ impl Daemon {
 
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// The running daemon's pid (panics when it is not running).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon not running").id()
     }
 
     pub fn dir(&self) -> &Path {
@@ -253,6 +261,19 @@ impl Daemon {
             fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join(name)).expect("daemon output")
         };
         cmd.stdin(Stdio::null()).stdout(append("daemon.stdout")).stderr(append("daemon.stderr"));
+        if let Some(soft) = opts.nofile_soft {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: only async-signal-safe calls (getrlimit/setrlimit) between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut lim: libc::rlimit = std::mem::zeroed();
+                    libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+                    lim.rlim_cur = soft.min(lim.rlim_max);
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                    Ok(())
+                });
+            }
+        }
         cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"))
     }
 }
