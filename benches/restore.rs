@@ -32,6 +32,8 @@ fn write_tasks(data_dir: &Path, n: usize) {
             finished_unix_ms: Some(3),
             validator: None,
             private: false,
+            validators: None,
+            partial: Vec::new(),
         };
         meta::write_atomic(&store.meta_path(&id), &m.encode()).expect("write meta");
     }

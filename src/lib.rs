@@ -19,3 +19,4 @@ pub mod piece;
 pub mod proto;
 pub mod source;
 pub mod storage;
+pub mod wake;

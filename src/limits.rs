@@ -62,6 +62,11 @@ pub const READ_BUF_BYTES: usize = 256 * 1024;
 /// Body bytes gathered before one positional write into the task file: big enough that a 4 MiB
 /// piece is four writes, small enough that every worker's buffer together stays in the tens of MiB.
 pub const WRITE_CHUNK_BYTES: usize = 1024 * 1024;
+/// From a slow origin, a write happens once about this much time's bytes arrived (never less than
+/// `MIN_WRITE_CHUNK_BYTES`): bytes held in a buffer are lost at a crash and not yet resumable.
+pub const WRITE_CHUNK_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(100);
+pub const MIN_WRITE_CHUNK_BYTES: usize = 64 * 1024;
+const _: () = assert!(MIN_WRITE_CHUNK_BYTES <= WRITE_CHUNK_BYTES);
 
 /// Concurrent piece workers per core per task. Each owns one connection, so a task uses at most
 /// cores × this many origin connections; 4 hides origin latency without hammering small origins.
@@ -82,9 +87,14 @@ pub const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(
 /// longer one closes the connection instead.
 pub const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 
-/// How often a running task's progress is persisted (data synced, then metadata). A SIGKILL loses
-/// at most the pieces finished since: cheap to refetch, and the sync stays off the hot path.
+/// A running task's progress (finished pieces, and how far the ones in flight got) is persisted
+/// at least this often, and sooner once `META_FLUSH_BYTES` were written since the last save, but
+/// never more often than `META_FLUSH_MIN_INTERVAL`. A SIGKILL loses what was written since the
+/// last save: at most ~8 MiB or 500 ms of bytes, whichever is less (above 80 MiB/s: 100 ms).
 pub const META_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
+pub const META_FLUSH_BYTES: u64 = 8 << 20;
+pub const META_FLUSH_MIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+const _: () = assert!(META_FLUSH_MIN_INTERVAL.as_millis() < META_FLUSH_INTERVAL.as_millis());
 
 /// How long a request waits for a failed task's cleanup before looking again (the cleanup is a
 /// directory removal; this only bounds a wait that should end in milliseconds).
@@ -135,3 +145,19 @@ pub const CALLER_THREAD_POLL: std::time::Duration = std::time::Duration::from_mi
 
 const _: () = assert!(WRITE_CHUNK_BYTES as u64 <= crate::piece::DEFAULT_PIECE_LEN_BYTES);
 const _: () = assert!(MAX_ATTEMPTS >= 1);
+
+/// Runtime threads that can listen to a cross-core `wake::Signal` at once (one relay slot each):
+/// every core plus the few other runtimes a process may run (the client's direct download).
+pub const MAX_RELAY_SLOTS: usize = 512;
+/// A listener on a thread that found no free relay slot looks at its signal this often instead.
+pub const WAKE_FALLBACK_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+const _: () = assert!(MAX_RELAY_SLOTS > MAX_CORES);
+
+/// From SIGTERM to exit, whatever is running: cores get this long to stop and park their tasks;
+/// after it the process exits anyway (the last saved progress, ≤ `META_FLUSH_INTERVAL` old, is
+/// what a restart resumes from). Under the 5 s an init system or test gives before SIGKILL.
+pub const STOP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(4);
+
+/// File descriptors kept back from clients when the daemon says how many it can hold: task files
+/// and origin connections per core, the log, the listener, blocking-pool work.
+pub const RESERVED_FDS: u64 = 256;

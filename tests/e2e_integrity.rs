@@ -6,7 +6,7 @@
 //! `If-Range` (nginx and Apache honour it, which would hide the bug this proves absent).
 
 mod common;
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 mod support_transport;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -275,7 +275,7 @@ pub fn evict(shared: &Shared, task: &Arc<Task>) -> bool {
     }
     let _ = shared.store.remove_task(&task.id);
     shared.index.remove_if_same(&task.id, task);
-    task.event.notify(usize::MAX);
+    task.event.notify();
     true
 }
 

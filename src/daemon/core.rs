@@ -76,6 +76,7 @@ pub fn run_cores(
     wait_for_stop_signal();
     tracing::info!("stop signal received, shutting down");
     shared.shutting_down.store(true, Ordering::Release);
+    stop_watchdog(shared.config.socket_path.clone());
     for core in &shared.cores {
         let _ = core.send(CoreMsg::Shutdown);
     }
@@ -83,6 +84,24 @@ pub fn run_cores(
         let _ = t.join();
     }
     Ok(())
+}
+
+/// Whatever is running (a core stuck in a syscall, a park that syncs a huge file), the process
+/// exits `STOP_DEADLINE` after the signal: an init system's SIGKILL would otherwise come first and
+/// skip even the socket removal.
+fn stop_watchdog(socket: std::path::PathBuf) {
+    let spawned = std::thread::Builder::new().name("stop-watchdog".into()).spawn(move || {
+        std::thread::sleep(crate::limits::STOP_DEADLINE);
+        tracing::warn!(
+            "still stopping {:?} after the stop signal: exiting now; unfinished tasks resume from their last saved progress",
+            crate::limits::STOP_DEADLINE
+        );
+        let _ = std::fs::remove_file(&socket);
+        std::process::exit(0);
+    });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start the stop watchdog: {e}");
+    }
 }
 
 fn core_main(idx: usize, shared: Arc<Shared>, inbox: flume::Receiver<CoreMsg>, listener: Option<StdListener>) {

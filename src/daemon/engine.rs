@@ -75,7 +75,7 @@ pub async fn drive(shared: Arc<Shared>, task: Arc<Task>) {
     })
     .await;
     shared.index.remove_if_same(&task.id, &task);
-    task.event.notify(usize::MAX);
+    task.event.notify();
 }
 
 async fn download(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
@@ -100,7 +100,7 @@ async fn download(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
             if piece0 {
                 let file = open_task_file(task).await?;
                 let len = g.layout.piece_range(0).map(|(s, e)| e - s).unwrap_or(0);
-                let got = write_body(task, &mut resp, &file, 0, g.layout.piece_len_bytes, Some(len)).await;
+                let got = write_body(task, &mut resp, &file, 0, g.layout.piece_len_bytes, Some(len), (0, 0)).await;
                 if let Err(e) = got {
                     if !e.retryable {
                         return Err(e);
@@ -131,14 +131,22 @@ async fn resume(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<bool> {
         return Ok(false);
     }
     let path = task.data_path.clone();
-    let (crcs, done) = (meta.piece_crcs.clone(), meta.pieces_done.clone());
-    let still_good = blocking(move || Ok(crate::storage::recheck_pieces(&path, layout, &done, &crcs))).await?;
+    let (crcs, done, partial) = (meta.piece_crcs.clone(), meta.pieces_done.clone(), meta.partial.clone());
+    let (still_good, partial) = blocking(move || {
+        let good = crate::storage::recheck_pieces(&path, layout, &done, &crcs);
+        Ok((good, crate::storage::recheck_partial(&path, layout, &partial)))
+    })
+    .await?;
     let n_good = still_good.iter().filter(|d| **d).count();
     tracing::info!(task = %task.id, pieces_on_disk = n_good, n_pieces = layout.n_pieces(), "resuming unfinished task");
     if let Some(v) = meta.validator.clone() {
         let _ = task.validator.set(v);
     }
-    task.resume_from(layout, &still_good, &meta.piece_crcs);
+    // A meta.json written before every validator was kept has only the If-Range one.
+    if let (None, Some(v)) = (&task.spec.digest, meta.validators.clone()) {
+        let _ = task.validators.set(v);
+    }
+    task.resume_from(layout, &still_good, &meta.piece_crcs, &partial);
     if !task.all_pieces_done() {
         shared.broadcast_work(task, layout.n_pieces() - n_good as u64);
     }
@@ -156,7 +164,7 @@ async fn stream_whole(
     shared.store.create_task_file(&task.id, len_bytes)?;
     let file = open_task_file(task).await?;
     let piece_len = task.geometry().map(|g| g.layout.piece_len_bytes).unwrap_or(DEFAULT_PIECE_LEN_BYTES);
-    let (written, unrecorded) = write_body(task, resp, &file, 0, piece_len, len_bytes).await?;
+    let (written, unrecorded) = write_body(task, resp, &file, 0, piece_len, len_bytes, (0, 0)).await?;
     if task.geometry().is_none() {
         // Unknown length: now it is known. Bigger files get Dragonfly's larger pieces only when the
         // length is known up front; a streamed one keeps 4 MiB pieces (the crcs were cut that way).
@@ -165,11 +173,14 @@ async fn stream_whole(
     Ok(())
 }
 
-/// Waits for every piece, persisting progress every `META_FLUSH_INTERVAL` so a crash or kill loses
-/// at most the pieces in flight (data is synced before the metadata that records it).
+/// Waits for every piece, persisting progress (finished pieces and how far the ones in flight
+/// got) on the `META_FLUSH_*` schedule, so a crash or kill loses at most that many bytes (data is
+/// synced before the metadata that records it). Deadlines, not delays from the last wake-up:
+/// waking on a piece must not push the next save further out.
 async fn wait_all_pieces(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
-    let mut flushed_pieces = 0u64;
-    let mut last_flush = std::time::Instant::now();
+    use std::time::Instant;
+    let mut flushed_bytes = 0u64;
+    let mut last_flush = Instant::now();
     loop {
         let listener = task.event.listen();
         if let Some(e) = task.failure() {
@@ -178,14 +189,19 @@ async fn wait_all_pieces(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
         if task.all_pieces_done() {
             return Ok(());
         }
-        let _ = compio::time::timeout(limits::META_FLUSH_INTERVAL, listener).await;
-        if last_flush.elapsed() >= limits::META_FLUSH_INTERVAL {
-            let n = task.n_pieces_done();
-            if n != flushed_pieces && task.geometry().is_some_and(|g| g.ranged) {
+        // Writes do not notify: look at the byte count every `META_FLUSH_MIN_INTERVAL`.
+        let deadline = (last_flush + limits::META_FLUSH_INTERVAL).saturating_duration_since(Instant::now());
+        let _ = compio::time::timeout(deadline.min(limits::META_FLUSH_MIN_INTERVAL), listener).await;
+        let written = task.written_bytes();
+        let due = last_flush.elapsed() >= limits::META_FLUSH_INTERVAL
+            || (last_flush.elapsed() >= limits::META_FLUSH_MIN_INTERVAL
+                && written - flushed_bytes >= limits::META_FLUSH_BYTES);
+        if due {
+            if written != flushed_bytes && task.geometry().is_some_and(|g| g.ranged) {
                 persist(shared, task).await?;
-                flushed_pieces = n;
+                flushed_bytes = written;
             }
-            last_flush = std::time::Instant::now();
+            last_flush = Instant::now();
         }
     }
 }
@@ -201,7 +217,10 @@ pub async fn persist(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
         if task.state() == State::Failed {
             return Ok(());
         }
-        crate::storage::persist_meta(&data_path, &meta_path, &meta)
+        let t = std::time::Instant::now();
+        let saved = crate::storage::persist_meta(&data_path, &meta_path, &meta);
+        tracing::debug!(task = %task.id, cost_ms = t.elapsed().as_millis() as u64, "progress saved");
+        saved
     })
     .await
 }
@@ -250,7 +269,11 @@ async fn fetch_piece(task: &Task, file: &compio::fs::File, layout: Layout, piece
     if task.state() != State::Running {
         return Ok(());
     }
-    let (start, end) = layout.piece_range(piece_idx).ok_or_else(|| Error::internal("piece index past the end"))?;
+    let (piece_start, end) =
+        layout.piece_range(piece_idx).ok_or_else(|| Error::internal("piece index past the end"))?;
+    // What an earlier attempt (or a previous run) already put on disk is not asked for again.
+    let already = task.partial_of(piece_idx);
+    let start = piece_start + already.0;
     let if_range = task.validator.get().map(String::as_str);
     let mut resp = task.spec.fetch.get(Some((start, end - 1)), if_range).await?;
     let asked = PieceAsked {
@@ -259,9 +282,10 @@ async fn fetch_piece(task: &Task, file: &compio::fs::File, layout: Layout, piece
         last: end - 1,
         content_len_bytes: layout.content_len_bytes,
         if_range,
+        validators: task.validators.get(),
     };
     judge::piece(&resp.head, &asked)?;
-    write_body(task, &mut resp, file, piece_idx, layout.piece_len_bytes, Some(end - start)).await?;
+    write_body(task, &mut resp, file, piece_idx, layout.piece_len_bytes, Some(end - start), already).await?;
     Ok(())
 }
 
@@ -269,6 +293,8 @@ async fn fetch_piece(task: &Task, file: &compio::fs::File, layout: Layout, piece
 /// (bit set) only after the write holding its last byte completed. With `expect_bytes` (a ranged
 /// piece) the body must be exactly that long. Pieces of a stream of unknown length are returned
 /// instead of recorded, because the bitmap does not exist until the length is known.
+/// `already` = (bytes of `first_piece` already on disk, their crc32): the body continues there. A
+/// ranged piece's progress is noted after every write, so a resume can continue it too.
 pub async fn write_body(
     task: &Task,
     resp: &mut client::Response,
@@ -276,18 +302,23 @@ pub async fn write_body(
     first_piece: u64,
     piece_len_bytes: u64,
     expect_bytes: Option<u64>,
+    already: (u64, u32),
 ) -> Result<(u64, Vec<u32>)> {
     let record_now = task.geometry().is_some();
-    let base = first_piece * piece_len_bytes;
-    let mut cutter = Cutter::new(first_piece, piece_len_bytes);
+    let note_progress = record_now && expect_bytes.is_some();
+    let base = first_piece * piece_len_bytes + already.0;
+    let mut cutter = Cutter::resume(first_piece, piece_len_bytes, already);
     let mut unrecorded = Vec::new();
     let mut written = 0u64;
     let mut buf: Vec<u8> = Vec::with_capacity(crate::limits::WRITE_CHUNK_BYTES);
+    let mut want_bytes = crate::limits::WRITE_CHUNK_BYTES;
     loop {
         if task.state() == State::Failed {
             return Err(Error::internal("task failed elsewhere"));
         }
-        let more = until_failed(task, resp.read_into(&mut buf, crate::limits::WRITE_CHUNK_BYTES)).await?;
+        let read_started = std::time::Instant::now();
+        let more = until_failed(task, resp.read_into(&mut buf, want_bytes)).await?;
+        want_bytes = chunk_for_rate(buf.len(), read_started.elapsed());
         if expect_bytes.is_some_and(|limit| written + buf.len() as u64 > limit) {
             return Err(Error::origin(false, format!("{}: body longer than the range asked for", crate::http::redact::Shown(&resp.url))));
         }
@@ -301,6 +332,10 @@ pub async fn write_body(
             buf = b;
             buf.clear();
             written += n;
+            task.add_written(n);
+            if let (true, (fill @ 1.., crc)) = (note_progress, cutter.progress()) {
+                task.note_partial(first_piece, fill, crc);
+            }
         }
         for (idx, crc, len) in finished {
             settle(task, record_now, &mut unrecorded, idx, crc, len);
@@ -318,6 +353,15 @@ pub async fn write_body(
         settle(task, record_now, &mut unrecorded, idx, crc, len);
     }
     Ok((written, unrecorded))
+}
+
+/// How many bytes the next write should gather: what `WRITE_CHUNK_MAX_AGE` brings at the rate
+/// the last `n_bytes` came in `took`, within [`MIN_WRITE_CHUNK_BYTES`, `WRITE_CHUNK_BYTES`]. A fast
+/// origin keeps large writes; a slow one gets its bytes on disk (and resumable) promptly.
+fn chunk_for_rate(n_bytes: usize, took: Duration) -> usize {
+    use crate::limits::{MIN_WRITE_CHUNK_BYTES, WRITE_CHUNK_BYTES, WRITE_CHUNK_MAX_AGE};
+    let per_age = (n_bytes as u128 * WRITE_CHUNK_MAX_AGE.as_nanos()) / took.as_nanos().max(1);
+    (per_age.min(WRITE_CHUNK_BYTES as u128) as usize).max(MIN_WRITE_CHUNK_BYTES)
 }
 
 /// Runs `fut` unless the task fails first (another core's fatal error, an operator's removal): a
@@ -375,4 +419,18 @@ async fn open_task_file(task: &Task) -> Result<compio::fs::File> {
         .open(&task.data_path)
         .await
         .map_err(|e| crate::storage::disk_err(e, &task.data_path, "open task file"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_chunk_follows_the_origins_rate() {
+        let ms = Duration::from_millis;
+        assert_eq!(chunk_for_rate(1 << 20, ms(1)), limits::WRITE_CHUNK_BYTES, "fast origin: whole chunks");
+        assert_eq!(chunk_for_rate(1 << 20, ms(250)), 419_430, "4 MiB/s: 100 ms worth");
+        assert_eq!(chunk_for_rate(1 << 20, ms(10_000)), limits::MIN_WRITE_CHUNK_BYTES, "trickle: the floor");
+        assert_eq!(chunk_for_rate(0, ms(0)), limits::MIN_WRITE_CHUNK_BYTES);
+    }
 }

@@ -45,10 +45,13 @@ pub async fn first_request(task: &Task) -> Result<FirstResponse> {
 
 fn lay_out(task: &Task, verdict: First, resp: client::Response) -> Result<FirstResponse> {
     match verdict {
-        First::Ranged { layout, piece0, validator } => {
+        First::Ranged { layout, piece0, validator, validators } => {
             task.set_geometry(Geometry { layout, ranged: true });
             if let Some(v) = validator {
                 let _ = task.validator.set(v);
+            }
+            if let Some(v) = validators {
+                let _ = task.validators.set(v);
             }
             task.start_cursor_at(u64::from(piece0));
             Ok(FirstResponse::Ranged { resp, piece0 })

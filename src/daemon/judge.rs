@@ -11,6 +11,7 @@ use crate::http::codec::{self, Framing, ResponseHead};
 use crate::http::range;
 use crate::http::status;
 use crate::piece::{Layout, DEFAULT_PIECE_LEN_BYTES};
+use crate::storage::meta::Validators;
 
 /// The range of the first request: piece 0 of any file up to 1 GiB (4 MiB pieces).
 pub const PROBE: (u64, u64) = (0, DEFAULT_PIECE_LEN_BYTES - 1);
@@ -32,7 +33,9 @@ pub struct Asked<'a> {
 pub enum First {
     /// A 206 for the probe: every core fetches ranged pieces. `piece0`: this body is piece 0
     /// (false when pieces are larger than the probe, files over 1 GiB).
-    Ranged { layout: Layout, piece0: bool, validator: Option<String> },
+    /// `validators`: every validator of this response, which each piece must show again (None
+    /// when no validator is wanted).
+    Ranged { layout: Layout, piece0: bool, validator: Option<String>, validators: Option<Validators> },
     /// A 206 without a complete length (`bytes 0-9/*`): ask again for the whole body.
     Refetch,
     /// One stream read by the home core (a 200: Range ignored); `None` = until the body ends.
@@ -70,7 +73,8 @@ fn ranged_first(head: &ResponseHead, asked: &Asked<'_>) -> Result<First> {
         ));
     }
     let validator = if asked.want_validator { strong_validator(head) } else { None };
-    Ok(First::Ranged { layout, piece0: Some(cr.last) == expected_last, validator })
+    let validators = asked.want_validator.then(|| validators_of(head));
+    Ok(First::Ranged { layout, piece0: Some(cr.last) == expected_last, validator, validators })
 }
 
 /// Judges a response that must carry the whole content (a 200): its length when the framing says.
@@ -125,6 +129,19 @@ pub fn strong_validator(head: &ResponseHead) -> Option<String> {
     sane.then(|| v.to_string())
 }
 
+/// The validators a response head shows: its ETag (weak or strong) and Last-Modified, each
+/// trimmed, absent when missing or not sane to keep (oversized, control characters).
+pub fn validators_of(head: &ResponseHead) -> Validators {
+    let sane = |name: &str| {
+        let v = head.header_str(name)?.trim();
+        let ok = !v.is_empty()
+            && v.len() <= crate::storage::meta::MAX_VALIDATOR_BYTES
+            && v.bytes().all(|b| (0x20..0x7f).contains(&b));
+        ok.then(|| v.to_string())
+    };
+    Validators { etag: sane("etag"), last_modified: sane("last-modified") }
+}
+
 /// What a piece request asked for.
 #[derive(Debug, Clone, Copy)]
 pub struct PieceAsked<'a> {
@@ -135,6 +152,9 @@ pub struct PieceAsked<'a> {
     pub content_len_bytes: u64,
     /// The first response's validator, sent as `If-Range` (none: no If-Range was sent).
     pub if_range: Option<&'a str>,
+    /// Every validator of the first response: an origin that ignores If-Range, or has only a weak
+    /// ETag or a date, still shows different ones on a changed file. None: not compared.
+    pub validators: Option<&'a Validators>,
 }
 
 /// Judges a piece response: `Ok` only for a 206 carrying exactly the asked range of the same
@@ -145,6 +165,9 @@ pub fn piece(head: &ResponseHead, asked: &PieceAsked<'_>) -> Result<()> {
             let cr = head.header("content-range").unwrap_or(b"");
             range::check_partial(cr, asked.first, asked.last, Some(asked.content_len_bytes))
                 .map_err(|e| Error::origin(false, format!("{}: {e}", asked.url)))?;
+            if let Some(diff) = asked.validators.and_then(|first| first.differs(&validators_of(head))) {
+                return Err(content_changed(asked, format!("content changed during the download ({diff})")));
+            }
             // An origin that ignores If-Range still shows a new ETag on a changed file.
             let etag = head.header_str("etag").map(str::trim);
             match (asked.if_range.filter(|v| v.starts_with('"')), etag) {
@@ -191,8 +214,12 @@ mod tests {
         Asked { url: URL, expected_len, want_validator: true }
     }
 
-    fn ranged(len: u64, piece0: bool, validator: Option<&str>) -> First {
-        First::Ranged { layout: Layout::for_len(len), piece0, validator: validator.map(String::from) }
+    fn ranged(len: u64, piece0: bool, validator: Option<&str>, validators: Option<Validators>) -> First {
+        First::Ranged { layout: Layout::for_len(len), piece0, validator: validator.map(String::from), validators }
+    }
+
+    fn vs(etag: Option<&str>, last_modified: Option<&str>) -> Option<Validators> {
+        Some(Validators { etag: etag.map(String::from), last_modified: last_modified.map(String::from) })
     }
 
     /// `Err((retryable, kind, needle))` for a refusal.
@@ -221,19 +248,20 @@ mod tests {
         check_first(
             h(206, &[cr(&full), ("ETag", "\"v1\"".into())]),
             asked(None),
-            Ok(ranged(10 * MIB, true, Some("\"v1\""))),
+            Ok(ranged(10 * MIB, true, Some("\"v1\""), vs(Some("\"v1\""), None))),
         );
         // A weak ETag is no validator, and the date may not be used either.
         let weak = [cr(&full), ("ETag", "W/\"v1\"".into()), ("Last-Modified", "Sun, 29 Nov 2026 16:21:40 GMT".into())];
-        check_first(h(206, &weak), asked(None), Ok(ranged(10 * MIB, true, None)));
+        let weak_vs = vs(Some("W/\"v1\""), Some("Sun, 29 Nov 2026 16:21:40 GMT"));
+        check_first(h(206, &weak), asked(None), Ok(ranged(10 * MIB, true, None, weak_vs)));
         // With a digest, no validator is kept at all.
         let no_validator = Asked { want_validator: false, ..asked(None) };
-        check_first(h(206, &[cr(&full), ("ETag", "\"v1\"".into())]), no_validator, Ok(ranged(10 * MIB, true, None)));
+        check_first(h(206, &[cr(&full), ("ETag", "\"v1\"".into())]), no_validator, Ok(ranged(10 * MIB, true, None, None)));
         // A small file: the whole of it is piece 0.
-        check_first(h(206, &[cr("bytes 0-99/100")]), asked(None), Ok(ranged(100, true, None)));
+        check_first(h(206, &[cr("bytes 0-99/100")]), asked(None), Ok(ranged(100, true, None, vs(None, None))));
         // Over 1 GiB: pieces are bigger than the probe, so this body is not piece 0.
         let big = 2048 * MIB;
-        check_first(h(206, &[cr(&format!("bytes 0-{probe_last}/{big}"))]), asked(None), Ok(ranged(big, false, None)));
+        check_first(h(206, &[cr(&format!("bytes 0-{probe_last}/{big}"))]), asked(None), Ok(ranged(big, false, None, vs(None, None))));
         // 206 with a wrong Content-Range: not what was asked for.
         let shifted = format!("bytes 1-{}/{}", probe_last + 1, 10 * MIB);
         check_first(h(206, &[cr(&shifted)]), asked(None), Err((false, Kind::Other, "206 with Content-Range 1-")));
@@ -268,7 +296,7 @@ mod tests {
     }
 
     fn check_piece(h: ResponseHead, if_range: Option<&str>, expected: std::result::Result<(), Refused>) {
-        let a = PieceAsked { url: URL, first: 4 * MIB, last: 8 * MIB - 1, content_len_bytes: 10 * MIB, if_range };
+        let a = PieceAsked { url: URL, first: 4 * MIB, last: 8 * MIB - 1, content_len_bytes: 10 * MIB, if_range, validators: None };
         let got = piece(&h, &a);
         match (&got, &expected) {
             (Ok(()), Ok(())) => {}
@@ -319,9 +347,48 @@ mod tests {
         check_piece(head(404, &[]), None, Err((false, Kind::Status(404), "returned 404")));
     }
 
+    /// A piece whose head shows `piece` against a first response that showed `first`.
+    fn check_same_version(first: &[(&str, &str)], shown: &[(&str, &str)], same: bool) {
+        let cr = format!("bytes {}-{}/{}", 4 * MIB, 8 * MIB - 1, 10 * MIB);
+        let mut hs = vec![("Content-Range", cr.as_str())];
+        hs.extend_from_slice(shown);
+        let want = validators_of(&head(206, first));
+        let a = PieceAsked {
+            url: URL,
+            first: 4 * MIB,
+            last: 8 * MIB - 1,
+            content_len_bytes: 10 * MIB,
+            if_range: None,
+            validators: Some(&want),
+        };
+        match piece(&head(206, &hs), &a) {
+            Ok(()) => assert!(same, "{first:?} vs {shown:?}: accepted"),
+            Err(e) => {
+                assert!(!same, "{first:?} vs {shown:?}: {e:?}");
+                assert_eq!((e.retryable, e.kind), (true, Kind::Integrity), "{e:?}");
+                assert!(e.message.contains("content changed"), "{e:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn piece_validators_must_equal_the_first_responses() {
+        let (d1, d2) = ("Sun, 29 Nov 2026 16:21:40 GMT", "Sun, 29 Nov 2026 16:21:41 GMT");
+        check_same_version(&[("ETag", "W/\"A\"")], &[("ETag", "W/\"A\"")], true);
+        check_same_version(&[("ETag", "W/\"A\"")], &[("ETag", "W/\"B\"")], false);
+        check_same_version(&[("ETag", "\"A\"")], &[("ETag", "W/\"A\"")], false);
+        check_same_version(&[("ETag", "\"A\"")], &[], false);
+        check_same_version(&[], &[("ETag", "\"A\"")], false);
+        check_same_version(&[("Last-Modified", d1)], &[("Last-Modified", d1)], true);
+        check_same_version(&[("Last-Modified", d1)], &[("Last-Modified", d2)], false);
+        check_same_version(&[("ETag", "\"A\""), ("Last-Modified", d1)], &[("ETag", "\"A\""), ("Last-Modified", d2)], false);
+        check_same_version(&[], &[], true);
+        check_same_version(&[("ETag", " \"A\" ")], &[("ETag", "\"A\"")], true);
+    }
+
     #[test]
     fn a_429s_retry_after_travels_with_the_error() {
-        let a = PieceAsked { url: URL, first: 0, last: 9, content_len_bytes: 10, if_range: None };
+        let a = PieceAsked { url: URL, first: 0, last: 9, content_len_bytes: 10, if_range: None, validators: None };
         let e = piece(&head(429, &[("Retry-After", "2")]), &a).unwrap_err();
         assert_eq!(e.retry_after, Some(Duration::from_secs(2)));
         let e = first(&head(503, &[("Retry-After", "1")]), &asked(None)).unwrap_err();

@@ -94,6 +94,7 @@ pub fn run(
     for w in &warnings {
         tracing::warn!("{w}");
     }
+    raise_nofile_limit();
     let store = Store::new(&config.data_dir);
     // A new data dir is made 0700; an existing one keeps its mode (it may be shared, say /var/tmp),
     // but `tasks/` is ours alone and is made 0700 whatever an older build left.
@@ -143,6 +144,29 @@ pub fn run(
     }
     tracing::info!("dfget daemon stopped");
     Ok(())
+}
+
+/// Raises the soft open-file limit to the hard one (as Go programs do since Go 1.19): every
+/// waiting client holds a socket, and a shell's `ulimit -n 1024` would otherwise cap the daemon at
+/// about a thousand clients. Logs how many clients that leaves room for.
+fn raise_nofile_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let lim = getrlimit(Resource::Nofile);
+    let before = lim.current;
+    if lim.maximum.is_some() && lim.current != lim.maximum {
+        if let Err(e) = setrlimit(Resource::Nofile, rustix::process::Rlimit { current: lim.maximum, maximum: lim.maximum }) {
+            tracing::warn!("cannot raise the open-file limit to the hard limit: {e}");
+        }
+    }
+    let nofile = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    let max_clients = nofile.saturating_sub(crate::limits::RESERVED_FDS);
+    tracing::info!(
+        nofile,
+        nofile_before = before.unwrap_or(u64::MAX),
+        max_clients,
+        "open files limit {nofile} (was {}): room for about {max_clients} concurrent clients",
+        before.map(|b| b.to_string()).unwrap_or_else(|| "unlimited".into())
+    );
 }
 
 /// Binds the API socket with mode 0660. A stale socket file (no daemon answering behind it) is

@@ -62,12 +62,19 @@ pub struct Task {
     geometry: OnceLock<Geometry>,
     bitmap: OnceLock<AtomicBitmap>,
     crcs: OnceLock<Box<[AtomicU32]>>,
+    /// Per piece not yet done: how far its fetch got, `len << 32 | crc32 of that prefix` (0 =
+    /// nothing), updated after each write; persisted so a resume asks only for the rest.
+    partial: OnceLock<Box<[AtomicU64]>>,
+    /// Bytes written into the task file by any fetch, so the progress saver knows something moved.
+    written_bytes: AtomicU64,
     /// Next piece index a worker should take (pieces below it are taken, not necessarily done).
     next_piece: AtomicU64,
     completed_bytes: AtomicU64,
     failure: OnceLock<Error>,
-    /// Wakes subscribers (progress streams, the home core's finalizer) after any piece or state change.
-    pub event: event_listener::Event,
+    /// Wakes subscribers (progress streams, the home core's finalizer) after any piece or state
+    /// change. A `wake::Signal`, not an `event_listener::Event`: waiters on other cores are woken
+    /// through one relay per core, so no core ever spins on another's full wake queue.
+    pub event: crate::wake::Signal,
     pub last_access_unix_ms: AtomicU64,
     /// Readers (cache-hit checks, exports) in the low bits, plus `EVICTED` once the GC or an
     /// operator claimed the task: one word, so "pin unless evicted" and "evict unless pinned" are
@@ -82,9 +89,15 @@ pub struct Task {
     /// Who asked for this task since the daemon started: 0 nobody, uid + 1 one user, `SEVERAL`.
     /// One word, so noting a requester never takes a lock.
     requesters: AtomicU64,
+    /// Every validator of the first response (weak ETags included): each piece response must show
+    /// the same, since an origin may ignore `If-Range` (or have only weak validators).
+    pub validators: OnceLock<Validators>,
 }
 
 const SEVERAL: u64 = u64::MAX;
+
+pub use crate::storage::meta::Validators;
+
 
 impl Task {
     pub fn new(id: String, peer_id: String, spec: Spec, data_path: PathBuf) -> Task {
@@ -98,15 +111,18 @@ impl Task {
             geometry: OnceLock::new(),
             bitmap: OnceLock::new(),
             crcs: OnceLock::new(),
+            partial: OnceLock::new(),
+            written_bytes: AtomicU64::new(0),
             next_piece: AtomicU64::new(0),
             completed_bytes: AtomicU64::new(0),
             failure: OnceLock::new(),
-            event: event_listener::Event::new(),
+            event: crate::wake::Signal::new(),
             last_access_unix_ms: AtomicU64::new(now_unix_ms()),
             readers: AtomicUsize::new(0),
             files: std::sync::Mutex::new(()),
             validator: OnceLock::new(),
             requesters: AtomicU64::new(0),
+            validators: OnceLock::new(),
         }
     }
 
@@ -214,13 +230,15 @@ impl Task {
             content_len: g.map(|g| g.layout.content_len_bytes),
             piece_len: g.map(|g| g.layout.piece_len_bytes).unwrap_or(DEFAULT_PIECE_LEN_BYTES),
             finished_unix_ms: (g.is_some() && pieces_done.iter().all(|d| *d)).then_some(now),
-            pieces_done,
             piece_crcs: self.crcs(),
             digest: self.spec.digest.clone(),
             created_unix_ms: now.saturating_sub(self.started.elapsed().as_millis() as u64),
             last_access_unix_ms: self.last_access_unix_ms.load(Ordering::Acquire),
             validator: self.validator.get().cloned(),
             private: self.spec.private,
+            validators: self.validators.get().cloned(),
+            partial: if g.is_some_and(|g| g.ranged) { self.partial_pieces(&pieces_done) } else { Vec::new() },
+            pieces_done,
         }
     }
 
@@ -230,6 +248,42 @@ impl Task {
         let _ = self.geometry.set(g);
         let _ = self.bitmap.set(AtomicBitmap::new(n));
         let _ = self.crcs.set((0..n).map(|_| AtomicU32::new(0)).collect());
+        let _ = self.partial.set((0..n).map(|_| AtomicU64::new(0)).collect());
+    }
+
+    /// A fetch of piece `piece_idx` has its first `len_bytes` on disk, with crc32 `crc`.
+    pub fn note_partial(&self, piece_idx: u64, len_bytes: u64, crc: u32) {
+        debug_assert!(len_bytes <= crate::storage::meta::MAX_PIECE_LEN_BYTES);
+        if let Some(p) = self.partial.get().and_then(|p| p.get(piece_idx as usize)) {
+            p.store(len_bytes << 32 | crc as u64, Ordering::Release);
+        }
+    }
+
+    /// How far piece `piece_idx`'s fetch got: (bytes on disk, their crc32); (0, 0) for none.
+    pub fn partial_of(&self, piece_idx: u64) -> (u64, u32) {
+        let v = self.partial.get().and_then(|p| p.get(piece_idx as usize)).map(|a| a.load(Ordering::Acquire));
+        v.map(|v| (v >> 32, v as u32)).unwrap_or((0, 0))
+    }
+
+    pub fn add_written(&self, n_bytes: u64) {
+        self.written_bytes.fetch_add(n_bytes, Ordering::Relaxed);
+    }
+
+    pub fn written_bytes(&self) -> u64 {
+        self.written_bytes.load(Ordering::Relaxed)
+    }
+
+    /// The pieces in flight (not done, something on disk), for the metadata.
+    fn partial_pieces(&self, pieces_done: &[bool]) -> Vec<crate::storage::meta::PartialPiece> {
+        let g = self.geometry();
+        (0..pieces_done.len() as u64)
+            .filter(|&i| !pieces_done[i as usize])
+            .filter_map(|idx| {
+                let (len_bytes, crc) = self.partial_of(idx);
+                let piece_len = g.and_then(|g| g.layout.piece_range(idx)).map(|(s, e)| e - s).unwrap_or(0);
+                (len_bytes > 0 && len_bytes < piece_len).then_some(crate::storage::meta::PartialPiece { idx, len_bytes, crc })
+            })
+            .collect()
     }
 
     /// Records a piece whose bytes are written: crc first, then its bit, then a wake-up.
@@ -242,7 +296,7 @@ impl Task {
                 counters::bump(&counters::BYTES_FETCHED, len_bytes);
             }
         }
-        self.event.notify(usize::MAX);
+        self.event.notify();
     }
 
     pub fn all_pieces_done(&self) -> bool {
@@ -254,14 +308,14 @@ impl Task {
     pub fn fail(&self, e: Error) -> bool {
         let _ = self.failure.set(e);
         let won = self.transition(State::Failed);
-        self.event.notify(usize::MAX);
+        self.event.notify();
         won || self.state() == State::Failed
     }
 
     /// Running → Done; false when the task failed meanwhile (an operator's removal, say).
     pub fn mark_done(&self) -> bool {
         let won = self.transition(State::Done);
-        self.event.notify(usize::MAX);
+        self.event.notify();
         won
     }
 
@@ -292,9 +346,13 @@ impl Task {
         }
     }
 
-    /// Lays out a task resumed from a previous run's metadata and records the pieces it had.
-    pub fn resume_from(&self, layout: Layout, done: &[bool], crcs: &[u32]) {
+    /// Lays out a task resumed from a previous run's metadata and records the pieces it had (and
+    /// how far the pieces then in flight got).
+    pub fn resume_from(&self, layout: Layout, done: &[bool], crcs: &[u32], partial: &[crate::storage::meta::PartialPiece]) {
         self.set_geometry(Geometry { layout, ranged: true });
+        for p in partial {
+            self.note_partial(p.idx, p.len_bytes, p.crc);
+        }
         for (idx, (ok, crc)) in done.iter().zip(crcs).enumerate() {
             if *ok {
                 let (s, e) = layout.piece_range(idx as u64).unwrap_or((0, 0));
@@ -317,6 +375,6 @@ pub struct ReaderPin(std::sync::Arc<Task>);
 impl Drop for ReaderPin {
     fn drop(&mut self) {
         self.0.readers.fetch_sub(1, Ordering::AcqRel);
-        self.0.event.notify(usize::MAX);
+        self.0.event.notify();
     }
 }

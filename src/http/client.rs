@@ -186,6 +186,8 @@ pub async fn get(
     if let Some((first, last)) = range {
         headers.push(("Range".into(), crate::http::range::range_header(first, last)));
     }
+    // Every URL of the chain, so a loop or an overlong chain is reported with where it went.
+    let mut chain: Vec<Url> = vec![url.clone()];
     for _ in 0..=limits::MAX_REDIRECTS {
         let resp = send(&url, &headers, opts).await?;
         let status = resp.head.status;
@@ -203,9 +205,20 @@ pub async fn get(
         if next.host_str() != url.host_str() || next.port_or_known_default() != url.port_or_known_default() {
             headers.retain(|(k, _)| !k.eq_ignore_ascii_case("authorization"));
         }
+        if chain.contains(&next) {
+            return Err(Error::origin(false, format!("{}: redirect loop: {} → {next}", chain[0], join_chain(&chain))));
+        }
+        chain.push(next.clone());
         url = next;
     }
-    Err(Error::origin(false, format!("too many redirects (more than {})", limits::MAX_REDIRECTS)))
+    Err(Error::origin(
+        false,
+        format!("{}: too many redirects (more than {}): {}", chain[0], limits::MAX_REDIRECTS, join_chain(&chain)),
+    ))
+}
+
+fn join_chain(chain: &[Url]) -> String {
+    chain.iter().map(Url::as_str).collect::<Vec<_>>().join(" → ")
 }
 
 /// `Basic base64(user:password)` from the URL's userinfo (percent-decoded), as Go's net/http

@@ -14,7 +14,7 @@ use std::sync::{Arc, LazyLock, Mutex};
 use crate::http::conn::PoolKey;
 
 static IN_FLIGHT: LazyLock<Mutex<HashMap<(String, u16), usize>>> = LazyLock::new(Default::default);
-static RETURNED: LazyLock<event_listener::Event> = LazyLock::new(event_listener::Event::new);
+static RETURNED: LazyLock<crate::wake::Signal> = LazyLock::new(crate::wake::Signal::new);
 
 /// Proof of one in-flight request to a host; unlimited hosts get an empty permit.
 #[derive(Clone)]
@@ -34,7 +34,7 @@ impl Drop for Held {
                 }
             }
         }
-        RETURNED.notify(usize::MAX);
+        RETURNED.notify();
     }
 }
 

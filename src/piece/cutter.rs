@@ -14,7 +14,20 @@ pub struct Cutter {
 
 impl Cutter {
     pub fn new(first_piece: u64, piece_len_bytes: u64) -> Cutter {
-        Cutter { piece_idx: first_piece, piece_len_bytes, fill_bytes: 0, crc: crc32fast::Hasher::new() }
+        Cutter::resume(first_piece, piece_len_bytes, (0, 0))
+    }
+
+    /// Continues a piece whose first `fill_bytes` (crc32 `crc`) were cut earlier: crc32 is
+    /// incremental, so the piece's crc comes out as if it had been cut in one go.
+    pub fn resume(first_piece: u64, piece_len_bytes: u64, (fill_bytes, crc): (u64, u32)) -> Cutter {
+        debug_assert!(fill_bytes < piece_len_bytes);
+        let crc = crc32fast::Hasher::new_with_initial_len(crc, fill_bytes);
+        Cutter { piece_idx: first_piece, piece_len_bytes, fill_bytes, crc }
+    }
+
+    /// The current piece's bytes so far and their crc32 (0, _ right after a piece boundary).
+    pub fn progress(&self) -> (u64, u32) {
+        (self.fill_bytes, self.crc.clone().finalize())
     }
 
     /// Returns the pieces completed by `bytes`: (index, crc, length).
@@ -45,6 +58,24 @@ impl Cutter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cutter_resumed_mid_piece_gives_the_whole_pieces_crc() {
+        let data: Vec<u8> = (0..300u32).map(|i| (i * 13 % 251) as u8).collect();
+        for split in [1usize, 63, 64, 100, 127] {
+            let piece = split / 64;
+            let within = split - piece * 64;
+            let prefix_crc = crc32fast::hash(&data[piece * 64..split]);
+            let mut c = Cutter::resume(piece as u64, 64, (within as u64, prefix_crc));
+            let mut got = c.feed(&data[split..]);
+            got.extend(c.finish());
+            let want: Vec<u32> = data.chunks(64).skip(piece).map(crc32fast::hash).collect();
+            assert_eq!(got.iter().map(|p| p.1).collect::<Vec<_>>(), want, "split={split}");
+        }
+        let mut c = Cutter::new(0, 64);
+        c.feed(&data[..10]);
+        assert_eq!(c.progress(), (10, crc32fast::hash(&data[..10])));
+    }
 
     #[test]
     fn cutter_splits_at_piece_boundaries_for_any_chunking() {

@@ -61,6 +61,49 @@ pub struct TaskMeta {
     /// Fetched with credentials: reused only for requests the origin accepts (`daemon::access`).
     /// The credentials themselves are never stored; `url` is redacted.
     pub private: bool,
+    /// Every validator of the first response (weak ETag included, Last-Modified): a resumed task's
+    /// pieces must still show them. None in files written before they were kept.
+    pub validators: Option<Validators>,
+    /// Pieces in flight when this was written, with how far each got: a resume asks only for the
+    /// rest. Sorted by index, none of them done.
+    pub partial: Vec<PartialPiece>,
+}
+
+/// A piece a fraction fetched: its first `len_bytes` are on disk, with crc32 `crc` (crc32 is
+/// incremental, so the rest continues the same crc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartialPiece {
+    pub idx: u64,
+    pub len_bytes: u64,
+    pub crc: u32,
+}
+
+/// What identifies one version of the content in a response head: its ETag (weak or strong) and
+/// Last-Modified, each as sent (trimmed), None when missing or not sane to keep.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Validators {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_modified: Option<String>,
+}
+
+impl Validators {
+    /// None when `piece` shows the same version as `self` (the first response); else what differs.
+    /// Any difference counts, a validator that appears or disappears included: without it the
+    /// piece cannot be shown to be the same version.
+    pub fn differs(&self, piece: &Validators) -> Option<String> {
+        let show = |v: &Option<String>| v.clone().unwrap_or_else(|| "none".into());
+        if self.etag != piece.etag {
+            return Some(format!("ETag {} → {}", show(&self.etag), show(&piece.etag)));
+        }
+        if self.last_modified != piece.last_modified {
+            return Some(format!("Last-Modified {} → {}", show(&self.last_modified), show(&piece.last_modified)));
+        }
+        None
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +163,10 @@ struct WireOut<'a> {
     finished_unix_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     validator: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    validators: Option<&'a Validators>,
+    #[serde(skip_serializing_if = "<[PartialPiece]>::is_empty")]
+    partial: &'a [PartialPiece],
     #[serde(skip_serializing_if = "is_false")]
     private: bool,
 }
@@ -149,6 +196,10 @@ struct WireIn {
     /// Added within format 1 like `validator`: absent means public.
     #[serde(default)]
     private: bool,
+    #[serde(default)]
+    validators: Option<Validators>,
+    #[serde(default)]
+    partial: Vec<PartialPiece>,
 }
 
 /// Parsed first so that a future version is reported as `Version`, not as whatever field of
@@ -181,6 +232,8 @@ impl TaskMeta {
             finished_unix_ms: self.finished_unix_ms,
             validator: self.validator.as_deref(),
             private: self.private,
+            validators: self.validators.as_ref(),
+            partial: &self.partial,
         };
         // Serializing plain strings and integers into a Vec has no failure mode in serde_json
         // (no IO, no non-string map keys, no custom Serialize), so this is an invariant, not input.
@@ -290,6 +343,8 @@ fn from_wire(wire: WireIn) -> Result<TaskMeta, MetaError> {
         finished_unix_ms: wire.finished_unix_ms,
         validator: wire.validator,
         private: wire.private,
+        validators: wire.validators,
+        partial: wire.partial,
     })
 }
 
@@ -327,6 +382,27 @@ fn validate(meta: &TaskMeta) -> Result<(), String> {
             return Err(format!("marked finished but piece {missing} is missing"));
         }
     }
+    validate_partial(meta)
+}
+
+/// Partial pieces: known length, ascending distinct indexes of pieces not done, each a proper
+/// prefix (0 < len < the piece's length).
+fn validate_partial(meta: &TaskMeta) -> Result<(), String> {
+    if meta.partial.is_empty() {
+        return Ok(());
+    }
+    let Some(len) = meta.content_len else { return Err("partial pieces without a content_len".to_string()) };
+    let mut prev: Option<u64> = None;
+    for p in &meta.partial {
+        let piece_start = p.idx.saturating_mul(meta.piece_len);
+        let piece_len = len.saturating_sub(piece_start).min(meta.piece_len);
+        let fits = p.len_bytes > 0 && p.len_bytes < piece_len;
+        let fresh = meta.pieces_done.get(p.idx as usize) == Some(&false);
+        if !fits || !fresh || prev.is_some_and(|q| q >= p.idx) {
+            return Err(format!("partial piece {} of {} bytes does not fit the task", p.idx, p.len_bytes));
+        }
+        prev = Some(p.idx);
+    }
     Ok(())
 }
 
@@ -339,7 +415,9 @@ fn validate_strings(meta: &TaskMeta) -> Result<(), String> {
     if meta.url.is_empty() || meta.url.len() > MAX_URL_BYTES {
         return Err(format!("url length {} is outside 1..={MAX_URL_BYTES}", meta.url.len()));
     }
-    if meta.validator.as_ref().is_some_and(|v| v.len() > MAX_VALIDATOR_BYTES || v.chars().any(char::is_control)) {
+    let insane = |v: &Option<String>| v.as_ref().is_some_and(|v| v.len() > MAX_VALIDATOR_BYTES || v.chars().any(char::is_control));
+    let vs = meta.validators.clone().unwrap_or_default();
+    if insane(&meta.validator) || insane(&vs.etag) || insane(&vs.last_modified) {
         return Err(format!("validator longer than {MAX_VALIDATOR_BYTES} bytes or with control characters"));
     }
     if let Some(digest) = &meta.digest {
@@ -440,6 +518,8 @@ mod tests {
             finished_unix_ms: None,
             validator: None,
             private: false,
+            validators: None,
+            partial: Vec::new(),
         }
     }
 
@@ -485,6 +565,31 @@ mod tests {
         let validated = TaskMeta { validator: Some("\"6936b6a4-1312d07\"".to_string()), ..meta() };
         check_round_trip("private", TaskMeta { private: true, ..meta() }, false);
         check_round_trip("with the origin's validator", validated, false);
+        let weak = TaskMeta {
+            validators: Some(Validators {
+                etag: Some("W/\"A\"".to_string()),
+                last_modified: Some("Sun, 29 Nov 2026 16:21:40 GMT".to_string()),
+            }),
+            ..meta()
+        };
+        check_round_trip("with every validator of the first response", weak, false);
+        let p = |idx, len_bytes| PartialPiece { idx, len_bytes, crc: 7 };
+        let two = vec![false, false];
+        let partial = TaskMeta { content_len: Some(8 * MIB), pieces_done: two.clone(), piece_crcs: vec![0, 0], partial: vec![p(0, 1), p(1, 4 * MIB - 1)], ..meta() };
+        check_round_trip("pieces in flight, with how far they got", partial, false);
+        for (what, bad) in [
+            ("a whole piece", vec![p(1, 4 * MIB)]),
+            ("nothing", vec![p(0, 0)]),
+            ("past the end", vec![p(2, 1)]),
+            ("out of order", vec![p(1, 1), p(0, 1)]),
+        ] {
+            let m = TaskMeta { content_len: Some(8 * MIB), pieces_done: two.clone(), piece_crcs: vec![0, 0], partial: bad, ..meta() };
+            assert!(validate(&m).is_err(), "partial {what} passed validation");
+        }
+        let done_and_partial = TaskMeta { content_len: Some(8 * MIB), pieces_done: vec![true, false], piece_crcs: vec![0, 0], partial: vec![p(0, 1)], ..meta() };
+        assert!(validate(&done_and_partial).is_err(), "a done piece listed as partial passed validation");
+        let none = TaskMeta { validators: Some(Validators::default()), ..meta() };
+        check_round_trip("first response had no validators", none, false);
         let odd_url = TaskMeta { url: "https://ex.com/ü\n\"q\"?a=1&b=\u{7f}".to_string(), ..meta() };
         check_round_trip("url with escapes and non-ascii", odd_url, false);
         let max_ts = TaskMeta { created_unix_ms: u64::MAX, last_access_unix_ms: 0, ..finished() };

@@ -176,6 +176,30 @@ pub fn recheck_pieces(path: &Path, layout: crate::piece::Layout, done: &[bool], 
         .collect()
 }
 
+/// The partial pieces whose recorded prefix is still on disk with its crc (the others are fetched
+/// whole again). Blocking.
+pub fn recheck_partial(
+    path: &Path,
+    layout: crate::piece::Layout,
+    partial: &[meta::PartialPiece],
+) -> Vec<meta::PartialPiece> {
+    use std::os::unix::fs::FileExt;
+    let Ok(file) = File::open(path) else { return Vec::new() };
+    let mut buf = Vec::new();
+    partial
+        .iter()
+        .filter(|p| {
+            let Some((start, end)) = layout.piece_range(p.idx) else { return false };
+            if p.len_bytes == 0 || p.len_bytes >= end - start {
+                return false;
+            }
+            buf.resize(p.len_bytes as usize, 0);
+            file.read_exact_at(&mut buf, start).is_ok() && crc32fast::hash(&buf) == p.crc
+        })
+        .copied()
+        .collect()
+}
+
 /// Makes the recorded pieces durable before the record: fdatasync the task file, then write the
 /// metadata atomically. Blocking.
 pub fn persist_meta(data_path: &Path, meta_path: &Path, meta: &meta::TaskMeta) -> Result<()> {
