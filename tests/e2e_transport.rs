@@ -378,7 +378,8 @@ fn short_body_origin(body: Vec<u8>, short_on: Option<u64>, n_short: usize) -> (S
     let counter = Arc::clone(&shorts);
     let origin = ScriptOrigin::start(move |req, ctx| {
         let Some((first, last)) = req.range else { return ctx.serve_ranged(req, &body) };
-        let hit = short_on.is_none_or(|start| start == first);
+        // Any request inside the piece: a retry asks only for what is still missing.
+        let hit = short_on.is_none_or(|start| (start..start + PIECE as u64).contains(&first));
         if !hit || counter.fetch_add(1, Ordering::SeqCst) >= n_short {
             return ctx.serve_ranged(req, &body);
         }
@@ -415,6 +416,9 @@ fn body_short_once_is_refetched_exactly() {
     let dir = out_dir();
     download_exact(&daemon, &origin.url("/short-once.bin"), dir.path(), "short-once.bin", &body);
     assert!(shorts.load(Ordering::SeqCst) >= 2, "piece 1 must have been asked for again");
+    let piece1 = PIECE as u64..2 * PIECE as u64;
+    let rest: Vec<_> = origin.requests().into_iter().filter_map(|r| r.range).filter(|(a, _)| piece1.contains(a)).collect();
+    assert!(rest.iter().any(|(a, _)| *a > piece1.start), "the retry asks only for the rest of piece 1: {rest:?}");
 }
 
 // ---------------------------------------------------------------- TLS truncation (in-process)

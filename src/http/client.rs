@@ -206,7 +206,7 @@ pub async fn get(
             headers.retain(|(k, _)| !k.eq_ignore_ascii_case("authorization"));
         }
         if chain.contains(&next) {
-            return Err(Error::origin(false, format!("{}: redirect loop: {} → {next}", chain[0], join_chain(&chain))));
+            return Err(Error::origin(false, format!("{}: redirects form a loop: {} → {next}", chain[0], join_chain(&chain))));
         }
         chain.push(next.clone());
         url = next;
