@@ -25,5 +25,18 @@ if ! python3 -c "import oras.client" >/dev/null 2>&1; then
   python3 -m pip install -q oras
 fi
 
+# Go tools (the oras CLI, distribution v3): built once into a cache outside the repo.
+command -v go >/dev/null 2>&1 || [ ! -x /usr/local/go/bin/go ] || PATH="$PATH:/usr/local/go/bin"
+tools="${DFGET_TOOLS:-$HOME/.cache/dfget-tools}"
+while read -r name module version; do
+  case "$name" in ''|'#'*) continue ;; esac
+  if [ ! -x "$tools/$name-$version/$name" ]; then
+    command -v go >/dev/null 2>&1 || { echo "go is needed to build $module@$version" >&2; exit 1; }
+    echo "building $module@$version into $tools/$name-$version" >&2
+    GOBIN="$tools/$name-$version" go install "$module@$version"
+  fi
+done < scripts/go-tools.txt
+export DFGET_TOOLS="$tools"
+
 # RUST_TEST_THREADS rather than `-- --test-threads`: the bench targets (criterion) reject that flag.
 RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}" cargo test --all-targets

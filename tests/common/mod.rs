@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 pub use daemon::{Daemon, DaemonOpts};
 pub use nginx::{AccessEntry, Nginx};
 pub use origin::{Mode, Request, Serve, TestOrigin};
-pub use tools::ensure_tool;
+pub use tools::{ensure_tool, go_tool};
 
 /// Piece length the daemon uses for files up to 1 GiB.
 pub const PIECE: usize = 4 * 1024 * 1024;

@@ -31,6 +31,10 @@ pub struct DaemonOpts {
     pub log_level: Option<&'static str>,
     /// More YAML merged into the minimal test config (ignored with `seed_config`).
     pub extra_yaml: &'static str,
+    /// The `oras:` block of the minimal test config (indented lines); None = `insecureSkipVerify: true`.
+    pub oras_yaml: Option<String>,
+    /// Variables set on the daemon only (e.g. `SSL_CERT_FILE`).
+    pub daemon_env: Vec<(String, std::ffi::OsString)>,
 }
 
 pub struct OrasDaemon {
@@ -52,7 +56,8 @@ impl OrasDaemon {
         let (extra_yaml, verbatim_yaml) = if opts.seed_config {
             (String::new(), SEED_YAML)
         } else {
-            (format!("oras:\n  insecureSkipVerify: true\n{}", opts.extra_yaml), "")
+            let oras = opts.oras_yaml.as_deref().unwrap_or("  insecureSkipVerify: true\n");
+            (format!("oras:\n{oras}{}", opts.extra_yaml), "")
         };
         let daemon = Daemon::start(crate::common::DaemonOpts {
             extra_yaml,
@@ -60,6 +65,7 @@ impl OrasDaemon {
             log_level: opts.log_level.map(str::to_string),
             env: vec![("HOME".into(), home.into()), ("DOCKER_CONFIG".into(), docker.into())],
             env_remove: vec!["XDG_RUNTIME_DIR".into()],
+            daemon_env: opts.daemon_env,
             ..crate::common::DaemonOpts::default()
         });
         OrasDaemon { daemon, _env_dir: env_dir }

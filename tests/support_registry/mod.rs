@@ -1,7 +1,8 @@
-//! Harness for the ORAS end-to-end tests: a real `docker-registry` (Debian's distribution 2.8.2)
-//! with optional htpasswd or token auth, a test token service, artifact pushes with oras-py, and a
-//! `dfget daemon` whose docker config and `$HOME` live in its own temp dir. The daemon, process
-//! helpers and tool installer are `tests/common`'s.
+//! Harness for the ORAS end-to-end tests: a real registry (Debian's docker-registry 2.8.2 or
+//! distribution v3) with optional htpasswd or token auth and TLS, a test token service, artifact
+//! pushes with oras-py and the `oras` CLI, certificates made with openssl, a network namespace for
+//! a non-loopback registry, and a `dfget daemon` whose docker config and `$HOME` live in its own
+//! temp dir. The daemon, process helpers and tool installers are `tests/common`'s.
 //!
 //! Invariant: every process or thread started here is stopped by a `Drop` impl (SIGTERM, a few
 //! seconds' grace, SIGKILL), so a panicking test leaves nothing running; and no spawned process ever reads
@@ -10,7 +11,10 @@
 // Each test uses a different subset of the harness.
 #![allow(dead_code, unused_imports)]
 
+pub mod certs;
 pub mod daemon;
+pub mod netns;
+pub mod oras_cli;
 pub mod push;
 pub mod registry;
 pub mod token;
@@ -19,9 +23,12 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 pub use crate::common::{content, dir_entries, free_port, regular_files_under, stderr_of, temp_dir, KIB, MIB};
+pub use certs::TestCerts;
 pub use daemon::{DaemonOpts, OrasDaemon};
+pub use netns::NetNs;
+pub use oras_cli::{CliPushed, OrasCli, Transport};
 pub use push::{push, Layer, PushAuth, PushSpec, Pushed};
-pub use registry::{BlobRequest, Registry, RegistryAuth};
+pub use registry::{BlobRequest, Kind, Registry, RegistryAuth, RegistryOpts};
 pub use token::{TokenRequest, TokenServer};
 
 use crate::common::ensure_tool;

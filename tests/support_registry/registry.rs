@@ -1,5 +1,8 @@
-//! A throwaway `docker-registry serve` on 127.0.0.1 with a config the test writes (filesystem
-//! storage in a temp dir, optional htpasswd or token auth), and a reader of its request log.
+//! A throwaway registry on 127.0.0.1 with a config the test writes (filesystem storage in a temp
+//! dir, optional htpasswd or token auth, optional TLS with a certificate the test made), and a
+//! reader of its request log. Two implementations share the config format: Debian's
+//! `docker-registry` (distribution 2.8.2) and distribution v3's `registry` (built by `go_tool`);
+//! either can run inside a network namespace the test made, listening on that namespace's address.
 //!
 //! The registry logs one `response completed` line per request with the method, URI, the
 //! client's `remoteaddr` (ip:port, so one port = one connection), the status (206 = a Range was
@@ -21,7 +24,9 @@ use crate::common::{poll_until, temp_dir, terminate, wait_child_ready, NotReady}
 const START_LIMIT: Duration = Duration::from_secs(15);
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
+#[derive(Default)]
 pub enum RegistryAuth {
+    #[default]
     None,
     /// `auth.htpasswd` with one bcrypt user.
     Htpasswd {
@@ -63,35 +68,77 @@ pub struct BlobRequest {
     pub written_bytes: u64,
 }
 
+/// Which registry program serves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Kind {
+    /// Debian's `docker-registry` package: distribution 2.8.2.
+    #[default]
+    DockerRegistry28,
+    /// `github.com/distribution/distribution/v3/cmd/registry`, built with `go install`.
+    DistributionV3,
+}
+
+/// How to start a registry; `Default` is plain http on 127.0.0.1 without auth, docker-registry 2.8.
+#[derive(Default)]
+pub struct RegistryOpts {
+    pub kind: Kind,
+    pub auth: RegistryAuth,
+    /// `(certificate, key)` PEM files: serve https with them.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Run inside this network namespace (`ip netns exec`) listening on `listen_ip`.
+    pub netns: Option<String>,
+    /// The address to listen on; 127.0.0.1 when None.
+    pub listen_ip: Option<String>,
+}
+
 pub struct Registry {
     dir: TempDir,
+    ip: String,
     port: u16,
     child: Option<Child>,
 }
 
 impl Registry {
     pub fn start(auth: RegistryAuth) -> Registry {
+        Registry::start_with(RegistryOpts { auth, ..RegistryOpts::default() })
+    }
+
+    pub fn start_with(opts: RegistryOpts) -> Registry {
         ensure_tools();
         let dir = temp_dir("oras-registry-");
+        let ip = opts.listen_ip.clone().unwrap_or_else(|| "127.0.0.1".into());
         let config = dir.path().join("config.yml");
-        fs::write(&config, config_yaml(dir.path(), &auth)).expect("write registry config");
+        fs::write(&config, config_yaml(dir.path(), &ip, &opts)).expect("write registry config");
         let log = OpenOptions::new().create(true).append(true).open(dir.path().join("registry.log")).expect("log");
-        let child = Command::new("docker-registry")
+        let program = match opts.kind {
+            Kind::DockerRegistry28 => PathBuf::from("docker-registry"),
+            Kind::DistributionV3 => crate::common::go_tool("registry"),
+        };
+        let mut cmd = match &opts.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&program);
+                c
+            }
+            None => Command::new(&program),
+        };
+        let child = cmd
             .arg("serve")
             .arg(&config)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("spawn docker-registry: {e}"));
-        let mut registry = Registry { dir, port: 0, child: Some(child) };
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+        let mut registry = Registry { dir, ip, port: 0, child: Some(child) };
         registry.port = registry.wait_listening();
         registry
     }
 
-    /// `127.0.0.1:PORT`: the registry part of an `oras://` reference and the docker config key.
+    /// `IP:PORT` (127.0.0.1 unless started elsewhere): the registry part of an `oras://`
+    /// reference and the docker config key.
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 
     /// `oras://127.0.0.1:PORT/<reference>` where reference is `repo:tag` or `repo@sha256:..`.
@@ -134,14 +181,15 @@ impl Registry {
         let log_path = self.dir.path().join("registry.log");
         let mut port = None;
         let child = self.child.as_mut().expect("registry process");
+        let ip = self.ip.clone();
         let printed_port = || {
-            port = listening_port(&fs::read_to_string(&log_path).unwrap_or_default());
+            port = listening_port(&fs::read_to_string(&log_path).unwrap_or_default(), &ip);
             port.is_some()
         };
         match (wait_child_ready(child, START_LIMIT, printed_port), port) {
             (Ok(()), Some(port)) => port,
-            (Err(NotReady::Exited(status)), _) => panic!("docker-registry exited at start ({status}):\n{}", self.log()),
-            _ => panic!("docker-registry printed no `listening on` within {START_LIMIT:?}:\n{}", self.log()),
+            (Err(NotReady::Exited(status)), _) => panic!("the registry exited at start ({status}):\n{}", self.log()),
+            _ => panic!("the registry printed no `listening on` within {START_LIMIT:?}:\n{}", self.log()),
         }
     }
 }
@@ -156,14 +204,17 @@ impl Drop for Registry {
 
 /// `http.addr: 127.0.0.1:0` works with 2.8.2: the kernel picks the port and the registry logs
 /// it, so there is no window in which another process could take a port we picked.
-fn config_yaml(dir: &Path, auth: &RegistryAuth) -> String {
+fn config_yaml(dir: &Path, ip: &str, opts: &RegistryOpts) -> String {
     let mut yaml = format!(
         "version: 0.1\nlog:\n  level: info\n  formatter: text\n\
          storage:\n  filesystem:\n    rootdirectory: {root}\n\
-         http:\n  addr: 127.0.0.1:0\n  secret: e2e-test-secret\n",
+         http:\n  addr: {ip}:0\n  secret: e2e-test-secret\n",
         root = dir.join("storage").display()
     );
-    match auth {
+    if let Some((cert, key)) = &opts.tls {
+        yaml += &format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display());
+    }
+    match &opts.auth {
         RegistryAuth::None => {}
         RegistryAuth::Htpasswd { user, password } => {
             let path = dir.join("htpasswd");
@@ -188,8 +239,9 @@ fn bcrypt_line(user: &str, password: &str) -> String {
     String::from_utf8(out.stdout).expect("htpasswd output is text").trim().to_string() + "\n"
 }
 
-fn listening_port(log: &str) -> Option<u16> {
-    let at = log.find("listening on 127.0.0.1:")? + "listening on 127.0.0.1:".len();
+fn listening_port(log: &str, ip: &str) -> Option<u16> {
+    let prefix = format!("listening on {ip}:");
+    let at = log.find(&prefix)? + prefix.len();
     let digits: String = log[at..].chars().take_while(char::is_ascii_digit).collect();
     digits.parse().ok()
 }
@@ -229,6 +281,7 @@ fn registry_log_fields_are_parsed() {
     assert_eq!(got.len(), 1);
     assert_eq!((got[0].method.as_str(), got[0].uri.as_str()), ("GET", "/v2/a/b/blobs/sha256:ab"));
     assert_eq!((got[0].remote.as_str(), got[0].status, got[0].written_bytes), ("127.0.0.1:43210", 206, 4194304));
-    assert_eq!(listening_port("x msg=\"listening on 127.0.0.1:43947\" go"), Some(43947));
-    assert_eq!(listening_port("nothing yet"), None);
+    assert_eq!(listening_port("x msg=\"listening on 127.0.0.1:43947\" go", "127.0.0.1"), Some(43947));
+    assert_eq!(listening_port("x msg=\"listening on 10.9.0.2:5000, tls\" go", "10.9.0.2"), Some(5000));
+    assert_eq!(listening_port("nothing yet", "127.0.0.1"), None);
 }

@@ -144,16 +144,51 @@ pub async fn resolve(
     let may_fall_back = reference.is_loopback() || insecure.iter().any(|h| h.eq_ignore_ascii_case(&reference.registry));
     let mut base = format!("https://{}", reference.registry);
     let layer = match fetch_layer(reference, &base, &auth, opts).await {
-        Err(e) if may_fall_back && e.kind == Kind::TlsHandshake => {
-            tracing::debug!(registry = %reference.registry, "TLS handshake failed, trying plain http: {e}");
+        Err(tls) if may_fall_back && tls.kind == Kind::TlsHandshake => {
+            tracing::debug!(registry = %reference.registry, "TLS handshake failed, trying plain http: {tls}");
             base = format!("http://{}", reference.registry);
+            if !speaks_plain_http(&base, opts).await {
+                return Err(tls);
+            }
             fetch_layer(reference, &base, &auth, opts).await?
+        }
+        Err(e) if e.kind == Kind::TlsHandshake => {
+            let plain = speaks_plain_http(&format!("http://{}", reference.registry), opts).await;
+            return Err(if plain { plain_http_hint(reference, e) } else { e });
         }
         other => other?,
     };
     let blob_url = Url::parse(&format!("{base}{}", reference.blob_path(&layer.digest)))
         .map_err(|e| Error::internal(format!("blob URL: {e}")))?;
     Ok(Resolved { layer, blob_url, auth })
+}
+
+/// Whether `base` (an `http://` URL) is a plain-http registry: `GET /v2/` gets an HTTP answer
+/// other than 400. A TLS server answers plain http with 400 (Go, nginx) or not at all; then its
+/// TLS error (e.g. an untrusted certificate) is the one to report, not a confusing http failure.
+async fn speaks_plain_http(base: &str, opts: &Options) -> bool {
+    let Ok(url) = Url::parse(&format!("{base}/v2/")) else { return false };
+    match client::get(&url, &[], None, opts).await {
+        Ok(resp) => {
+            let status = resp.status();
+            resp.discard(crate::limits::MAX_ERROR_BODY_BYTES).await;
+            status != 400
+        }
+        Err(_) => false,
+    }
+}
+
+/// A plain-http registry that is not loopback is used only when the config lists it: say so,
+/// since "TLS handshake failed" alone does not tell its user what to do. (No credentials were
+/// sent over plain http to find out: the probe is an anonymous `GET /v2/`.)
+fn plain_http_hint(reference: &Reference, e: Error) -> Error {
+    let registry = &reference.registry;
+    let message = format!(
+        "{}; {registry} serves plain http: list it in the config's oras.insecureRegistries to allow that \
+         (plain http is used unasked only for loopback registries)",
+        e.message
+    );
+    Error { message, ..e }
 }
 
 async fn fetch_layer(reference: &Reference, base: &str, auth: &RegistryAuth, opts: &Options) -> Result<Layer> {
