@@ -35,6 +35,9 @@ pub struct DownloadRequest {
     /// the client (which runs as the caller). The daemon's own config serves root only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry_credential: Option<crate::source::oras::creds::Credential>,
+    /// `oras://` only: the index platform, `os/arch[/variant]`; None = the host's.
+    #[serde(default)]
+    pub platform: Option<String>,
 }
 
 /// One NDJSON line of a download's progress stream.

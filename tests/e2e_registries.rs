@@ -2,7 +2,9 @@
 //! (Debian's docker-registry 2.8.2, distribution v3 built with `go install`) is filled by both
 //! the `oras` CLI (OCI 1.1 manifests: `artifactType`, empty config) and oras-py, and must give
 //! the pushed bytes by tag and by digest, anonymously and with htpasswd credentials, and serve a
-//! blob shared by two repositories once (the second pull is a cache hit).
+//! blob shared by two repositories once (the second pull is a cache hit). An OCI index of
+//! linux/amd64 and linux/arm64 SIFs (made by `oras manifest index create`) resolves to the
+//! host's platform unless `--platform` says otherwise.
 //!
 //! zot is not in this matrix: the Go module proxy serves no version of `zotregistry.dev/zot`,
 //! so it cannot be built here (see README).
@@ -143,4 +145,49 @@ fn distribution_v3_htpasswd_pulls_need_the_docker_config_credentials() {
 #[test]
 fn distribution_v3_blob_shared_by_two_repositories_is_a_cache_hit() {
     shared_blob_is_a_cache_hit(Kind::DistributionV3);
+}
+
+/// `dfget -u URL -O OUT --platform P` through `daemon`.
+fn pull_platform(daemon: &OrasDaemon, url: &str, out: &Path, platform: &str) -> Output {
+    let out = out.to_str().expect("UTF-8 temp path");
+    daemon.dfget(&["-u", url, "-O", out, "--platform", platform])
+}
+
+/// An OCI index made by `oras manifest index create` from two SIF manifests pushed with
+/// `--artifact-platform linux/amd64` and `linux/arm64`: the host's architecture is picked,
+/// `--platform` overrides it, and an index without the wanted platform fails naming what it has.
+#[test]
+fn multi_arch_index_picks_the_host_platform_and_platform_flag_overrides() {
+    let registry = Registry::start_with(RegistryOpts { kind: Kind::DistributionV3, ..RegistryOpts::default() });
+    let cli = OrasCli::plain(&registry.host());
+    let (amd64, arm64) = (content(2 * MIB + 1, 5), content(3 * MIB + 2, 6));
+    cli.push("test/multi:amd64", &amd64, &["--artifact-platform", "linux/amd64"]);
+    cli.push("test/multi:arm64", &arm64, &["--artifact-platform", "linux/arm64"]);
+    cli.index("test/multi:v1", &["amd64", "arm64"]);
+    cli.index("test/multi:arm-only", &["arm64"]);
+    let (host_body, host_name) = if cfg!(target_arch = "aarch64") { (&arm64, "arm64") } else { (&amd64, "amd64") };
+    let daemon = OrasDaemon::start(DaemonOpts::default());
+    let dir = temp_dir("registries-out-");
+    let url = registry.oras_url("test/multi:v1");
+
+    let out = dir.path().join("host.sif");
+    assert_pulled(&daemon.download(&url, &out), &out, host_body, "index, host platform");
+    let out = dir.path().join("arm64.sif");
+    assert_pulled(&pull_platform(&daemon, &url, &out, "linux/arm64"), &out, &arm64, "--platform linux/arm64");
+    let out = dir.path().join("amd64.sif");
+    assert_pulled(&pull_platform(&daemon, &url, &out, "linux/amd64"), &out, &amd64, "--platform linux/amd64");
+
+    let failed = temp_dir("registries-failed-");
+    let out = failed.path().join("riscv.sif");
+    let result = pull_platform(&daemon, &url, &out, "linux/riscv64");
+    assert_failed_cleanly(&daemon, &result, &out, &["no linux/riscv64 manifest", "linux/amd64", "linux/arm64"]);
+    if host_name == "amd64" {
+        let out = failed.path().join("arm-only.sif");
+        let result = daemon.download(&registry.oras_url("test/multi:arm-only"), &out);
+        assert_failed_cleanly(&daemon, &result, &out, &["no linux/amd64 manifest", "linux/arm64", "--platform"]);
+    }
+    let out = failed.path().join("bad.sif");
+    let result = pull_platform(&daemon, &url, &out, "linux");
+    assert_eq!(result.status.code(), Some(2), "a malformed --platform is a usage error: {}", stderr_of(&result));
+    assert!(!out.exists());
 }

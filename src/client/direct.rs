@@ -41,14 +41,15 @@ async fn resolve(req: &DownloadRequest, config: &Config) -> Result<(Fetch, Optio
         let insecure = &config.oras.insecure_registries;
         let (fetch, layer) =
             crate::source::oras_fetch(
-            &req.url,
-            &req.headers,
-            &opts,
-            insecure,
-            digest.as_deref(),
-            crate::source::RegistryCredential::GivenOrOwn(req.registry_credential.clone()),
-        )
-        .await?;
+                &req.url,
+                &req.headers,
+                &opts,
+                insecure,
+                digest.as_deref(),
+                crate::source::RegistryCredential::GivenOrOwn(req.registry_credential.clone()),
+                req.platform.as_deref(),
+            )
+            .await?;
         return Ok((fetch, Some(layer.digest)));
     }
     let url = url::Url::parse(&req.url).map_err(|e| Error::client(format!("invalid URL `{}`: {e}", crate::http::redact::redact_url(&req.url))))?;

@@ -103,6 +103,9 @@ pub struct DownloadArgs {
     /// Never download straight from the origin when no daemon can be reached.
     #[arg(long)]
     pub disable_back_source: bool,
+    /// `oras://` image indexes: the platform to pick, `os/arch[/variant]` (default: this host's).
+    #[arg(long)]
+    pub platform: Option<String>,
 }
 
 pub fn run_download(args: DownloadArgs) -> ExitCode {
@@ -145,7 +148,11 @@ fn download(args: &DownloadArgs) -> Result<(), Failure> {
         filter: crate::storage::task_id::parse_filter(&args.filter),
         headers,
         registry_credential: None,
+        platform: args.platform.clone(),
     };
+    if let Some(p) = &req.platform {
+        crate::source::oras::platform::Platform::parse(p).map_err(|e| usage(format!("--platform: {}", e.message)))?;
+    }
     // This process runs as the caller: its docker config is the caller's own. (A bad reference
     // is the daemon's to report.)
     let req = DownloadRequest { registry_credential: own_registry_credential(&req.url), ..req };

@@ -338,7 +338,15 @@ async fn prepare_oras(
     let private = given.is_some() || access::headers_carry_credentials(&req.headers);
     let credential = if caller.is_root() { RegistryCredential::GivenOrOwn(given) } else { RegistryCredential::Given(given) };
     let (fetch, layer) =
-        crate::source::oras_fetch(&req.url, &req.headers, &shared.oras_opts, insecure, digest.as_deref(), credential)
+        crate::source::oras_fetch(
+            &req.url,
+            &req.headers,
+            &shared.oras_opts,
+            insecure,
+            digest.as_deref(),
+            credential,
+            req.platform.as_deref(),
+        )
             .await?;
     let id = crate::storage::task_id::task_id(&layer.digest, &[], "", &req.tag, &req.application);
     let display_url = crate::http::redact::redact_url(&req.url).into_owned();

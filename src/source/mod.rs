@@ -59,6 +59,7 @@ pub async fn oras_fetch(
     insecure_registries: &[String],
     user_digest: Option<&str>,
     credential: RegistryCredential,
+    platform: Option<&str>,
 ) -> Result<(Fetch, oras::manifest::Layer)> {
     use crate::error::Error;
     let reference = oras::reference::Reference::parse(url).map_err(|e| Error::client(e.to_string()))?;
@@ -66,7 +67,11 @@ pub async fn oras_fetch(
         RegistryCredential::Given(c) => c,
         RegistryCredential::GivenOrOwn(c) => c.or_else(|| oras::registry::load_credential(&reference.registry)),
     };
-    let resolved = oras::registry::resolve(&reference, opts, insecure_registries, credential).await?;
+    let platform = match platform {
+        Some(p) => oras::platform::Platform::parse(p).map_err(|e| Error::client(e.message))?,
+        None => oras::platform::Platform::host(),
+    };
+    let resolved = oras::registry::resolve(&reference, opts, insecure_registries, credential, &platform).await?;
     if let Some(d) = user_digest.filter(|d| *d != resolved.layer.digest) {
         return Err(Error::client(format!("--digest {d} does not match the image layer {}", resolved.layer.digest)));
     }

@@ -13,6 +13,7 @@
 
 pub mod certs;
 pub mod daemon;
+pub mod front;
 pub mod netns;
 pub mod oras_cli;
 pub mod push;

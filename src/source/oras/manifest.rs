@@ -1,5 +1,6 @@
 //! Reads a registry's manifest response and says what to fetch next: the one SIF layer of an
-//! image manifest, or the `linux/amd64` child of an index. Pure: bytes in, decision out.
+//! image manifest, or the child of an index for the wanted platform (the host's, or
+//! `--platform`). Pure: bytes in, decision out.
 //!
 //! Invariant: a returned digest is `sha256:` + 64 lowercase hex (checked, so the IO layer can put
 //! it in a path and verify the blob with sha256), and a `Parsed::Manifest` names exactly one layer
@@ -15,11 +16,12 @@
 //! which oci-spec type to ask for. oci-spec requires `schemaVersion` and `config`, which every
 //! OCI/Docker-v2 manifest (and oras-py's) carries, so that strictness costs nothing real.
 
-use oci_spec::image::{Arch, Descriptor, ImageIndex, ImageManifest, Os};
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 
+use super::platform::Platform;
 use super::reference::{parse_digest, OrasError, OrasErrorKind};
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -85,9 +87,15 @@ fn json_error(what: &str, e: &serde_json::Error) -> OrasError {
     err(OrasErrorKind::BadManifest, format!("{what} is not valid: {detail}"))
 }
 
-/// Parses manifest bytes given the response `Content-Type` (absent or generic: sniffed from the
-/// body's `mediaType`, else from the presence of `manifests` or `layers`).
+/// `parse_for` linux/amd64 (the fuzz targets' and tables' default).
 pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Parsed, OrasError> {
+    parse_for(bytes, content_type, &Platform { os: "linux".into(), arch: "amd64".into(), variant: None })
+}
+
+/// Parses manifest bytes given the response `Content-Type` (absent or generic: sniffed from the
+/// body's `mediaType`, else from the presence of `manifests` or `layers`); an index resolves to
+/// its child for `platform`.
+pub fn parse_for(bytes: &[u8], content_type: Option<&str>, platform: &Platform) -> Result<Parsed, OrasError> {
     if bytes.len() > MAX_MANIFEST_BYTES {
         return Err(err(
             OrasErrorKind::BadManifest,
@@ -102,7 +110,7 @@ pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Parsed, OrasErr
         }
         Kind::Index => {
             let index: ImageIndex = serde_json::from_slice(bytes).map_err(|e| json_error("image index", &e))?;
-            amd64_child(index.manifests()).map(|child_digest| Parsed::Index { child_digest })
+            platform_child(index.manifests(), platform).map(|child_digest| Parsed::Index { child_digest })
         }
     }
 }
@@ -200,21 +208,26 @@ fn platform_name(descriptor: &Descriptor) -> String {
     }
 }
 
-/// An explicit `linux/amd64` child wins; else the first child without a platform (which Apptainer
-/// treats as amd64); else an error listing what the index offers.
-fn amd64_child(children: &[Descriptor]) -> Result<String, OrasError> {
-    let explicit = children
-        .iter()
-        .find(|d| d.platform().as_ref().is_some_and(|p| *p.os() == Os::Linux && *p.architecture() == Arch::Amd64));
-    let chosen = explicit.or_else(|| children.iter().find(|d| d.platform().is_none()));
-    match chosen {
+/// A child naming `platform` wins; for linux/amd64, else the first child without a platform
+/// (which Apptainer treats as amd64); else an error listing what the index offers.
+fn platform_child(children: &[Descriptor], platform: &Platform) -> Result<String, OrasError> {
+    let explicit = children.iter().find(|d| {
+        d.platform().as_ref().is_some_and(|p| {
+            platform.matches(&p.os().to_string(), &p.architecture().to_string(), p.variant().as_deref())
+        })
+    });
+    let bare = || children.iter().find(|d| d.platform().is_none()).filter(|_| platform.is_linux_amd64());
+    match explicit.or_else(bare) {
         Some(child) => sha256_of(child, "index child digest"),
         None => {
             let names: Vec<String> = children.iter().map(platform_name).collect();
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
             Err(err(
                 OrasErrorKind::NoPlatform,
-                format!("index has no linux/amd64 manifest; platforms found: [{}]", list(&names)),
+                format!(
+                    "index has no {platform} manifest; platforms found: [{}] (choose one with --platform)",
+                    list(&names)
+                ),
             ))
         }
     }
@@ -394,6 +407,24 @@ mod tests {
         for (name, bytes, content_type, expected) in cases {
             check(name, bytes, content_type, expected);
         }
+    }
+
+    #[test]
+    fn platform_choice() {
+        let both = index_json(
+            OCI_INDEX,
+            &[child_json(D2, Some(("linux", "arm64"))), child_json(D1, Some(("linux", "amd64")))],
+        );
+        let bare = index_json(OCI_INDEX, &[child_json(D1, None)]);
+        let arm64 = Platform::parse("linux/arm64").unwrap();
+        let riscv = Platform::parse("linux/riscv64").unwrap();
+        assert_eq!(parse_for(both.as_bytes(), Some(OCI_INDEX), &arm64), Ok(Parsed::Index { child_digest: D2.into() }));
+        // A child without a platform counts as amd64 only.
+        let e = parse_for(bare.as_bytes(), Some(OCI_INDEX), &arm64).unwrap_err();
+        assert_eq!(e.kind, OrasErrorKind::NoPlatform);
+        assert!(e.message.contains("no linux/arm64 manifest; platforms found: [(no platform)]"), "{}", e.message);
+        let e = parse_for(both.as_bytes(), Some(OCI_INDEX), &riscv).unwrap_err();
+        assert!(e.message.contains("[linux/arm64, linux/amd64] (choose one with --platform)"), "{}", e.message);
     }
 
     #[test]

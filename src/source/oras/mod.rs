@@ -5,5 +5,7 @@
 pub mod auth;
 pub mod creds;
 pub mod manifest;
+pub mod platform;
+pub mod ratelimit;
 pub mod reference;
 pub mod registry;

@@ -1,10 +1,14 @@
-//! Talking to an OCI registry: resolve a reference to its SIF layer (manifest, index → linux/amd64
-//! child, digest checks), and the auth state every core's piece workers share for the blob.
+//! Talking to an OCI registry: resolve a reference to its SIF layer (manifest, index → the child
+//! for the wanted platform, digest checks), and the state every core's piece workers share for
+//! the blob: auth and the storage URL the registry redirected the blob to.
 //!
 //! Auth follows the challenge: a 401 with `WWW-Authenticate: Bearer realm=..` → a token from the
-//! realm (Basic credentials only when we have them), `Basic` → Basic. A later 401 refreshes. The
-//! `Authorization` value is shared across cores behind a std `Mutex` that is held only to clone or
-//! replace a `String`, never across an await.
+//! realm (Basic credentials only when we have them), `Basic` → Basic. A later 401 refreshes. A 429
+//! is waited out as `Retry-After` asks, within `ratelimit`'s bounds. A blob GET redirected to
+//! another host (presigned object-storage URL) is remembered, so later pieces go straight there
+//! without `Authorization`; when the storage refuses it (401/403: expired), the next request goes
+//! through the registry for a fresh URL. Both values are shared across cores behind std `Mutex`es
+//! held only to clone or replace them, never across an await.
 //!
 //! Invariant: secrets (passwords, tokens) never enter an error message or a log line, and
 //! `Authorization` never follows a redirect to another host (the HTTP client drops it).
@@ -16,6 +20,8 @@ use url::Url;
 use super::auth::{self, Challenge};
 use super::creds::{self, Credential};
 use super::manifest::{self, Layer, Parsed};
+use super::platform::Platform;
+use super::ratelimit::{self, Decision};
 use super::reference::Reference;
 use crate::error::{Error, Kind, Result};
 use crate::http::client::{self, Options, Response};
@@ -25,6 +31,8 @@ pub struct RegistryAuth {
     repository: String,
     credential: Option<Credential>,
     header: Mutex<Option<String>>,
+    /// (blob URL, the storage URL it last redirected to): later pieces go straight there.
+    redirect: Mutex<Option<(Url, Url)>>,
 }
 
 impl RegistryAuth {
@@ -34,6 +42,7 @@ impl RegistryAuth {
             repository: reference.repository.clone(),
             credential,
             header: Mutex::new(None),
+            redirect: Mutex::new(None),
         }
     }
 
@@ -41,7 +50,8 @@ impl RegistryAuth {
         self.header.lock().ok().and_then(|h| h.clone())
     }
 
-    /// GET with the current Authorization; on 401, answer the challenge once and retry.
+    /// GET with the current Authorization; on 401, answer the challenge once and retry; on 429,
+    /// wait as the registry asks, within `ratelimit`'s bounds.
     pub async fn get(
         &self,
         url: &Url,
@@ -50,23 +60,95 @@ impl RegistryAuth {
         opts: &Options,
     ) -> Result<Response> {
         let mut answered = false;
+        let mut n_waited = 0;
         loop {
-            let mut all = headers.to_vec();
-            if let Some(h) = self.current() {
-                all.push(("Authorization".into(), h));
-            }
-            let resp = client::get(url, &all, range, opts).await?;
-            if resp.status() != 401 || answered {
-                if resp.status() == 401 {
-                    return Err(self.unauthorized());
+            let resp = self.send(url, headers, range, opts).await?;
+            match resp.status() {
+                401 if !answered => {
+                    let challenge = resp.head.header_str("www-authenticate").map(str::to_string);
+                    resp.discard(crate::limits::MAX_ERROR_BODY_BYTES).await;
+                    self.answer(challenge.as_deref(), opts).await?;
+                    answered = true;
                 }
+                401 => return Err(self.unauthorized()),
+                429 => {
+                    let asked = resp
+                        .head
+                        .header_str("retry-after")
+                        .and_then(|v| ratelimit::retry_after(v, std::time::SystemTime::now()));
+                    resp.discard(crate::limits::MAX_ERROR_BODY_BYTES).await;
+                    match ratelimit::decide(n_waited, asked) {
+                        Decision::Wait(wait) => {
+                            tracing::info!(registry = %self.registry, "rate limited (429): waiting {wait:?} as asked");
+                            compio::time::sleep(wait).await;
+                            n_waited += 1;
+                        }
+                        Decision::GiveUp { asked } => return Err(self.rate_limited(url, n_waited, asked)),
+                    }
+                }
+                _ => return Ok(resp),
+            }
+        }
+    }
+
+    /// One GET: straight to the storage URL a blob GET was last redirected to, if any (no
+    /// `Authorization`: it is the registry's, and presigned URLs carry their own); else to the
+    /// registry with the current `Authorization`. Storage refusing a remembered URL (401/403:
+    /// a presigned URL past its expiry) sends the request through the registry again, which
+    /// hands out a fresh one.
+    async fn send(
+        &self,
+        url: &Url,
+        headers: &[(String, String)],
+        range: Option<(u64, u64)>,
+        opts: &Options,
+    ) -> Result<Response> {
+        if let Some(target) = self.remembered_redirect(url) {
+            let resp = client::get(&target, headers, range, opts).await?;
+            if !matches!(resp.status(), 401 | 403) {
                 return Ok(resp);
             }
-            let challenge = resp.head.header_str("www-authenticate").map(str::to_string);
+            tracing::info!(registry = %self.registry, status = resp.status(),
+                "blob storage refused a redirect URL (expired?): asking the registry for a new one");
             resp.discard(crate::limits::MAX_ERROR_BODY_BYTES).await;
-            self.answer(challenge.as_deref(), opts).await?;
-            answered = true;
+            self.forget_redirect();
         }
+        let mut all = headers.to_vec();
+        if let Some(h) = self.current() {
+            all.push(("Authorization".into(), h));
+        }
+        let resp = client::get(url, &all, range, opts).await?;
+        let redirected = resp.url.origin() != url.origin();
+        if redirected && url.path().contains("/blobs/") && (200..300).contains(&resp.status()) {
+            if let Ok(mut r) = self.redirect.lock() {
+                *r = Some((url.clone(), resp.url.clone()));
+            }
+        }
+        Ok(resp)
+    }
+
+    fn remembered_redirect(&self, url: &Url) -> Option<Url> {
+        let r = self.redirect.lock().ok()?;
+        r.as_ref().filter(|(from, _)| from == url).map(|(_, to)| to.clone())
+    }
+
+    fn forget_redirect(&self) {
+        if let Ok(mut r) = self.redirect.lock() {
+            *r = None;
+        }
+    }
+
+    fn rate_limited(&self, url: &Url, n_waited: usize, asked: Option<std::time::Duration>) -> Error {
+        let asked = asked.map_or_else(|| "without a usable Retry-After".to_string(), |d| format!("asking for {d:?}"));
+        Error::origin(
+            false,
+            format!(
+                "{}: rate limited by the registry (429 {asked}) on {} after {n_waited} waits; try again later",
+                self.registry,
+                url.path()
+            ),
+        )
+        .with_kind(Kind::Status(429))
     }
 
     fn unauthorized(&self) -> Error {
@@ -139,18 +221,19 @@ pub async fn resolve(
     opts: &Options,
     insecure: &[String],
     credential: Option<Credential>,
+    platform: &Platform,
 ) -> Result<Resolved> {
     let auth = Arc::new(RegistryAuth::new(reference, credential));
     let may_fall_back = reference.is_loopback() || insecure.iter().any(|h| h.eq_ignore_ascii_case(&reference.registry));
     let mut base = format!("https://{}", reference.registry);
-    let layer = match fetch_layer(reference, &base, &auth, opts).await {
+    let layer = match fetch_layer(reference, &base, &auth, opts, platform).await {
         Err(tls) if may_fall_back && tls.kind == Kind::TlsHandshake => {
             tracing::debug!(registry = %reference.registry, "TLS handshake failed, trying plain http: {tls}");
             base = format!("http://{}", reference.registry);
             if !speaks_plain_http(&base, opts).await {
                 return Err(tls);
             }
-            fetch_layer(reference, &base, &auth, opts).await?
+            fetch_layer(reference, &base, &auth, opts, platform).await?
         }
         Err(e) if e.kind == Kind::TlsHandshake => {
             let plain = speaks_plain_http(&format!("http://{}", reference.registry), opts).await;
@@ -191,7 +274,13 @@ fn plain_http_hint(reference: &Reference, e: Error) -> Error {
     Error { message, ..e }
 }
 
-async fn fetch_layer(reference: &Reference, base: &str, auth: &RegistryAuth, opts: &Options) -> Result<Layer> {
+async fn fetch_layer(
+    reference: &Reference,
+    base: &str,
+    auth: &RegistryAuth,
+    opts: &Options,
+    platform: &Platform,
+) -> Result<Layer> {
     let mut path = reference.manifest_path();
     let mut expect_digest = reference.digest.clone();
     for _ in 0..=manifest::MAX_INDEX_DEPTH {
@@ -199,7 +288,7 @@ async fn fetch_layer(reference: &Reference, base: &str, auth: &RegistryAuth, opt
         if let Some(d) = &expect_digest {
             manifest::check_digest(&bytes, d).map_err(|e| oras_err(reference, e).with_kind(Kind::Integrity))?;
         }
-        match manifest::parse(&bytes, content_type.as_deref()).map_err(|e| oras_err(reference, e))? {
+        match manifest::parse_for(&bytes, content_type.as_deref(), platform).map_err(|e| oras_err(reference, e))? {
             Parsed::Manifest(layer) => return Ok(layer),
             Parsed::Index { child_digest } => {
                 path = reference.manifest_path_for(&child_digest);
