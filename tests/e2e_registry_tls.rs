@@ -74,8 +74,10 @@ fn verification_on_without_the_ca_fails_with_a_tls_error_naming_the_registry() {
     let certs = TestCerts::self_signed(&["127.0.0.1"]);
     let body = content(KIB, 22);
     let registry = tls_registry_with_image(&certs, &body);
-    let daemon =
-        OrasDaemon::start(DaemonOpts { oras_yaml: Some("  insecureSkipVerify: false\n".into()), ..DaemonOpts::default() });
+    let daemon = OrasDaemon::start(DaemonOpts {
+        oras_yaml: Some("  insecureSkipVerify: false\n".into()),
+        ..DaemonOpts::default()
+    });
     let dir = temp_dir("tls-out-");
     let out = dir.path().join("img.sif");
     let result = daemon.download(&registry.oras_url("test/tls:v1"), &out);

@@ -23,9 +23,25 @@ impl TestCerts {
         let certs = TestCerts { dir: temp_dir("oras-certs-") };
         let san = format!("subjectAltName={}", san_list(ips));
         certs.openssl(&[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
-            "-subj", "/CN=dfget-e2e-self-signed", "-addext", &san, "-addext", "basicConstraints=critical,CA:FALSE",
-            "-keyout", "server.key", "-out", "server.pem",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=dfget-e2e-self-signed",
+            "-addext",
+            &san,
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.pem",
         ]);
         certs
     }
@@ -51,8 +67,21 @@ impl TestCerts {
         );
         std::fs::write(certs.dir.path().join("server.ext"), ext).expect("write server.ext");
         certs.openssl(&[
-            "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "2",
-            "-extfile", "server.ext", "-out", "server.pem",
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
         ]);
         certs
     }

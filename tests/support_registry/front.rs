@@ -113,7 +113,10 @@ impl Front {
     /// 429s served so far: (manifest, blob).
     pub fn n_429s(&self) -> (usize, usize) {
         let n = |c: &AtomicUsize, limit: usize| c.load(Ordering::SeqCst).min(limit);
-        (n(&self.state.n_manifest_429s, self.state.opts.manifest_429s), n(&self.state.n_blob_429s, self.state.opts.blob_429s))
+        (
+            n(&self.state.n_manifest_429s, self.state.opts.manifest_429s),
+            n(&self.state.n_blob_429s, self.state.opts.blob_429s),
+        )
     }
 }
 
@@ -229,7 +232,8 @@ fn store_answer(state: &State, head: &RequestHead, w: &mut TcpStream) -> io::Res
         return w.write_all(body.as_bytes());
     }
     let hex = digest.strip_prefix("sha256:").unwrap_or("");
-    let path = state.blob_root.join("docker/registry/v2/blobs/sha256").join(hex.get(..2).unwrap_or("")).join(hex).join("data");
+    let path =
+        state.blob_root.join("docker/registry/v2/blobs/sha256").join(hex.get(..2).unwrap_or("")).join(hex).join("data");
     let Ok(mut file) = File::open(&path) else {
         record(state, "store", head, 404);
         return write_response_head(w, 404, &[("Content-Length", "0".into())], false);

@@ -29,17 +29,9 @@ pub enum RegistryAuth {
     #[default]
     None,
     /// `auth.htpasswd` with one bcrypt user.
-    Htpasswd {
-        user: String,
-        password: String,
-    },
+    Htpasswd { user: String, password: String },
     /// `auth.token` trusting the certificate of this token service.
-    Token {
-        realm: String,
-        service: String,
-        issuer: String,
-        cert: PathBuf,
-    },
+    Token { realm: String, service: String, issuer: String, cert: PathBuf },
 }
 
 impl RegistryAuth {

@@ -30,10 +30,15 @@ impl Platform {
     /// `os/arch` or `os/arch/variant`.
     pub fn parse(text: &str) -> Result<Platform, OrasError> {
         let bad = |why: &str| {
-            OrasError::new(OrasErrorKind::BadReference, format!("invalid platform {text:?}: {why} (use os/arch[/variant], e.g. linux/arm64)"))
+            OrasError::new(
+                OrasErrorKind::BadReference,
+                format!("invalid platform {text:?}: {why} (use os/arch[/variant], e.g. linux/arm64)"),
+            )
         };
         let parts: Vec<&str> = text.split('/').collect();
-        let ok = |p: &&str| !p.is_empty() && p.len() <= 32 && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        let ok = |p: &&str| {
+            !p.is_empty() && p.len() <= 32 && p.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        };
         if !(2..=3).contains(&parts.len()) {
             return Err(bad("expected 2 or 3 parts"));
         }

@@ -16,7 +16,9 @@ use crate::limits::{MAX_RATE_LIMIT_WAIT, MAX_RATE_LIMIT_WAITS, RATE_LIMIT_DEFAUL
 pub enum Decision {
     Wait(Duration),
     /// Waiting would exceed the bounds: the registry asked for `asked` (None: no usable header).
-    GiveUp { asked: Option<Duration> },
+    GiveUp {
+        asked: Option<Duration>,
+    },
 }
 
 /// `Retry-After` as a delay from `now`: delay-seconds, or an IMF-fixdate (the only HTTP-date
