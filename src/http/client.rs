@@ -189,7 +189,7 @@ pub async fn get(
     // Every URL of the chain, so a loop or an overlong chain is reported with where it went.
     let mut chain: Vec<Url> = vec![url.clone()];
     for _ in 0..=limits::MAX_REDIRECTS {
-        let resp = send(&url, &headers, opts).await?;
+        let resp = send("GET", &url, &headers, b"", opts).await?;
         let status = resp.head.status;
         if !matches!(status, 301 | 302 | 303 | 307 | 308) {
             return Ok(resp);
@@ -238,9 +238,18 @@ fn has_header(headers: &[(String, String)], name: &str) -> bool {
     headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name))
 }
 
+/// POST a form (`application/x-www-form-urlencoded`) to `url`, no redirects followed: the OAuth2
+/// token endpoint of a registry. Retried once on a stale pooled connection like a GET, which is
+/// safe for what it is used for (a refresh-token grant changes nothing on the server).
+pub async fn post_form(url: &Url, headers: &[(String, String)], form: &str, opts: &Options) -> Result<Response> {
+    let mut all = headers.to_vec();
+    all.push(("Content-Type".into(), "application/x-www-form-urlencoded".into()));
+    send("POST", url, &all, form.as_bytes(), opts).await
+}
+
 /// One request/response exchange, retried once on a fresh connection when a pooled one turns out
 /// to be stale (the server closed it while idle): GET is idempotent, so this is safe.
-async fn send(url: &Url, headers: &[(String, String)], opts: &Options) -> Result<Response> {
+async fn send(method: &str, url: &Url, headers: &[(String, String)], body: &[u8], opts: &Options) -> Result<Response> {
     let key = pool_key(url, opts.proxy.for_url(url))?;
     let mut req_bytes = Vec::with_capacity(512);
     let plain_proxy = key.proxy.as_ref().filter(|_| !key.tls);
@@ -253,7 +262,7 @@ async fn send(url: &Url, headers: &[(String, String)], opts: &Options) -> Result
     if let Some(auth) = plain_proxy.and_then(|p| p.auth.clone()) {
         all_headers.push(("Proxy-Authorization".into(), auth));
     }
-    let req = Request { method: "GET", target: &target, host: &host, headers: &all_headers, keep_alive: true };
+    let req = Request { method, target: &target, host: &host, headers: &all_headers, keep_alive: true, body };
     codec::write_request(&req, &mut req_bytes);
     let permit = limit::acquire(&key, opts.max_conns_per_host).await;
 

@@ -85,6 +85,9 @@ pub struct Request<'a> {
     /// Caller headers, already checked with [`valid_header`].
     pub headers: &'a [(String, String)],
     pub keep_alive: bool,
+    /// Request body (a POST's form); sent with its `Content-Length` when the method is not GET
+    /// or HEAD.
+    pub body: &'a [u8],
 }
 
 /// Header fields the codec owns because they decide framing or connection reuse; a caller copy
@@ -119,7 +122,15 @@ pub fn write_request(req: &Request<'_>, out: &mut Vec<u8>) {
     if !req.keep_alive {
         put_header(out, "Connection", "close");
     }
+    let has_body = !matches!(req.method, "GET" | "HEAD");
+    debug_assert!(has_body || req.body.is_empty(), "GET and HEAD requests carry no body");
+    if has_body {
+        put_header(out, "Content-Length", &req.body.len().to_string());
+    }
     out.extend_from_slice(b"\r\n");
+    if has_body {
+        out.extend_from_slice(req.body);
+    }
 }
 
 fn put_header(out: &mut Vec<u8>, name: &str, value: &str) {
@@ -555,8 +566,14 @@ mod tests {
             v.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
         };
         let none = hs(&[]);
-        let base =
-            Request { method: "GET", target: "/a?b=c", host: "example.com:8080", headers: &none, keep_alive: true };
+        let base = Request {
+            method: "GET",
+            target: "/a?b=c",
+            host: "example.com:8080",
+            headers: &none,
+            keep_alive: true,
+            body: b"",
+        };
         check_request(base, &format!("GET /a?b=c HTTP/1.1\r\nHost: example.com:8080\r\nUser-Agent: {ua}\r\nAccept-Encoding: identity\r\n\r\n"));
         check_request(
             Request { method: "HEAD", keep_alive: false, ..base },
@@ -583,6 +600,11 @@ mod tests {
         check_request(
             Request { headers: &owned, keep_alive: false, ..base },
             &format!("GET /a?b=c HTTP/1.1\r\nHost: other\r\nUser-Agent: {ua}\r\nAccept-Encoding: identity\r\nConnection: close\r\n\r\n"),
+        );
+        // A POST carries its body with our Content-Length, never the caller's.
+        check_request(
+            Request { method: "POST", headers: &owned[2..3], body: b"a=1&b=2", ..base },
+            &format!("POST /a?b=c HTTP/1.1\r\nHost: example.com:8080\r\nUser-Agent: {ua}\r\nAccept-Encoding: identity\r\nContent-Length: 7\r\n\r\na=1&b=2"),
         );
     }
 

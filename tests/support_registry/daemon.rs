@@ -25,6 +25,9 @@ const SEED_YAML: &str = include_str!("../fixtures/seed-dfget.yaml");
 pub struct DaemonOpts {
     /// `(registry host:port, user, password)` entries of `$DOCKER_CONFIG/config.json`.
     pub credentials: Vec<(String, String, String)>,
+    /// `(registry host:port, identity token)` entries, as `docker login` writes them for OAuth2
+    /// registries: `identitytoken` beside an `auth` of `<token>:`.
+    pub identity_tokens: Vec<(String, String)>,
     /// Use the seed page's `storage:` + `oras:` block instead of the minimal test config.
     pub seed_config: bool,
     /// `--log-level`; None = the daemon's default.
@@ -50,8 +53,9 @@ impl OrasDaemon {
         let (home, docker) = (env_dir.path().join("home"), env_dir.path().join("docker"));
         fs::create_dir_all(&home).expect("mkdir home");
         fs::create_dir_all(&docker).expect("mkdir docker config dir");
-        if !opts.credentials.is_empty() {
-            fs::write(docker.join("config.json"), docker_config(&opts.credentials)).expect("write config.json");
+        if !opts.credentials.is_empty() || !opts.identity_tokens.is_empty() {
+            let config = docker_config(&opts.credentials, &opts.identity_tokens);
+            fs::write(docker.join("config.json"), config).expect("write config.json");
         }
         let (extra_yaml, verbatim_yaml) = if opts.seed_config {
             (String::new(), SEED_YAML)
@@ -80,12 +84,15 @@ impl Deref for OrasDaemon {
     }
 }
 
-fn docker_config(credentials: &[(String, String, String)]) -> String {
-    let auths: serde_json::Map<String, serde_json::Value> = credentials
+fn docker_config(credentials: &[(String, String, String)], identity_tokens: &[(String, String)]) -> String {
+    let mut auths: serde_json::Map<String, serde_json::Value> = credentials
         .iter()
         .map(|(host, user, password)| {
             (host.clone(), serde_json::json!({"auth": STANDARD.encode(format!("{user}:{password}"))}))
         })
         .collect();
+    for (host, token) in identity_tokens {
+        auths.insert(host.clone(), serde_json::json!({"auth": STANDARD.encode("<token>:"), "identitytoken": token}));
+    }
     serde_json::json!({ "auths": auths }).to_string()
 }

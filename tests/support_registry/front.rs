@@ -38,6 +38,8 @@ pub struct FrontOpts {
     pub retry_after: Option<&'static str>,
     /// Redirect blob GETs to the store, with URLs valid this long.
     pub redirect_lifetime: Option<Duration>,
+    /// Added to the `scope` of the registry's 401 challenges: a challenge naming several scopes.
+    pub challenge_extra_scope: Option<&'static str>,
 }
 
 /// One request as the front or the store saw it.
@@ -177,9 +179,30 @@ fn front_answer(state: &State, head: &RequestHead, w: &mut TcpStream) -> io::Res
         record(state, "front", head, status);
         return w.write_all(&response);
     }
-    let (status, response) = forward(state, head, &head.method)?;
+    let (status, mut response) = forward(state, head, &head.method)?;
     record(state, "front", head, status);
+    if let (401, Some(extra)) = (status, state.opts.challenge_extra_scope) {
+        response = add_scope(&response, extra);
+    }
     w.write_all(&response)
+}
+
+/// `scope="a"` → `scope="EXTRA a"` in the response's `WWW-Authenticate` field.
+fn add_scope(response: &[u8], extra: &str) -> Vec<u8> {
+    let text = String::from_utf8_lossy(response);
+    let Some(head_end) = text.find("\r\n\r\n") else { return response.to_vec() };
+    let (head, body) = text.split_at(head_end);
+    let head: Vec<String> = head
+        .split("\r\n")
+        .map(|line| {
+            if line.to_ascii_lowercase().starts_with("www-authenticate:") {
+                line.replacen("scope=\"", &format!("scope=\"{extra} "), 1)
+            } else {
+                line.to_string()
+            }
+        })
+        .collect();
+    format!("{}{body}", head.join("\r\n")).into_bytes()
 }
 
 /// The request sent on to the registry (one connection, `Connection: close`) and its whole answer.

@@ -7,6 +7,10 @@
 //! (as Docker Hub does), so the registry, not this service, refuses them; a wrong password gets a
 //! 401 here. Every request is recorded for assertions.
 //!
+//! Quirks of hosted token services can be switched on: answers with only `access_token`, and an
+//! OAuth2 endpoint (`POST` with `grant_type=refresh_token`) that trades the one identity token
+//! for the user's rights, as Docker Hub's and ACR's do.
+//!
 //! Invariant: the accept thread stops when the `TokenServer` is dropped.
 
 use std::io::{Read, Write};
@@ -28,6 +32,9 @@ const MAX_REQUEST_HEAD_BYTES: usize = 16 * 1024;
 /// One token request as the service saw it.
 #[derive(Debug, Clone)]
 pub struct TokenRequest {
+    pub method: String,
+    /// Query parameters (GET) or form fields (POST), in order.
+    pub params: Vec<(String, String)>,
     pub scopes: Vec<String>,
     /// The Basic user, when an Authorization header was sent (right or wrong password).
     pub basic_user: Option<String>,
@@ -44,6 +51,9 @@ struct Shared {
     /// `exp` of the tokens issued from now on, in seconds after issue (may be negative: see
     /// `set_token_exp_offset`).
     exp_offset_secs: AtomicI64,
+    only_access_token: AtomicBool,
+    /// The refresh token a `POST` grant must present.
+    identity_token: Mutex<Option<String>>,
 }
 
 pub struct TokenServer {
@@ -75,6 +85,8 @@ impl TokenServer {
             requests: Mutex::new(Vec::new()),
             n_tokens: AtomicU64::new(0),
             exp_offset_secs: AtomicI64::new(300),
+            only_access_token: AtomicBool::new(false),
+            identity_token: Mutex::new(None),
         });
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind token service");
         let port = listener.local_addr().expect("local_addr").port();
@@ -107,6 +119,16 @@ impl TokenServer {
     /// 60 s (its leeway) after `exp`, so an offset of -57 makes a token that works for about 3 s.
     pub fn set_token_exp_offset(&self, offset_secs: i64) {
         self.shared.exp_offset_secs.store(offset_secs, Ordering::SeqCst);
+    }
+
+    /// Answers carry `access_token` only (no `token`), as OAuth2 services do.
+    pub fn set_only_access_token(&self, only: bool) {
+        self.shared.only_access_token.store(only, Ordering::SeqCst);
+    }
+
+    /// `POST` grants presenting this refresh token get the user's rights.
+    pub fn set_identity_token(&self, token: &str) {
+        *self.shared.identity_token.lock().unwrap() = Some(token.to_string());
     }
 
     pub fn requests(&self) -> Vec<TokenRequest> {
@@ -182,7 +204,20 @@ fn accept_loop(listener: TcpListener, shared: &Shared, stop: &AtomicBool) {
 fn serve(mut stream: TcpStream, shared: &Shared) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let Some(head) = read_head(&mut stream) else { return };
+    let Some(mut head) = read_head(&mut stream) else { return };
+    let body_at = head.find("\r\n\r\n").map_or(head.len(), |i| i + 4);
+    let content_length: usize = head
+        .lines()
+        .find_map(|l| l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case("content-length")))
+        .and_then(|(_, v)| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut buf = [0u8; 1024];
+    while head.len() - body_at < content_length.min(MAX_REQUEST_HEAD_BYTES) {
+        match stream.read(&mut buf) {
+            Ok(n) if n > 0 => head.push_str(&String::from_utf8_lossy(&buf[..n])),
+            _ => return,
+        }
+    }
     let (status, body) = answer(&head, shared);
     let reason = if status == 200 { "OK" } else { "Unauthorized" };
     let response = format!(
@@ -207,10 +242,33 @@ fn read_head(stream: &mut TcpStream) -> Option<String> {
 }
 
 fn answer(head: &str, shared: &Shared) -> (u16, String) {
+    let method = head.split(' ').next().unwrap_or("").to_string();
     let target = head.lines().next().and_then(|l| l.split(' ').nth(1)).unwrap_or("/");
     let query = target.split_once('?').map_or("", |(_, q)| q);
-    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
-    let scopes: Vec<String> = pairs.iter().filter(|(k, _)| k == "scope").map(|(_, v)| v.clone()).collect();
+    let form = head.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    let encoded = if method == "POST" { form } else { query };
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(encoded.as_bytes()).into_owned().collect();
+    let param = |name: &str| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    // GET sends one `scope` per scope; an OAuth2 POST sends them space-joined in one field.
+    let scopes: Vec<String> = pairs
+        .iter()
+        .filter(|(k, _)| k == "scope")
+        .flat_map(|(_, v)| v.split(' ').map(str::to_string).collect::<Vec<_>>())
+        .collect();
+    if method == "POST" {
+        let expected = shared.identity_token.lock().ok().and_then(|t| t.clone());
+        let granted = param("grant_type").as_deref() == Some("refresh_token")
+            && expected.is_some()
+            && param("refresh_token") == expected;
+        let status = if granted { 200 } else { 401 };
+        let body = if granted {
+            token_body(shared, &shared.user, &scopes, true)
+        } else {
+            r#"{"error":"invalid_grant"}"#.to_string()
+        };
+        record(shared, TokenRequest { method, params: pairs, scopes, basic_user: None, status });
+        return (status, body);
+    }
     let basic = head.lines().find_map(|l| {
         let (name, value) = l.split_once(':')?;
         let value = value.trim();
@@ -222,14 +280,28 @@ fn answer(head: &str, shared: &Shared) -> (u16, String) {
     let (status, body) = if basic.is_some() && !authenticated {
         (401, r#"{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}"#.to_string())
     } else {
-        let access: Vec<serde_json::Value> = scopes.iter().filter_map(|s| grant(s, authenticated)).collect();
-        let token = sign(shared, basic_user.as_deref().unwrap_or(""), &access);
-        (200, serde_json::json!({"token": token, "access_token": token, "expires_in": shared.exp_offset_secs.load(Ordering::SeqCst).max(0)}).to_string())
+        (200, token_body(shared, basic_user.as_deref().unwrap_or(""), &scopes, authenticated))
     };
-    if let Ok(mut requests) = shared.requests.lock() {
-        requests.push(TokenRequest { scopes, basic_user, status });
-    }
+    record(shared, TokenRequest { method, params: pairs, scopes, basic_user, status });
     (status, body)
+}
+
+fn record(shared: &Shared, request: TokenRequest) {
+    if let Ok(mut requests) = shared.requests.lock() {
+        requests.push(request);
+    }
+}
+
+/// The JSON answer with a signed token for `scopes`.
+fn token_body(shared: &Shared, subject: &str, scopes: &[String], authenticated: bool) -> String {
+    let access: Vec<serde_json::Value> = scopes.iter().filter_map(|s| grant(s, authenticated)).collect();
+    let token = sign(shared, subject, &access);
+    let expires_in = shared.exp_offset_secs.load(Ordering::SeqCst).max(0);
+    if shared.only_access_token.load(Ordering::SeqCst) {
+        serde_json::json!({"access_token": token, "expires_in": expires_in}).to_string()
+    } else {
+        serde_json::json!({"token": token, "access_token": token, "expires_in": expires_in}).to_string()
+    }
 }
 
 /// The access entry granted for `repository:<name>:<actions>`, or None when nothing is granted.

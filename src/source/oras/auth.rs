@@ -235,9 +235,9 @@ pub fn token_url(ch_realm: &str, service: Option<&str>, scope: &str) -> String {
     if let Some(service) = service.filter(|s| !s.is_empty()) {
         pairs.push(("service", service));
     }
-    if !scope.is_empty() {
-        pairs.push(("scope", scope));
-    }
+    // A challenge may name several scopes, space-separated; the token spec sends one `scope`
+    // parameter each.
+    pairs.extend(scope.split_whitespace().map(|s| ("scope", s)));
     match url::Url::parse(ch_realm) {
         Ok(mut url) if !pairs.is_empty() => {
             url.query_pairs_mut().extend_pairs(pairs);
@@ -258,6 +258,24 @@ pub fn token_url(ch_realm: &str, service: Option<&str>, scope: &str) -> String {
             }
         }
     }
+}
+
+/// The body of an OAuth2 refresh-token grant (RFC 6749 §6, as Docker's and oras-go's clients
+/// send it when the docker config holds an `identitytoken`): form-encoded, scopes space-joined.
+pub fn refresh_token_form(service: Option<&str>, scope: &str, refresh_token: &str) -> String {
+    let mut form = url::form_urlencoded::Serializer::new(String::new());
+    form.append_pair("grant_type", "refresh_token");
+    form.append_pair("refresh_token", refresh_token);
+    if let Some(service) = service.filter(|s| !s.is_empty()) {
+        form.append_pair("service", service);
+    }
+    let scopes: Vec<&str> = scope.split_whitespace().collect();
+    if !scopes.is_empty() {
+        form.append_pair("scope", &scopes.join(" "));
+    }
+    form.append_pair("client_id", "dfget");
+    form.append_pair("access_type", "offline");
+    form.finish()
 }
 
 /// The scope a pull needs; registries ignore a challenge's own scope if we ask for this.
@@ -423,6 +441,21 @@ mod tests {
         );
         check("https://auth.example/token", Some("a b&c"), "", "https://auth.example/token?service=a+b%26c");
         check("https://auth.example/token", None, "", "https://auth.example/token");
+        check(
+            "https://auth.example/token?tenant=t1",
+            Some("reg"),
+            "repository:a:pull  repository:b:pull",
+            "https://auth.example/token?tenant=t1&service=reg&scope=repository%3Aa%3Apull&scope=repository%3Ab%3Apull",
+        );
+        assert_eq!(
+            refresh_token_form(Some("reg"), "repository:a:pull repository:b:pull", "id+tok"),
+            "grant_type=refresh_token&refresh_token=id%2Btok&service=reg&scope=repository%3Aa%3Apull+repository%3Ab%3Apull\
+             &client_id=dfget&access_type=offline"
+        );
+        assert_eq!(
+            refresh_token_form(None, "", "t"),
+            "grant_type=refresh_token&refresh_token=t&client_id=dfget&access_type=offline"
+        );
         check("not a url", Some("s"), &scope, "not a url?service=s&scope=repository%3Atest%2Fimg%3Apull");
     }
 

@@ -33,16 +33,23 @@ const LENIENT_BASE64: GeneralPurpose = GeneralPurpose::new(
 pub struct Credential {
     pub username: String,
     pub password: String,
+    /// `identitytoken`: an OAuth2 refresh token, traded at the token realm by POST (then the
+    /// username and password, often empty, are not used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_token: Option<String>,
 }
 
 impl fmt::Debug for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credential").field("username", &self.username).field("password", &"<redacted>").finish()
+        f.debug_struct("Credential")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("identity_token", &self.identity_token.as_ref().map(|_| "<redacted>"))
+            .finish()
     }
 }
 
-/// A lookup's answer plus things worth telling the user (skipped identity tokens, credential
-/// helpers we cannot run). Notes hold key names only, never secrets.
+/// A lookup's answer plus things worth telling the user (credential helpers we cannot run). Notes hold key names only, never secrets.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Lookup {
     pub credential: Option<Credential>,
@@ -100,7 +107,7 @@ pub fn lookup_with_notes(config_json: &str, registry: &str) -> Result<Lookup, Or
         auths.iter().filter_map(|(key, entry)| match_rank(key, &registry).map(|rank| (rank, key, entry))).collect();
     matches.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
     for (_, key, entry) in matches {
-        if let Some(credential) = decode_entry(key, entry, &mut out.notes)? {
+        if let Some(credential) = decode_entry(key, entry)? {
             out.credential = Some(credential);
             break;
         }
@@ -124,22 +131,25 @@ fn helper_notes(json: &Value, registry: &str) -> Vec<String> {
     notes
 }
 
-/// `auth` (base64 `user:pass`) wins over `username`/`password`, as in Docker; an entry with
-/// neither yields `None`.
-fn decode_entry(key: &str, entry: &Value, notes: &mut Vec<String>) -> Result<Option<Credential>, OrasError> {
+/// `identitytoken` wins (Docker then trades it for tokens), then `auth` (base64 `user:pass`),
+/// then `username`/`password`, as in Docker; an entry with none yields `None`.
+fn decode_entry(key: &str, entry: &Value) -> Result<Option<Credential>, OrasError> {
     let Some(entry) = entry.as_object() else {
         return Err(cred_err(format!("auths entry {key:?} is not a JSON object")));
     };
     let field = |name: &str| entry.get(name).and_then(Value::as_str).filter(|s| !s.is_empty());
-    if field("identitytoken").is_some() {
-        notes.push(format!("auths entry {key:?}: identitytoken ignored (OAuth identity tokens are not supported)"));
+    if let Some(token) = field("identitytoken") {
+        // `docker login` with a token stores `auth` as "<user>:" (or nothing) beside it.
+        let username = field("auth").and_then(|a| decode_auth(key, a).ok()).map(|c| c.username);
+        let username = username.or_else(|| field("username").map(str::to_owned)).unwrap_or_default();
+        return Ok(Some(Credential { username, password: String::new(), identity_token: Some(token.to_owned()) }));
     }
     if let Some(auth) = field("auth") {
         return decode_auth(key, auth).map(Some);
     }
     match (field("username"), field("password")) {
         (Some(username), Some(password)) => {
-            Ok(Some(Credential { username: username.to_owned(), password: password.to_owned() }))
+            Ok(Some(Credential { username: username.to_owned(), password: password.to_owned(), identity_token: None }))
         }
         _ => Ok(None),
     }
@@ -153,7 +163,7 @@ fn decode_auth(key: &str, auth: &str) -> Result<Credential, OrasError> {
         .map_err(|_| cred_err(format!("auths entry {key:?}: \"auth\" does not decode to UTF-8 text")))?;
     match text.split_once(':') {
         Some((username, password)) if !username.is_empty() => {
-            Ok(Credential { username: username.to_owned(), password: password.to_owned() })
+            Ok(Credential { username: username.to_owned(), password: password.to_owned(), identity_token: None })
         }
         _ => Err(cred_err(format!("auths entry {key:?}: \"auth\" does not decode to user:password"))),
     }
@@ -240,7 +250,12 @@ mod tests {
             (auths("docker.io", &auth), "registry-1.docker.io", cred("u", PASSWORD)),
             (auths("https://index.docker.io/v1/", &auth), "ghcr.io", Ok(None)),
             (auths("[::1]:5000", &auth), "[::1]:5000", cred("u", PASSWORD)),
-            (auths("ghcr.io", r#"{"identitytoken":"tok"}"#), "ghcr.io", Ok(None)),
+            (auths("ghcr.io", r#"{"identitytoken":"tok"}"#), "ghcr.io", cred("", "")),
+            (
+                auths("ghcr.io", &format!(r#"{{"identitytoken":"tok","auth":"{}"}}"#, b64("me:"))),
+                "ghcr.io",
+                cred("me", ""),
+            ),
             (auths("ghcr.io", "{}"), "ghcr.io", Ok(None)),
             (auths("ghcr.io", r#"{"username":"u"}"#), "ghcr.io", Ok(None)),
             (r#"{"credsStore":"desktop"}"#.to_owned(), "ghcr.io", Ok(None)),
@@ -289,8 +304,10 @@ mod tests {
                 assert!(!note.contains("tok123"), "note leaks the token");
             }
         };
-        check_notes(&auths("ghcr.io", r#"{"identitytoken":"tok123"}"#), "ghcr.io", &["identitytoken ignored"]);
-        check_notes(&auths("quay.io", r#"{"identitytoken":"tok123"}"#), "ghcr.io", &[]);
+        check_notes(&auths("ghcr.io", r#"{"identitytoken":"tok123"}"#), "ghcr.io", &[]);
+        let got = lookup(&auths("ghcr.io", r#"{"identitytoken":"tok123"}"#), "ghcr.io").unwrap().unwrap();
+        assert_eq!(got.identity_token.as_deref(), Some("tok123"));
+        assert!(!format!("{got:?}").contains("tok123"), "Debug leaks the identity token");
         check_notes(
             r#"{"credsStore":"desktop","credHelpers":{"ghcr.io":"gh","quay.io":"q"}}"#,
             "ghcr.io",
@@ -300,11 +317,11 @@ mod tests {
 
     #[test]
     fn debug_hides_password() {
-        let c = Credential { username: "alice".to_owned(), password: PASSWORD.to_owned() };
+        let c = Credential { username: "alice".to_owned(), password: PASSWORD.to_owned(), identity_token: None };
         let shown = format!("{c:?} {:?}", Lookup { credential: Some(c.clone()), notes: vec![] });
         assert!(shown.contains("alice") && !shown.contains("s3cr3t"), "{shown}");
         assert_eq!(basic_header(&c), format!("Basic {}", b64(&format!("alice:{PASSWORD}"))));
-        let c = Credential { username: "aladdin".to_owned(), password: "opensesame".to_owned() };
+        let c = Credential { username: "aladdin".to_owned(), password: "opensesame".to_owned(), identity_token: None };
         assert_eq!(basic_header(&c), "Basic YWxhZGRpbjpvcGVuc2VzYW1l");
     }
 

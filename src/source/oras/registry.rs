@@ -184,13 +184,27 @@ impl RegistryAuth {
         Ok(())
     }
 
+    /// A token from the realm: with an identity token (docker config `identitytoken`), an OAuth2
+    /// refresh-token grant by POST, as Docker and oras-go send it; else a GET with the service and
+    /// scopes in the query and Basic credentials when there are any.
     async fn fetch_token(&self, realm: &str, service: Option<&str>, scope: &str, opts: &Options) -> Result<String> {
-        let url = auth::token_url(realm, service, scope);
-        let url =
-            Url::parse(&url).map_err(|e| Error::origin(false, format!("{}: bad token realm: {e}", self.registry)))?;
-        let headers: Vec<(String, String)> =
-            self.credential.iter().map(|c| ("Authorization".to_string(), creds::basic_header(c))).collect();
-        let resp = client::get(&url, &headers, None, opts).await?;
+        let bad_realm = |e: url::ParseError| Error::origin(false, format!("{}: bad token realm: {e}", self.registry));
+        let identity_token = self.credential.as_ref().and_then(|c| c.identity_token.as_deref());
+        let (url, resp) = match identity_token {
+            Some(refresh_token) => {
+                let url = Url::parse(realm).map_err(bad_realm)?;
+                let form = auth::refresh_token_form(service, scope, refresh_token);
+                let resp = client::post_form(&url, &[], &form, opts).await?;
+                (url, resp)
+            }
+            None => {
+                let url = Url::parse(&auth::token_url(realm, service, scope)).map_err(bad_realm)?;
+                let headers: Vec<(String, String)> =
+                    self.credential.iter().map(|c| ("Authorization".to_string(), creds::basic_header(c))).collect();
+                let resp = client::get(&url, &headers, None, opts).await?;
+                (url, resp)
+            }
+        };
         match resp.status() {
             200 => {}
             401 | 403 => return Err(self.unauthorized()),
