@@ -72,10 +72,7 @@ impl RegistryAuth {
                 }
                 401 => return Err(self.unauthorized()),
                 429 => {
-                    let asked = resp
-                        .head
-                        .header_str("retry-after")
-                        .and_then(|v| ratelimit::retry_after(v, std::time::SystemTime::now()));
+                    let asked = crate::http::status::retry_after(&resp.head);
                     resp.discard(crate::limits::MAX_ERROR_BODY_BYTES).await;
                     match ratelimit::decide(n_waited, asked) {
                         Decision::Wait(wait) => {
