@@ -143,6 +143,32 @@ pub const MAX_CALLER_THREADS: usize = 64;
 /// wake-up from another core.
 pub const CALLER_THREAD_POLL: std::time::Duration = std::time::Duration::from_millis(2);
 
+// ---- Lists (`dfget -i`, `dfget prefetch`, `POST /batch`) ----------------------------------------
+
+/// Bytes of one line of a list. A URL with its query is at most a few KiB (browsers and nginx
+/// stop at 8 KiB for the request line); 64 KiB leaves room for long `header=` lines while
+/// bounding what one line can make the client buffer.
+pub const MAX_LIST_LINE_BYTES: usize = 64 * 1024;
+
+/// Upper bound of `-j`: entries in flight hold a task, a pin and a file each; beyond a few
+/// hundred the origin, not the daemon, is the limit.
+pub const MAX_BATCH_JOBS: usize = 1024;
+
+/// Entries a batch keeps in flight per daemon core when the client does not choose (`-j`): small
+/// files are bound by round trips and file creation, so several per core overlap those waits.
+/// Measured in PERF.md ("lists").
+pub const BATCH_JOBS_PER_CORE: usize = 8;
+
+/// Bytes read from a batch connection at once: dozens of entries per read, one buffer per list.
+pub const BATCH_READ_BYTES: usize = 64 * 1024;
+
+/// How long a batch connection may send nothing while the daemon waits for its next entry. A
+/// list piped from a slow generator is legitimate; a client that hangs holds one fd and no task.
+pub const BATCH_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+const _: () = assert!(MAX_LIST_LINE_BYTES >= MAX_REQUEST_HEADER_BYTES);
+const _: () = assert!(BATCH_JOBS_PER_CORE * MAX_CORES >= MAX_BATCH_JOBS);
+
 const _: () = assert!(WRITE_CHUNK_BYTES as u64 <= crate::piece::DEFAULT_PIECE_LEN_BYTES);
 const _: () = assert!(MAX_ATTEMPTS >= 1);
 

@@ -19,8 +19,10 @@ use crate::error::{Kind, Source};
 #[serde(deny_unknown_fields)]
 pub struct DownloadRequest {
     pub url: String,
-    /// Absolute path; the client resolves it against its working directory.
-    pub output: String,
+    /// Absolute path; the client resolves it against its working directory. `None` = into the
+    /// cache only (`dfget prefetch`).
+    #[serde(default)]
+    pub output: Option<String>,
     #[serde(default)]
     pub digest: Option<String>,
     #[serde(default)]
@@ -75,6 +77,26 @@ impl Event {
     pub fn error(e: crate::error::Error) -> Event {
         Event::Error { source: e.source, kind: e.kind, retryable: e.retryable, message: e.message }
     }
+}
+
+/// One entry of a list (`POST /batch`, one per NDJSON line of its chunked body): the list's line
+/// number, for messages, and the download it asks for.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BatchEntry {
+    pub line: u64,
+    pub request: DownloadRequest,
+}
+
+/// One NDJSON line of the answer to `POST /batch`. Every entry sent gets exactly one `Entry`,
+/// carrying its line and URL, so the client needs to remember nothing about what it sent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum BatchEvent {
+    /// One entry finished: `result` is the `done` or `error` a single download ends with.
+    Entry { line: u64, url: String, result: Event },
+    /// Every entry has answered. `error`: the request body broke off or was malformed.
+    End { entries: u64, error: Option<String> },
 }
 
 /// A task's state as `dfget tasks` shows it. `Parked` = unfinished, found on disk at start and
@@ -145,6 +167,9 @@ pub enum ApiRequest {
     Healthy,
     /// `POST /download` with a JSON `DownloadRequest`; answered with an NDJSON event stream.
     Download(DownloadRequest),
+    /// `POST /batch[?jobs=N]` with a chunked NDJSON body of `BatchEntry` lines, read by the route
+    /// as it goes; answered with one `BatchEvent` line per entry. `jobs`: entries in flight.
+    Batch { jobs: Option<usize> },
     /// `GET /tasks`
     ListTasks,
     /// `GET /tasks/ID`
@@ -174,6 +199,7 @@ impl ApiRequest {
             ("POST", "/download", _) => serde_json::from_slice(body)
                 .map(ApiRequest::Download)
                 .map_err(|e| Refusal { status: 400, message: format!("bad download request: {e}") }),
+            ("POST", "/batch", _) => batch_jobs(query).map(|jobs| ApiRequest::Batch { jobs }),
             ("GET", "/tasks", _) => Ok(ApiRequest::ListTasks),
             ("POST", "/gc", _) => Ok(ApiRequest::Gc),
             ("GET", _, Some(id)) => Ok(ApiRequest::StatTask { id: id.to_string() }),
@@ -188,6 +214,8 @@ impl ApiRequest {
         match self {
             ApiRequest::Healthy => ("GET", "/healthy".into()),
             ApiRequest::Download(_) => ("POST", "/download".into()),
+            ApiRequest::Batch { jobs: None } => ("POST", "/batch".into()),
+            ApiRequest::Batch { jobs: Some(j) } => ("POST", format!("/batch?jobs={j}")),
             ApiRequest::ListTasks => ("GET", "/tasks".into()),
             ApiRequest::StatTask { id } => ("GET", format!("/tasks/{id}")),
             ApiRequest::RemoveTask { id, force } => {
@@ -195,6 +223,17 @@ impl ApiRequest {
             }
             ApiRequest::Gc => ("POST", "/gc".into()),
         }
+    }
+}
+
+/// `jobs=N` of `POST /batch`: absent = the daemon's default.
+fn batch_jobs(query: &str) -> Result<Option<usize>, Refusal> {
+    let Some(v) = query.split('&').find_map(|kv| kv.strip_prefix("jobs=")) else {
+        return Ok(None);
+    };
+    match v.parse::<usize>() {
+        Ok(n) if (1..=crate::limits::MAX_BATCH_JOBS).contains(&n) => Ok(Some(n)),
+        _ => Err(Refusal { status: 400, message: format!("jobs={v}: give 1 to {}", crate::limits::MAX_BATCH_JOBS) }),
     }
 }
 
@@ -237,7 +276,7 @@ mod tests {
     }
 
     fn download(url: &str, output: &str) -> ApiRequest {
-        ApiRequest::Download(DownloadRequest { url: url.into(), output: output.into(), ..Default::default() })
+        ApiRequest::Download(DownloadRequest { url: url.into(), output: Some(output.into()), ..Default::default() })
     }
 
     #[test]
@@ -253,12 +292,19 @@ mod tests {
         check("DELETE", "/tasks/abc?a=b&force=1", "", Ok(ApiRequest::RemoveTask { id: "abc".into(), force: true }));
         check("DELETE", "/tasks/abc?force=no", "", Ok(ApiRequest::RemoveTask { id: "abc".into(), force: false }));
         check("POST", "/download", r#"{"url":"http://h/f","output":"/o"}"#, Ok(download("http://h/f", "/o")));
+        let prefetch = DownloadRequest { url: "http://h/f".into(), ..Default::default() };
+        check("POST", "/download", r#"{"url":"http://h/f"}"#, Ok(ApiRequest::Download(prefetch)));
+        check("POST", "/batch", "", Ok(ApiRequest::Batch { jobs: None }));
+        check("POST", "/batch?jobs=16", "", Ok(ApiRequest::Batch { jobs: Some(16) }));
     }
 
     #[test]
     fn bad_requests_are_refused_with_a_status_and_a_reason() {
         check("POST", "/download", "not json!", Err((400, "bad download request")));
-        check("POST", "/download", r#"{"url":"http://h/"}"#, Err((400, "output")));
+        check("POST", "/download", r#"{"output":"/o"}"#, Err((400, "url")));
+        check("POST", "/batch?jobs=0", "", Err((400, "jobs=0")));
+        check("POST", "/batch?jobs=x", "", Err((400, "jobs=x")));
+        check("GET", "/batch", "", Err((404, "no route")));
         check("POST", "/download", r#"{"url":"u","output":"/o","extra":1}"#, Err((400, "unknown field")));
         check("POST", "/download", "", Err((400, "bad download request")));
         check("GET", "/nope", "", Err((404, "no route GET /nope")));
@@ -275,6 +321,8 @@ mod tests {
             ApiRequest::Healthy,
             ApiRequest::ListTasks,
             ApiRequest::Gc,
+            ApiRequest::Batch { jobs: None },
+            ApiRequest::Batch { jobs: Some(3) },
             ApiRequest::StatTask { id: "0a1b".into() },
             ApiRequest::RemoveTask { id: "0a1b".into(), force: false },
             ApiRequest::RemoveTask { id: "0a1b".into(), force: true },

@@ -22,7 +22,7 @@ pub fn download(req: &DownloadRequest, config: &Config) -> Result<u64> {
 
 async fn fetch_to_file(req: &DownloadRequest, config: &Config) -> Result<u64> {
     let (fetch, digest) = resolve(req, config).await?;
-    let out = PathBuf::from(&req.output);
+    let out = PathBuf::from(req.output.as_deref().ok_or_else(|| Error::client("no output file to download into"))?);
     let tmp = temp_path(&out);
     let result = stream_into(&fetch, &tmp, digest.as_deref()).await.and_then(|n| {
         std::fs::rename(&tmp, &out).map_err(|e| crate::storage::disk_err(e, &out, "rename into place"))?;

@@ -4,7 +4,11 @@
 //! Invariant: the client never leaves a partial OUT: the daemon writes OUT atomically, and on any
 //! failure the client reports one line and exits non-zero.
 
+pub mod batch;
+pub mod check;
 pub mod direct;
+pub mod list;
+pub mod progress;
 pub mod socket;
 
 use std::path::{Path, PathBuf};
@@ -59,20 +63,26 @@ pub enum TasksAction {
     Gc,
 }
 
+#[derive(Debug, Args)]
+pub struct PrefetchArgs {
+    /// URLs to fetch into the cache (http://, https://, oras://).
+    #[arg(value_name = "URL", required_unless_present = "input_file")]
+    pub urls: Vec<String>,
+    /// A list in aria2c's input-file format (`-` = standard input); see `dfget --help`.
+    #[arg(short = 'i', long = "input-file", value_name = "LIST", conflicts_with = "urls")]
+    pub input_file: Option<PathBuf>,
+    /// Entries in flight at once.
+    #[arg(short = 'j', long = "jobs", value_name = "N")]
+    pub jobs: Option<usize>,
+    #[command(flatten)]
+    pub request: RequestFlags,
+}
+
+/// What a download, a list and a prefetch share: how each request is made (headers, task-id
+/// parts, time limit), where the daemon is, and the progress bar. With a list, the headers,
+/// `--tag` and `--application` apply to every entry (an entry's own `tag=`/`application=` win).
 #[derive(Debug, Args, Default)]
-pub struct DownloadArgs {
-    /// URL to download (http://, https://).
-    #[arg(short = 'u', long = "url")]
-    pub url: Option<String>,
-    /// URL, as a positional argument.
-    #[arg(value_name = "URL", conflicts_with = "url")]
-    pub positional_url: Option<String>,
-    /// Output file.
-    #[arg(short = 'O', long = "output")]
-    pub output: Option<PathBuf>,
-    /// Expected digest, `sha256:<hex>`; a mismatch fails the download and leaves no output.
-    #[arg(long)]
-    pub digest: Option<String>,
+pub struct RequestFlags {
     /// Extra request header, `'Key: Value'` (repeatable).
     #[arg(short = 'H', long = "header")]
     pub headers: Vec<String>,
@@ -94,12 +104,51 @@ pub struct DownloadArgs {
     /// Config file used to find the daemon's socket.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Show a progress bar.
+    /// Show the progress bar even when stderr is not a terminal.
     #[arg(short = 'b', long)]
     pub show_progress: bool,
+    /// Never show a progress bar (default: shown when stderr is a terminal).
+    #[arg(long, conflicts_with = "show_progress")]
+    pub no_progress: bool,
     /// Never start a daemon: fail when none is running.
     #[arg(long)]
     pub no_spawn: bool,
+}
+
+impl RequestFlags {
+    fn timeout(&self) -> Result<Option<Duration>, Failure> {
+        let parsed = self.timeout.as_deref().map(crate::config::units::parse_duration).transpose();
+        parsed.map_err(|e| usage(format!("--timeout: {e}")))
+    }
+}
+
+#[derive(Debug, Args, Default)]
+pub struct DownloadArgs {
+    /// URL to download: http://, https://, or oras://registry/repo:tag (ORAS).
+    #[arg(short = 'u', long = "url")]
+    pub url: Option<String>,
+    /// URL, as a positional argument.
+    #[arg(value_name = "URL", conflicts_with = "url")]
+    pub positional_url: Option<String>,
+    /// Output file (with -i: the output directory for entries without dir=).
+    #[arg(short = 'O', long = "output")]
+    pub output: Option<PathBuf>,
+    /// Download every entry of a list in aria2c's input-file format (`-` = standard input):
+    /// URL lines, `#` comments, indented `out=`, `dir=`, `checksum=sha-256=HEX`,
+    /// `digest=sha256:HEX`, `header=K: V`, `tag=`, `application=` lines.
+    #[arg(short = 'i', long = "input-file", value_name = "LIST", conflicts_with_all = ["url", "positional_url"])]
+    pub input_file: Option<PathBuf>,
+    /// With -i: the output directory (same as -O DIR); default: the current directory.
+    #[arg(long, value_name = "DIR", requires = "input_file", conflicts_with = "output")]
+    pub dir: Option<PathBuf>,
+    /// With -i: entries in flight at once.
+    #[arg(short = 'j', long = "jobs", value_name = "N", requires = "input_file")]
+    pub jobs: Option<usize>,
+    /// Expected digest, `sha256:<hex>`; a mismatch fails the download and leaves no output.
+    #[arg(long)]
+    pub digest: Option<String>,
+    #[command(flatten)]
+    pub request: RequestFlags,
     /// Never download straight from the origin when no daemon can be reached.
     #[arg(long)]
     pub disable_back_source: bool,
@@ -109,6 +158,15 @@ pub struct DownloadArgs {
 }
 
 pub fn run_download(args: DownloadArgs) -> ExitCode {
+    if args.input_file.is_some() {
+        return match list_opts(&args) {
+            Ok(opts) => batch::run(opts),
+            Err((code, msg)) => {
+                eprintln!("dfget: {msg}");
+                ExitCode::from(code)
+            }
+        };
+    }
     match download(&args) {
         Ok(()) => ExitCode::from(EXIT_OK),
         Err((code, msg)) => {
@@ -128,24 +186,18 @@ fn download(args: &DownloadArgs) -> Result<(), Failure> {
     let url = args.url.clone().or_else(|| args.positional_url.clone()).ok_or_else(|| usage("no URL given (-u URL)"))?;
     let output = args.output.as_ref().ok_or_else(|| usage("no output given (-O FILE)"))?;
     let output = absolute(output).map_err(usage)?;
-    let timeout = args
-        .timeout
-        .as_deref()
-        .map(crate::config::units::parse_duration)
-        .transpose()
-        .map_err(|e| usage(format!("--timeout: {e}")))?;
-    let mut headers = Vec::new();
-    for h in &args.headers {
-        let (k, v) = h.split_once(':').ok_or_else(|| usage(format!("header `{h}` is not `Key: Value`")))?;
-        headers.push((k.trim().to_string(), v.trim().to_string()));
-    }
+    let timeout = args.request.timeout()?;
+    // Everything the user typed is checked here, before a daemon is reached or spawned.
+    check::url(&url).map_err(usage)?;
+    let headers = parse_headers(&args.request.headers).map_err(usage)?;
+    let digest = args.digest.as_deref().map(check::digest).transpose().map_err(usage)?;
     let req = DownloadRequest {
         url,
-        output: output.to_string_lossy().into_owned(),
-        digest: args.digest.clone(),
-        tag: args.tag.clone(),
-        application: args.application.clone(),
-        filter: crate::storage::task_id::parse_filter(&args.filter),
+        output: Some(output.to_string_lossy().into_owned()),
+        digest,
+        tag: args.request.tag.clone(),
+        application: args.request.application.clone(),
+        filter: crate::storage::task_id::parse_filter(&args.request.filter),
         headers,
         registry_credential: None,
         platform: args.platform.clone(),
@@ -157,12 +209,12 @@ fn download(args: &DownloadArgs) -> Result<(), Failure> {
     // is the daemon's to report.)
     let req = DownloadRequest { registry_credential: own_registry_credential(&req.url), ..req };
     let sock = socket_path(args).map_err(usage)?;
-    let stream = match socket::connect_or_spawn(&sock, args.config.as_deref(), !args.no_spawn) {
+    let stream = match socket::connect_or_spawn(&sock, args.request.config.as_deref(), !args.request.no_spawn) {
         Ok(s) => s,
-        Err(e) if args.disable_back_source || args.no_spawn => return Err((EXIT_DAEMON, e)),
+        Err(e) if args.disable_back_source || args.request.no_spawn => return Err((EXIT_DAEMON, e)),
         Err(e) => return back_to_source(args, &req, &e),
     };
-    let mut progress = Progress::new(args.show_progress);
+    let mut progress = Progress::new(show_progress(args.request.show_progress, args.request.no_progress));
     let result = socket::download(stream, &req, timeout, &mut |ev| progress.on_event(ev));
     progress.finish();
     match result {
@@ -178,7 +230,7 @@ fn download(args: &DownloadArgs) -> Result<(), Failure> {
 }
 
 /// For `oras://`: the registry's entry in the caller's docker / Apptainer config.
-fn own_registry_credential(url: &str) -> Option<crate::source::oras::creds::Credential> {
+pub(crate) fn own_registry_credential(url: &str) -> Option<crate::source::oras::creds::Credential> {
     let reference = crate::source::oras::reference::Reference::parse(url).ok()?;
     crate::source::oras::registry::load_credential(&reference.registry)
 }
@@ -187,7 +239,7 @@ fn own_registry_credential(url: &str) -> Option<crate::source::oras::creds::Cred
 /// unless `--disable-back-source`.
 fn back_to_source(args: &DownloadArgs, req: &DownloadRequest, why: &str) -> Result<(), Failure> {
     eprintln!("dfget: {why}; downloading directly from the source");
-    let config = match &args.config {
+    let config = match &args.request.config {
         Some(p) => Config::load_path(p, true).map(|l| l.config).map_err(|e| usage(e.to_string()))?,
         None => {
             Config::load_path(&Config::default_path(), false).map(|l| l.config).unwrap_or_else(|_| Config::defaults())
@@ -215,6 +267,85 @@ fn describe(kind: Kind, message: String) -> String {
     format!("{label}: {message}")
 }
 
+/// `dfget -i LIST`: the list's options, checked before any connection.
+fn list_opts(args: &DownloadArgs) -> Result<batch::BatchOpts, Failure> {
+    if args.digest.is_some() {
+        return Err(usage("--digest names one file's content: give each entry its own digest= line"));
+    }
+    let list = args.input_file.clone().ok_or_else(|| usage("no list given (-i LIST)"))?;
+    let input = if list.as_os_str() == "-" { batch::Input::Stdin } else { batch::Input::File(list) };
+    let out_dir = args.output.clone().or_else(|| args.dir.clone()).unwrap_or_else(|| PathBuf::from("."));
+    batch_opts(&args.request, args.jobs, input, Some(absolute(&out_dir).map_err(usage)?))
+}
+
+/// `dfget prefetch`: the same run as a list, with no output files.
+pub fn run_prefetch(args: PrefetchArgs) -> ExitCode {
+    let input = match &args.input_file {
+        Some(p) if p.as_os_str() == "-" => batch::Input::Stdin,
+        Some(p) => batch::Input::File(p.clone()),
+        None => batch::Input::Urls(args.urls.clone()),
+    };
+    match batch_opts(&args.request, args.jobs, input, None) {
+        Ok(opts) => batch::run(opts),
+        Err((code, msg)) => {
+            eprintln!("dfget: {msg}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// The flags of a list run, checked.
+fn batch_opts(
+    flags: &RequestFlags,
+    jobs: Option<usize>,
+    input: batch::Input,
+    out_dir: Option<PathBuf>,
+) -> Result<batch::BatchOpts, Failure> {
+    if let Some(j) = jobs.filter(|&j| j == 0 || j > crate::limits::MAX_BATCH_JOBS) {
+        return Err(usage(format!("-j {j}: give 1 to {}", crate::limits::MAX_BATCH_JOBS)));
+    }
+    let timeout = flags.timeout()?;
+    Ok(batch::BatchOpts {
+        input,
+        out_dir,
+        jobs,
+        headers: parse_headers(&flags.headers).map_err(usage)?,
+        tag: flags.tag.clone(),
+        application: flags.application.clone(),
+        filter: crate::storage::task_id::parse_filter(&flags.filter),
+        sock: resolve_socket(flags.daemon_sock.as_deref(), flags.config.as_deref()).map_err(usage)?,
+        config: flags.config.clone(),
+        spawn: !flags.no_spawn,
+        progress: show_progress(flags.show_progress, flags.no_progress),
+        timeout,
+    })
+}
+
+/// `dfget completions SHELL`: the script clap_complete derives from the argument definitions.
+pub fn run_completions(cmd: &mut clap::Command, shell: clap_complete::Shell) -> ExitCode {
+    clap_complete::generate(shell, cmd, "dfget", &mut std::io::stdout());
+    ExitCode::from(EXIT_OK)
+}
+
+/// `-H` values, checked and split.
+fn parse_headers(raw: &[String]) -> Result<Vec<(String, String)>, String> {
+    if raw.len() > crate::limits::MAX_REQUEST_HEADERS {
+        return Err(format!("more than {} headers", crate::limits::MAX_REQUEST_HEADERS));
+    }
+    raw.iter().map(|h| check::header(h)).collect()
+}
+
+/// Progress bars are shown on a terminal (as curl, cargo and Dragonfly's Rust dfget do); `-b`
+/// forces them on, `--no-progress` off.
+fn show_progress(forced_on: bool, forced_off: bool) -> bool {
+    use std::io::IsTerminal;
+    decide_progress(forced_on, forced_off, std::io::stderr().is_terminal())
+}
+
+fn decide_progress(forced_on: bool, forced_off: bool, stderr_is_tty: bool) -> bool {
+    !forced_off && (forced_on || stderr_is_tty)
+}
+
 fn absolute(p: &Path) -> Result<PathBuf, String> {
     if p.is_absolute() {
         return Ok(p.to_path_buf());
@@ -224,7 +355,7 @@ fn absolute(p: &Path) -> Result<PathBuf, String> {
 }
 
 fn socket_path(args: &DownloadArgs) -> Result<PathBuf, String> {
-    resolve_socket(args.daemon_sock.as_deref(), args.config.as_deref())
+    resolve_socket(args.request.daemon_sock.as_deref(), args.request.config.as_deref())
 }
 
 fn resolve_socket(daemon_sock: Option<&Path>, config: Option<&Path>) -> Result<PathBuf, String> {
@@ -246,7 +377,7 @@ struct Progress {
 impl Progress {
     fn new(show: bool) -> Progress {
         let bar = show.then(|| {
-            let b = indicatif::ProgressBar::new(0);
+            let b = indicatif::ProgressBar::with_draw_target(Some(0), progress::stderr_target());
             b.set_style(
                 indicatif::ProgressStyle::with_template("{bytes}/{total_bytes} [{bar:40}] {bytes_per_sec} eta {eta}")
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -344,5 +475,19 @@ mod tests {
         check(Kind::TlsHandshake, "TLS handshake failed: m");
         check(Kind::Status(404), "m");
         check(Kind::Other, "m");
+    }
+
+    #[test]
+    fn progress_is_on_for_a_terminal_unless_turned_off() {
+        // (-b, --no-progress, stderr is a tty) -> shown
+        for (on, off, tty, shown) in [
+            (false, false, true, true),
+            (false, false, false, false),
+            (true, false, false, true),
+            (false, true, true, false),
+            (true, true, true, false),
+        ] {
+            assert_eq!(decide_progress(on, off, tty), shown, "-b {on} --no-progress {off} tty {tty}");
+        }
     }
 }

@@ -183,7 +183,7 @@ pub fn download(
     }
 }
 
-fn read_status(reader: &mut impl BufRead) -> Result<u16, String> {
+pub(crate) fn read_status(reader: &mut impl BufRead) -> Result<u16, String> {
     let mut status_line = String::new();
     reader.read_line(&mut status_line).map_err(|e| format!("reading from the daemon: {e}"))?;
     let status = status_line

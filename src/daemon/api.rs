@@ -2,7 +2,8 @@
 //! read by `serving` on the core that owns the connection and routed by `proto::ApiRequest::parse`.
 //!
 //! Routes: `GET /healthy`, `POST /download` (NDJSON progress stream: `started`, `progress`*, then one
-//! `done` or `error`), `GET /tasks`, `GET /tasks/ID`, `DELETE /tasks/ID[?force=true]`, `POST /gc`.
+//! `done` or `error`), `POST /batch` (a list: `daemon::batch`), `GET /tasks`, `GET /tasks/ID`,
+//! `DELETE /tasks/ID[?force=true]`, `POST /gc`.
 //! Invariant: a bad request gets a 4xx with a JSON error and touches no task; a failing download
 //! ends its own stream and nothing else.
 
@@ -13,14 +14,14 @@ use std::time::{Duration, Instant};
 use compio::net::UnixStream;
 
 use crate::clock::now_unix_ms;
-use crate::daemon::serving::{blocking, read_request_within, respond_json, write};
-use crate::daemon::shared::Shared;
+use crate::daemon::serving::{blocking, read_request_within, respond_json, send_line, write};
+use crate::daemon::shared::{BatchJob, Shared};
 use crate::daemon::task::{ReaderPin, Spec, State, Task};
 use crate::daemon::caller::{self, Caller};
-use crate::daemon::{access, cache, counters, engine};
+use crate::daemon::{access, batch, cache, counters, engine};
 use crate::error::{Error, Result};
 use crate::limits;
-use crate::proto::{ApiError, ApiRequest, DownloadRequest, Event, Evicted, Health, Removed};
+use crate::proto::{ApiError, ApiRequest, BatchEvent, DownloadRequest, Event, Evicted, Health, Removed};
 use crate::source::Fetch;
 
 fn refusal(message: impl Into<String>) -> ApiError {
@@ -45,6 +46,14 @@ pub async fn serve(shared: Arc<Shared>, mut stream: UnixStream) {
     };
     shared.last_request_unix_ms.store(now_unix_ms(), Ordering::Release);
     let result = match ApiRequest::parse(&req.method, &req.path, &req.body) {
+        // Only a batch streams its body; it gets what the head's read took of it.
+        Ok(ApiRequest::Batch { jobs }) if req.chunked => batch::serve(&shared, &mut stream, jobs, req.body, &caller).await,
+        Ok(_) | Err(_) if req.chunked => {
+            respond_json(&mut stream, 400, &refusal("only POST /batch takes a chunked body")).await
+        }
+        Ok(ApiRequest::Batch { .. }) => {
+            respond_json(&mut stream, 400, &refusal("POST /batch needs a chunked body of entries")).await
+        }
         Ok(api_req) => route(&shared, &mut stream, api_req, &caller).await,
         Err(r) => respond_json(&mut stream, r.status, &refusal(r.message)).await,
     };
@@ -65,6 +74,8 @@ async fn route(shared: &Arc<Shared>, stream: &mut UnixStream, req: ApiRequest, c
             respond_json(stream, 200, &body).await
         }
         ApiRequest::Download(req) => download(shared, stream, &req, caller).await,
+        // Served in `serve`, where the chunked body is at hand.
+        ApiRequest::Batch { .. } => Ok(()),
         ApiRequest::ListTasks => respond_json(stream, 200, &cache::list_tasks(shared)).await,
         ApiRequest::Gc => {
             if let Err(e) = access::may_collect(caller) {
@@ -89,15 +100,9 @@ async fn route(shared: &Arc<Shared>, stream: &mut UnixStream, req: ApiRequest, c
     }
 }
 
-/// One event line. Bounded in time: a client that stops reading (suspended, say) must not hold
-/// its task's pin, and so block eviction and removal, forever.
+/// One event line of a download's stream.
 async fn send_event(stream: &mut UnixStream, ev: &Event) -> Result<()> {
-    let mut line = serde_json::to_vec(ev).map_err(|e| Error::internal(e.to_string()))?;
-    line.push(b'\n');
-    match compio::time::timeout(limits::CLIENT_WRITE_TIMEOUT, write(stream, line)).await {
-        Ok(r) => r,
-        Err(_) => Err(Error::client(format!("client read nothing for {:?}", limits::CLIENT_WRITE_TIMEOUT))),
-    }
+    send_line(stream, ev).await
 }
 
 async fn download(shared: &Arc<Shared>, stream: &mut UnixStream, req: &DownloadRequest, caller: &Caller) -> Result<()> {
@@ -117,6 +122,24 @@ async fn run_download(
     req: &DownloadRequest,
     caller: &Caller,
 ) -> Result<Event> {
+    download_to(shared, Some(stream), req, caller).await
+}
+
+/// One entry of a batch, on the core it was sent to: a download whose only event is its result,
+/// answered on the batch's channel, with the rights of the caller who sent the list.
+pub async fn run_batch_job(shared: Arc<Shared>, job: Box<BatchJob>) {
+    let BatchJob { entry, caller, reply } = *job;
+    let result = download_to(&shared, None, &entry.request, &caller).await.unwrap_or_else(Event::error);
+    let _ = reply.send(BatchEvent::Entry { line: entry.line, url: entry.request.url, result });
+}
+
+/// A download, streaming `started` and `progress` events to `stream` when there is one.
+async fn download_to(
+    shared: &Arc<Shared>,
+    mut stream: Option<&mut UnixStream>,
+    req: &DownloadRequest,
+    caller: &Caller,
+) -> Result<Event> {
     let started = Instant::now();
     let (spec, id) = prepare(shared, req, caller).await?;
     tracing::info!(
@@ -124,18 +147,23 @@ async fn run_download(
         pid = caller.pid,
         task = %id,
         url = %spec.display_url,
-        output = %req.output,
+        output = req.output.as_deref().unwrap_or("(cache only)"),
         private = spec.private,
         "download requested"
     );
     // The pin keeps the task's file from eviction until OUT is in place (dropped at return).
     let (task, reused, _pin) = obtain_task(shared, &id, spec).await?;
     task.note_requester(caller.uid);
-    send_event(stream, &Event::Started { task: task.id.clone(), peer: task.peer_id.clone() }).await?;
+    if let Some(stream) = stream.as_deref_mut() {
+        send_event(stream, &Event::Started { task: task.id.clone(), peer: task.peer_id.clone() }).await?;
+    }
     if !reused {
         follow(&task, stream).await?;
     }
-    let method = export_as(caller, &task, &req.output).await?;
+    let method = match &req.output {
+        Some(out) => export_as(caller, &task, out).await?.as_str(),
+        None => "none",
+    };
     let len_bytes = task.geometry().map(|g| g.layout.content_len_bytes).unwrap_or(0);
     let cost_ms = started.elapsed().as_millis() as u64;
     if reused {
@@ -144,9 +172,9 @@ async fn run_download(
     }
     Ok(Event::Done {
         task: task.id.clone(),
-        output: req.output.clone(),
+        output: req.output.clone().unwrap_or_default(),
         reused,
-        export: method.as_str().into(),
+        export: method.into(),
         len_bytes,
         cost_ms,
     })
@@ -253,8 +281,9 @@ async fn retire(shared: &Arc<Shared>, task: &Arc<Task>) {
     let _ = compio::time::timeout(limits::FAILED_TASK_CLEANUP_WAIT, listener).await;
 }
 
-/// Streams progress until the task is done (Ok) or failed (Err with the task's error).
-async fn follow(task: &Arc<Task>, stream: &mut UnixStream) -> Result<()> {
+/// Waits until the task is done (Ok) or failed (Err with the task's error), streaming progress to
+/// `stream` when there is one.
+async fn follow(task: &Arc<Task>, mut stream: Option<&mut UnixStream>) -> Result<()> {
     let mut last_sent = Instant::now() - Duration::from_secs(1);
     let mut last_bytes = u64::MAX;
     loop {
@@ -267,7 +296,8 @@ async fn follow(task: &Arc<Task>, stream: &mut UnixStream) -> Result<()> {
             State::Running => {}
         }
         let done_bytes = task.completed_bytes();
-        if done_bytes != last_bytes && last_sent.elapsed() >= limits::PROGRESS_INTERVAL {
+        let due = done_bytes != last_bytes && last_sent.elapsed() >= limits::PROGRESS_INTERVAL;
+        if let Some(stream) = stream.as_deref_mut().filter(|_| due) {
             let total = task.geometry().map(|g| g.layout.content_len_bytes);
             send_event(stream, &Event::Progress { completed_bytes: done_bytes, total_bytes: total }).await?;
             last_sent = Instant::now();
@@ -296,8 +326,8 @@ async fn prepare(shared: &Shared, req: &DownloadRequest, caller: &Caller) -> Res
             return Err(Error::client(format!("header `{k}` is set by dfget itself and cannot be given")));
         }
     }
-    if !std::path::Path::new(&req.output).is_absolute() {
-        return Err(Error::client(format!("output path must be absolute: {}", req.output)));
+    if let Some(out) = req.output.as_deref().filter(|o| !std::path::Path::new(o).is_absolute()) {
+        return Err(Error::client(format!("output path must be absolute: {out}")));
     }
     let digest = req.digest.as_deref().map(crate::digest::parse).transpose()?;
     if req.url.starts_with("oras://") {

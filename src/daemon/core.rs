@@ -131,6 +131,7 @@ fn core_main(idx: usize, shared: Arc<Shared>, inbox: flume::Receiver<CoreMsg>, l
                         compio::runtime::spawn(engine::piece_worker(task.clone())).detach();
                     }
                 }
+                CoreMsg::Entry(job) => compio::runtime::spawn(api::run_batch_job(shared.clone(), job)).detach(),
                 CoreMsg::Shutdown => break,
             }
         }

@@ -7,10 +7,11 @@
 //!
 //! Rooms, leaves first (each imports only rooms above it in this list, none imports this file):
 //! `counters`, `rate`, `log`, `serving`, `judge`, `caller` → `task` → `shared` → `first_response` →
-//! `access`, `cache` → `engine` → `api`, `metrics` → `core`.
+//! `access`, `cache` → `engine` → `batch` → `api`, `metrics` → `core`.
 
 pub mod access;
 pub mod api;
+pub mod batch;
 pub mod cache;
 pub mod caller;
 pub mod core;

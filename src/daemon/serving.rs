@@ -16,7 +16,10 @@ use crate::limits;
 pub struct HttpReq {
     pub method: String,
     pub path: String,
+    /// The whole body; for a chunked request (`POST /batch`) only what came with the head, still
+    /// framed: that route reads the rest itself, as it goes.
     pub body: Vec<u8>,
+    pub chunked: bool,
 }
 
 /// `read_request` bounded by `API_REQUEST_TIMEOUT`: a client that connects and says nothing (or
@@ -37,10 +40,13 @@ async fn read_request(stream: &mut (impl AsyncRead + AsyncWrite)) -> Result<Http
             Ok(httparse::Status::Complete(head_len)) => {
                 let method = req.method.unwrap_or("").to_string();
                 let path = req.path.unwrap_or("").to_string();
-                let len = content_length(req.headers)?;
                 let mut body = buf[head_len..].to_vec();
+                if is_chunked(req.headers) {
+                    return Ok(HttpReq { method, path, body, chunked: true });
+                }
+                let len = content_length(req.headers)?;
                 read_body(stream, &mut body, len).await?;
-                return Ok(HttpReq { method, path, body });
+                return Ok(HttpReq { method, path, body, chunked: false });
             }
             Ok(httparse::Status::Partial) => {}
             Err(e) => return Err(Error::client(format!("malformed request: {e}"))),
@@ -57,6 +63,10 @@ async fn read_request(stream: &mut (impl AsyncRead + AsyncWrite)) -> Result<Http
             Err(e) => return Err(Error::client(format!("read: {e}"))),
         }
     }
+}
+
+fn is_chunked(headers: &[httparse::Header<'_>]) -> bool {
+    headers.iter().any(|h| h.name.eq_ignore_ascii_case("transfer-encoding") && h.value.eq_ignore_ascii_case(b"chunked"))
 }
 
 fn content_length(headers: &[httparse::Header<'_>]) -> Result<usize> {
@@ -108,6 +118,17 @@ pub async fn respond_json(
     .into_bytes();
     out.extend_from_slice(&body);
     write(stream, out).await
+}
+
+/// One NDJSON line. Bounded in time: a client that stops reading (suspended, say) must not hold
+/// a task's pin, and so block eviction and removal, forever.
+pub async fn send_line(stream: &mut (impl AsyncRead + AsyncWrite), value: &impl Serialize) -> Result<()> {
+    let mut line = serde_json::to_vec(value).map_err(|e| Error::internal(e.to_string()))?;
+    line.push(b'\n');
+    match compio::time::timeout(limits::CLIENT_WRITE_TIMEOUT, write(stream, line)).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::client(format!("client read nothing for {:?}", limits::CLIENT_WRITE_TIMEOUT))),
+    }
 }
 
 pub async fn write(stream: &mut (impl AsyncRead + AsyncWrite), bytes: Vec<u8>) -> Result<()> {

@@ -24,7 +24,18 @@ pub enum CoreMsg {
         task: Arc<Task>,
         n_workers: usize,
     },
+    /// Run one entry of a batch (`POST /batch`) on this core.
+    Entry(Box<BatchJob>),
     Shutdown,
+}
+
+/// One entry of a batch on its way to a core, with the channel its answer goes back on (to the
+/// core that serves the batch's connection).
+pub struct BatchJob {
+    pub entry: crate::proto::BatchEntry,
+    /// Who sent the list: every entry acts with its rights.
+    pub caller: crate::daemon::caller::Caller,
+    pub reply: flume::Sender<crate::proto::BatchEvent>,
 }
 
 pub struct Shared {
