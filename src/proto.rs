@@ -196,9 +196,14 @@ impl ApiRequest {
         let task_id = path.strip_prefix("/tasks/");
         match (method, path, task_id) {
             ("GET", "/healthy", _) => Ok(ApiRequest::Healthy),
-            ("POST", "/download", _) => serde_json::from_slice(body)
-                .map(ApiRequest::Download)
-                .map_err(|e| Refusal { status: 400, message: format!("bad download request: {e}") }),
+            ("POST", "/download", _) => match serde_json::from_slice::<DownloadRequest>(body) {
+                // Cache-only fetches come as batch entries; a download without OUT is a mistake.
+                Ok(req) if req.output.is_none() => {
+                    Err(Refusal { status: 400, message: "bad download request: missing field `output`".into() })
+                }
+                Ok(req) => Ok(ApiRequest::Download(req)),
+                Err(e) => Err(Refusal { status: 400, message: format!("bad download request: {e}") }),
+            },
             ("POST", "/batch", _) => batch_jobs(query).map(|jobs| ApiRequest::Batch { jobs }),
             ("GET", "/tasks", _) => Ok(ApiRequest::ListTasks),
             ("POST", "/gc", _) => Ok(ApiRequest::Gc),
@@ -292,8 +297,6 @@ mod tests {
         check("DELETE", "/tasks/abc?a=b&force=1", "", Ok(ApiRequest::RemoveTask { id: "abc".into(), force: true }));
         check("DELETE", "/tasks/abc?force=no", "", Ok(ApiRequest::RemoveTask { id: "abc".into(), force: false }));
         check("POST", "/download", r#"{"url":"http://h/f","output":"/o"}"#, Ok(download("http://h/f", "/o")));
-        let prefetch = DownloadRequest { url: "http://h/f".into(), ..Default::default() };
-        check("POST", "/download", r#"{"url":"http://h/f"}"#, Ok(ApiRequest::Download(prefetch)));
         check("POST", "/batch", "", Ok(ApiRequest::Batch { jobs: None }));
         check("POST", "/batch?jobs=16", "", Ok(ApiRequest::Batch { jobs: Some(16) }));
     }
@@ -302,6 +305,7 @@ mod tests {
     fn bad_requests_are_refused_with_a_status_and_a_reason() {
         check("POST", "/download", "not json!", Err((400, "bad download request")));
         check("POST", "/download", r#"{"output":"/o"}"#, Err((400, "url")));
+        check("POST", "/download", r#"{"url":"http://h/"}"#, Err((400, "output")));
         check("POST", "/batch?jobs=0", "", Err((400, "jobs=0")));
         check("POST", "/batch?jobs=x", "", Err((400, "jobs=x")));
         check("GET", "/batch", "", Err((404, "no route")));

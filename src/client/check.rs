@@ -29,7 +29,7 @@ pub fn header(h: &str) -> Result<(String, String), String> {
     let (k, v) = (k.trim(), v.trim());
     if !crate::http::codec::valid_header(k, v) {
         return Err(format!(
-            "header `{k}` is not a valid HTTP header (token name, no control bytes, under {} bytes)",
+            "invalid header `{k}` (a token name, no control bytes, under {} bytes)",
             limits::MAX_REQUEST_HEADER_BYTES
         ));
     }

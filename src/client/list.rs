@@ -285,6 +285,7 @@ mod tests {
         check("http://h/a\n  checksum=sha-256=abc", &["err 2 http://h/a: digest `sha256:abc`: expected 64 hex"]);
         check("http://h/a\n  digest=sha256:xyz", &["err 2 http://h/a: digest"]);
         check("http://h/a\n  header=NoColon", &["err 2 http://h/a: header `NoColon` is not `Key: Value`"]);
+        check("http://h/a\n  header=Bad Name: v", &["err 2 http://h/a: invalid header `Bad Name`"]);
         check("http://h/a\n  out=/etc/passwd", &["err 2 http://h/a: out=`/etc/passwd` must be a relative path"]);
         check("http://h/a\n  out=../x", &["err 2 http://h/a: out=`../x` must be a relative path"]);
         check("http://h/a\n  dir=", &["err 2 http://h/a: dir= is empty"]);
