@@ -5,6 +5,7 @@
 # daemon and of the client for a 100,000-line list.
 #
 #   benches/lists.sh [RUNS] [JOBS...]     (defaults: 5 runs; dfget -j: the daemon's default)
+#   SCENARIOS="small large huge" (default) picks what runs.
 #
 # Scenarios: small = 1000 files x 64 KiB, large = 100 files x 16 MiB. Every run starts from a
 # cold cache (the daemon is restarted on an empty data dir, untimed) and an empty output dir, and
@@ -15,6 +16,7 @@ set -euo pipefail
 runs="${1:-5}"
 shift || true
 jobs_list=("${@:-default}")
+scenarios="${SCENARIOS:-small large huge}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 work="$(mktemp -d)"
 pids=()
@@ -33,8 +35,9 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
 
 mkdir -p "$work/www/small" "$work/www/large" "$work/www/tiny" "$work/ngx" "$work/out"
-for i in $(seq 1000); do head -c 65536 /dev/urandom > "$work/www/small/f$i.bin"; done
-for i in $(seq 100); do head -c $((16 * 1024 * 1024)) /dev/urandom > "$work/www/large/f$i.bin"; done
+has() { [[ " $scenarios " == *" $1 "* ]]; }
+if has small; then for i in $(seq 1000); do head -c 65536 /dev/urandom > "$work/www/small/f$i.bin"; done; fi
+if has large; then for i in $(seq 100); do head -c $((16 * 1024 * 1024)) /dev/urandom > "$work/www/large/f$i.bin"; done; fi
 head -c 1024 /dev/urandom > "$work/www/tiny/t.bin"
 port="$(free_port)"
 cat > "$work/ngx/nginx.conf" <<NGX
@@ -50,6 +53,7 @@ NGX
 nginx -p "$work/ngx" -c "$work/ngx/nginx.conf" & pids+=($!)
 base="http://127.0.0.1:$port"
 for s in small large; do
+  has "$s" || continue
   n=1000; [ "$s" = large ] && n=100
   : > "$work/$s.list"
   for i in $(seq "$n"); do echo "$base/$s/f$i.bin" >> "$work/$s.list"; done
@@ -107,6 +111,7 @@ echo "machine: $(nproc) cores, $(uname -r), $(grep -m1 'model name' /proc/cpuinf
 echo "aria2c $(aria2c --version | head -1 | awk '{print $3}'), curl $(curl --version | head -1 | awk '{print $2}'), nginx $(nginx -v 2>&1 | cut -d/ -f2)"
 echo "$runs cold runs each; dfget -i with -j: ${jobs_list[*]}"
 for scenario in small large; do
+  has "$scenario" || continue
   for j in "${jobs_list[@]}"; do
     if [ "$j" = default ]; then time_runs "$scenario" "dfget -i" dfget_list "$scenario"
     else time_runs "$scenario" "dfget -i -j$j" dfget_list "$scenario" "$j"; fi
@@ -116,6 +121,7 @@ for scenario in small large; do
   time_runs "$scenario" "xargs -P16 curl" curl_xargs "$scenario"
 done
 
+has huge || exit 0
 # Peak RSS for a 100,000-line list of 1 KiB entries (distinct URLs by query, so distinct tasks).
 python3 - "$base/tiny/t.bin" "$work/huge.list" <<'PY'
 import sys
