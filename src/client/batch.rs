@@ -50,6 +50,8 @@ pub struct BatchOpts {
     pub tag: String,
     pub application: String,
     pub filter: Vec<String>,
+    /// `--platform` for `oras://` image indexes (checked); None = the host's.
+    pub platform: Option<String>,
     pub sock: PathBuf,
     pub config: Option<PathBuf>,
     pub spawn: bool,
@@ -312,6 +314,7 @@ fn request(entry: &Entry, opts: &BatchOpts, cwd: &Path) -> Result<DownloadReques
         headers,
         // The caller's own registry login, as for `dfget -u oras://...` (None for http entries).
         registry_credential: super::own_registry_credential(&entry.url),
+        platform: opts.platform.clone(),
     })
 }
 

@@ -202,9 +202,7 @@ fn download(args: &DownloadArgs) -> Result<(), Failure> {
         registry_credential: None,
         platform: args.platform.clone(),
     };
-    if let Some(p) = &req.platform {
-        crate::source::oras::platform::Platform::parse(p).map_err(|e| usage(format!("--platform: {}", e.message)))?;
-    }
+    check_platform(req.platform.as_deref())?;
     // This process runs as the caller: its docker config is the caller's own. (A bad reference
     // is the daemon's to report.)
     let req = DownloadRequest { registry_credential: own_registry_credential(&req.url), ..req };
@@ -275,7 +273,10 @@ fn list_opts(args: &DownloadArgs) -> Result<batch::BatchOpts, Failure> {
     let list = args.input_file.clone().ok_or_else(|| usage("no list given (-i LIST)"))?;
     let input = if list.as_os_str() == "-" { batch::Input::Stdin } else { batch::Input::File(list) };
     let out_dir = args.output.clone().or_else(|| args.dir.clone()).unwrap_or_else(|| PathBuf::from("."));
-    batch_opts(&args.request, args.jobs, input, Some(absolute(&out_dir).map_err(usage)?))
+    let mut opts = batch_opts(&args.request, args.jobs, input, Some(absolute(&out_dir).map_err(usage)?))?;
+    check_platform(args.platform.as_deref())?;
+    opts.platform = args.platform.clone();
+    Ok(opts)
 }
 
 /// `dfget prefetch`: the same run as a list, with no output files.
@@ -313,6 +314,7 @@ fn batch_opts(
         tag: flags.tag.clone(),
         application: flags.application.clone(),
         filter: crate::storage::task_id::parse_filter(&flags.filter),
+        platform: None,
         sock: resolve_socket(flags.daemon_sock.as_deref(), flags.config.as_deref()).map_err(usage)?,
         config: flags.config.clone(),
         spawn: !flags.no_spawn,
@@ -325,6 +327,11 @@ fn batch_opts(
 pub fn run_completions(cmd: &mut clap::Command, shell: clap_complete::Shell) -> ExitCode {
     clap_complete::generate(shell, cmd, "dfget", &mut std::io::stdout());
     ExitCode::from(EXIT_OK)
+}
+
+fn check_platform(platform: Option<&str>) -> Result<(), Failure> {
+    let Some(p) = platform else { return Ok(()) };
+    crate::source::oras::platform::Platform::parse(p).map(|_| ()).map_err(|e| usage(format!("--platform: {}", e.message)))
 }
 
 /// `-H` values, checked and split.
