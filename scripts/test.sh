@@ -12,6 +12,7 @@ command -v htpasswd >/dev/null 2>&1 || need_apt+=(apache2-utils)
 command -v tinyproxy >/dev/null 2>&1 || [ -x /usr/sbin/tinyproxy ] || [ -x /usr/bin/tinyproxy ] || need_apt+=(tinyproxy)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
+command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || need_apt+=(iproute2)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "missing test servers: ${need_apt[*]} (run as root, or: sudo apt-get install ${need_apt[*]})" >&2
