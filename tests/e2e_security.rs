@@ -226,6 +226,13 @@ fn task_ids(daemon: &Daemon) -> Vec<(String, String)> {
     tasks.iter().map(|t| (t["id"].as_str().unwrap_or("").to_string(), t["url"].as_str().unwrap_or("").to_string())).collect()
 }
 
+fn state_of(daemon: &Daemon, path: &str) -> Option<String> {
+    let out = daemon.tasks(&["ls", "--json"]);
+    let tasks: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).ok()?;
+    let t = tasks.iter().find(|t| t["url"].as_str().is_some_and(|u| u.ends_with(path)))?;
+    t["state"].as_str().map(String::from)
+}
+
 fn task_id_for(daemon: &Daemon, path: &str) -> String {
     task_ids(daemon)
         .into_iter()
@@ -342,7 +349,8 @@ fn each_download_logs_the_callers_uid() {
 
 // ------------------------------------------------------- finding 3: private content, registries
 
-/// nginx serving `root`, with `/private/` behind `auth_basic` (user `USER`, password `PASSWORD`).
+/// nginx serving `root`, with `/private/` behind `auth_basic` (user `USER`, password `PASSWORD`),
+/// and `/slow/` likewise but at 512 KiB/s per request (a download that is still running).
 fn nginx_with_private(root: &Path) -> Nginx {
     common::ensure_tool("htpasswd", &["apache2-utils"]);
     let htpasswd = root.join(".htpasswd");
@@ -352,7 +360,9 @@ fn nginx_with_private(root: &Path) -> Nginx {
     let tail = move |ports: &[u16]| {
         format!(
             "    server {{\n        listen 127.0.0.1:{port};\n        root {root};\n        location /private/ {{\n            \
-             auth_basic \"private\";\n            auth_basic_user_file {root}/.htpasswd;\n        }}\n    }}\n",
+             auth_basic \"private\";\n            auth_basic_user_file {root}/.htpasswd;\n        }}\n        \
+             location /slow/ {{\n            auth_basic \"private\";\n            auth_basic_user_file \
+             {root}/.htpasswd;\n            limit_rate 512k;\n        }}\n    }}\n",
             port = ports[0],
             root = root.display()
         )
@@ -423,6 +433,43 @@ fn private_content_is_revalidated_with_each_requesters_credentials_and_public_is
     assert_ok(&host.user_download(&pub_url, &host.user.home().join("p2")), "public reuse by the user");
     common::assert_file_is(&host.user.home().join("p2"), &public);
     assert_eq!(nginx.access_log_entries().len(), n_requests, "a public cache hit asked the origin:\n{}", nginx.access_log());
+}
+
+#[test]
+fn a_running_private_download_is_joined_only_with_accepted_credentials() {
+    let host = Host::start(true);
+    let site = temp_dir("dfget-sec-site-");
+    fs::set_permissions(site.path(), fs::Permissions::from_mode(0o755)).expect("chmod site");
+    fs::create_dir_all(site.path().join("slow")).expect("mkdir slow");
+    let secret = content(12 * MIB, 12);
+    fs::write(site.path().join("slow/f"), &secret).expect("write");
+    let nginx = nginx_with_private(site.path());
+    let url = nginx.url("/slow/f");
+    let token = basic(USER, PASSWORD);
+    let dir = temp_dir("dfget-sec-out-");
+    let first = dir.path().join("first");
+    let mut cmd = host.daemon.download_command(&url, &first);
+    cmd.args(["-H", &token]).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    let mut root_client = cmd.spawn().expect("spawn root's download");
+    let is_running = || state_of(&host.daemon, "/slow/f").as_deref() == Some("running");
+    assert!(common::poll_until(Duration::from_secs(20), is_running), "never running\n{}", host.daemon.diagnostics());
+    let n_401 = || nginx.access_log_entries().iter().filter(|e| e.uri == "/slow/f" && e.status == 401).count();
+    let before = n_401();
+
+    // While it runs: another user without the token is refused after asking the origin...
+    let users = host.user.home().join("f");
+    assert_refused(&host.user_download(&url, &users), "joining a running private download without the token", &["401"]);
+    assert!(!users.exists());
+    assert_eq!(n_401(), before + 1, "the refusal must come from the origin:\n{}", nginx.access_log());
+    assert!(is_running(), "the download finished too early: this test is about joining it while it runs");
+    // ...and with it, joins the same download (one task) and gets the bytes.
+    assert_ok(&host.user_download_with(&url, &users, &["-H", &token]), "joining with the token");
+    common::assert_file_is(&users, &secret);
+    let status = common::wait_or_kill(&mut root_client, CLIENT_LIMIT).expect("root's download finished");
+    assert!(status.success(), "root's download failed\n{}", host.daemon.diagnostics());
+    common::assert_file_is(&first, &secret);
+    let n_tasks = task_ids(&host.daemon).iter().filter(|(_, u)| u.ends_with("/slow/f")).count();
+    assert_eq!(n_tasks, 1, "one task for both downloads");
 }
 
 #[test]
