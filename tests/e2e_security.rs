@@ -5,8 +5,8 @@
 //!
 //! What is proved: a caller acts with its own rights (OUT only where the caller could write it,
 //! symlinks resolved as the caller, cache management for root only), private content is
-//! revalidated with each requester's credentials (nginx `auth_basic`, its access log shows the
-//! revalidation), registry credentials are the caller's, the cache is not readable by other
+//! revalidated with each requester's credentials, whether the task is finished or still running
+//! (nginx `auth_basic`, its access log shows the revalidation), registry credentials are the caller's, the cache is not readable by other
 //! users, no password of a URL shows anywhere, and errors point at the right cause (OUT's
 //! filesystem full, no access to the socket).
 //!
