@@ -20,3 +20,4 @@ pub mod proto;
 pub mod source;
 pub mod storage;
 pub mod wake;
+pub mod p2p;

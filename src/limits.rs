@@ -201,3 +201,52 @@ pub const RATE_LIMIT_DEFAULT_WAIT: std::time::Duration = std::time::Duration::fr
 // One registry request never sits out 429s for more than a minute in all.
 const _: () = assert!(MAX_RETRY_AFTER.as_secs() * MAX_RATE_LIMIT_WAITS as u64 <= 60);
 const _: () = assert!(RATE_LIMIT_DEFAULT_WAIT.as_secs() <= MAX_RETRY_AFTER.as_secs());
+
+// ---- peer-to-peer (src/p2p/) ----
+
+/// Largest Vortex packet value read into memory (piece metadata or an error message; piece bytes
+/// are streamed, never buffered whole): metadata is ~100 bytes plus a digest and a peer id.
+pub const MAX_VORTEX_VALUE_BYTES: usize = 64 * 1024;
+
+/// Largest piece a parent may announce: Dragonfly's own maximum piece length.
+pub const MAX_PIECE_BYTES: u64 = crate::piece::MAX_PIECE_LEN_BYTES;
+
+/// Uploads served at once by this daemon (Dragonfly's default `upload.server` concurrency is of
+/// this order); more connections wait in the listen backlog instead of each costing a buffer.
+pub const MAX_CONCURRENT_UPLOADS: usize = 64;
+
+/// How long one Vortex exchange (request read, piece written) may take before the server drops
+/// it: a child that stops reading must not hold an upload slot forever.
+pub const UPLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How long a child waits for one piece from a parent before trying elsewhere.
+pub const PARENT_PIECE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reschedules per task before the daemon gives up on peers and takes the rest from the origin
+/// (Dragonfly's scheduler `retryLimit` default is of this order; the issue says at most 5).
+pub const MAX_RESCHEDULES: u32 = 5;
+
+/// Time to connect to the scheduler or to a parent's gRPC port before treating it as unreachable.
+pub const SCHEDULER_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Longest wait for the scheduler's first answer to a peer registration.
+pub const SCHEDULER_REGISTER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Interval of the host announcement refresh (Dragonfly's dfdaemon default announce interval is 5m;
+/// shorter keeps a restarted scheduler's view of this host fresh).
+pub const HOST_ANNOUNCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Messages queued between the compio cores and the control-plane thread; a full queue drops
+/// piece reports (the scheduler treats them as hints) rather than block a core.
+pub const CONTROL_QUEUE_DEPTH: usize = 4096;
+
+/// A piece worker waiting for a parent to announce its piece gives up after this long without any
+/// announcement from any parent: the swarm is stuck, and the origin is faster than waiting.
+pub const PARENT_STALL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How often a SyncPieces stream (control-plane thread, which the tasks' signals do not wake) looks
+/// for newly recorded pieces: well under one 4 MiB piece's transfer time, so children rarely wait.
+pub const SYNC_PIECES_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+const _: () = assert!(MAX_PIECE_BYTES <= u32::MAX as u64);
+const _: () = assert!(PARENT_PIECE_TIMEOUT.as_secs() < UPLOAD_TIMEOUT.as_secs());

@@ -5,6 +5,7 @@
 //! handed out is complete (every field resolved against the per-user defaults) and needs no further
 //! checking. Loading is blocking `std::fs` on purpose: it runs once, before any runtime starts.
 
+mod p2p;
 mod raw;
 mod resolve;
 pub mod units;
@@ -13,6 +14,8 @@ use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+pub use p2p::P2pConfig;
 
 /// A dfget.yaml larger than this is not a config file (Dragonfly's packaged one is ~4 KiB).
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
@@ -42,6 +45,8 @@ pub struct Config {
     pub oras: TransportConfig,
     /// `download.resourceClients.https` or `.http` (https wins), else defaults.
     pub http: TransportConfig,
+    /// Joining a Dragonfly cluster (`scheduler`, `host`, `upload`); None = standalone.
+    pub p2p: Option<P2pConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -276,6 +281,7 @@ impl Config {
             storage: StorageConfig::default(),
             oras: TransportConfig::default(),
             http: TransportConfig::default(),
+            p2p: None,
         }
     }
 

@@ -60,7 +60,7 @@ pub(crate) trait ScalarKind: Sized {
     }
 }
 
-struct ScalarVisitor<T>(PhantomData<T>);
+pub(crate) struct ScalarVisitor<T>(pub(crate) PhantomData<T>);
 
 impl<'de, T: ScalarKind> Visitor<'de> for ScalarVisitor<T> {
     type Value = T;
@@ -100,6 +100,8 @@ macro_rules! scalar_deserialize {
         }
     )*};
 }
+
+pub(crate) use scalar_deserialize;
 
 scalar_deserialize!(Dur, NonZeroDur, Size, Percent, Flag, Count, StrategyName);
 scalar_deserialize!(AbsPath, SocketPath, ProxyUrl, ListenAddr, HostPort);
@@ -393,6 +395,9 @@ pub(crate) struct RawConfig {
     pub storage: Option<RawStorage>,
     pub oras: Option<RawTransport>,
     pub download: Option<RawDownload>,
+    pub scheduler: Option<super::p2p::RawScheduler>,
+    pub host: Option<super::p2p::RawHost>,
+    pub upload: Option<super::p2p::RawUpload>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -571,9 +576,9 @@ pub(crate) const TOP_KEYS: &[(&str, Key)] = &[
     ("tracing", Unused),
     ("jaeger", Unused),
     ("security", Unused),
-    ("scheduler", Unused),
-    ("host", Unused),
-    ("upload", Unused),
+    ("scheduler", Section(super::p2p::SCHEDULER_KEYS)),
+    ("host", Section(super::p2p::HOST_KEYS)),
+    ("upload", Section(super::p2p::UPLOAD_KEYS)),
     ("proxy", Unused),
     ("objectStorage", Unused),
     ("health", Unused),
@@ -783,7 +788,9 @@ mod tests {
     fn ignored_keys_reported_once_each() {
         use IgnoredWhy::{Unknown, Unused};
         check_ignored("gcInterval: 1m\nstorage: {multiplex: true}", &[]);
-        check_ignored("scheduler: {manager: {netAddrs: [a, b]}}", &[("scheduler", Unused)]);
+        check_ignored("scheduler: {manager: {netAddrs: [{addr: 'a:1'}]}}", &[]);
+        check_ignored("scheduler: {scheduleTimeout: 1s, netAddr: []}", &[("scheduler.scheduleTimeout", Unused), ("scheduler.netAddr", Unknown)]);
+        check_ignored("security: {autoIssueCert: true}", &[("security", Unused)]);
         check_ignored("schedulr: {a: {b: c}}", &[("schedulr", Unknown)]);
         check_ignored(
             "storage: {diskGcThreshold: 1Gi, dataPath: /x, multiplex: true}",

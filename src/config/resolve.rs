@@ -103,6 +103,7 @@ fn resolve(raw: RawConfig, defaults: Config, notes: &mut Vec<String>) -> Config 
         storage: resolve_storage(raw.storage, defaults.storage, notes),
         oras: resolve_transport(oras, defaults.oras),
         http: resolve_transport(http, defaults.http),
+        p2p: super::p2p::resolve(raw.scheduler, raw.host, raw.upload, notes).or(defaults.p2p),
     }
 }
 
@@ -216,13 +217,19 @@ mod tests {
         assert_eq!(config.socket_path, PathBuf::from("/var/run/dfdaemon.sock"));
         assert_eq!(config.storage.task_expire_time, secs(600));
         assert_eq!(config.storage.strategy, Strategy::Simple);
+        // Its scheduler, host and upload sections join a cluster.
+        let p2p = config.p2p.as_ref().expect("the packaged file names schedulers");
+        assert_eq!(p2p.schedulers.len(), 3);
+        assert_eq!(p2p.schedulers[0], "scheduler-0.dragonfly-system.svc:8002");
+        assert_eq!(p2p.upload_port, 65020);
+        assert_eq!(p2p.upload_rate_limit_bytes_per_sec, Some(1024 << 20));
+        assert_eq!(p2p.advertise_ip, None, "0.0.0.0 means detect");
         let expected = [
-            "`scheduler`",
-            "`host`",
+            "`scheduler.scheduleTimeout`",
             "`download.perPeerRateLimit`",
             "`download.downloadGRPC.security`",
             "`download.peerGRPC`",
-            "`upload`",
+            "`upload.security`",
             "`proxy`",
         ];
         assert_eq!(warnings.len(), expected.len(), "{warnings:#?}");
@@ -256,8 +263,8 @@ mod tests {
         check_warnings("storage:\n  strategy: io.d7y.storage.v2.simple\n", &[]);
         check_warnings("gcIntervall: 1m\n", &["ignoring unknown key `gcIntervall`"]);
         check_warnings(
-            "scheduler:\n  manager:\n    netAddrs: [a]\nfoo: {bar: 1}\n",
-            &["ignoring `scheduler`: not used", "ignoring unknown key `foo`"],
+            "scheduler:\n  manager:\n    netAddrs: [{type: tcp, addr: 'm:65003'}]\nfoo: {bar: 1}\n",
+            &["ignoring unknown key `foo`", "scheduler.manager.netAddrs (m:65003) is not used"],
         );
         check_warnings("storage: {diskGcThreshold: 1Gi, multiplex: true}", &["unknown key `storage.diskGcThreshold`"]);
         check_warnings(
@@ -440,6 +447,7 @@ mod tests {
             },
             oras: want_transport.clone(),
             http: want_transport,
+            p2p: None,
         };
         assert_eq!(config, want);
     }

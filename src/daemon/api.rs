@@ -349,8 +349,12 @@ async fn prepare(shared: &Shared, req: &DownloadRequest, caller: &Caller) -> Res
         &req.application,
     );
     let private = access::carries_credentials(&url, &req.headers);
+    // Private content (fetched with credentials) never joins the cluster: another peer could not
+    // prove it may read it.
+    let cluster_id =
+        (!private).then(|| crate::p2p::task_id::cluster_task_id(&url, &req.filter, &req.tag, &req.application));
     let fetch = Fetch { url, headers: req.headers.clone(), opts: shared.http_opts.clone(), auth: None };
-    Ok((Spec { display_url: shown, fetch, digest, expected_len: None, private, access_shown: false }, id))
+    Ok((Spec { display_url: shown, fetch, digest, expected_len: None, private, access_shown: false, cluster_id }, id))
 }
 
 /// The manifest is fetched with the requester's registry credential: the caller's own (sent by
@@ -380,7 +384,14 @@ async fn prepare_oras(
             .await?;
     let id = crate::storage::task_id::task_id(&layer.digest, &[], "", &req.tag, &req.application);
     let display_url = crate::http::redact::redact_url(&req.url).into_owned();
-    let spec =
-        Spec { display_url, fetch, digest: Some(layer.digest), expected_len: Some(layer.size), private, access_shown: true };
+    let spec = Spec {
+        display_url,
+        fetch,
+        digest: Some(layer.digest),
+        expected_len: Some(layer.size),
+        private,
+        access_shown: true,
+        cluster_id: None,
+    };
     Ok((spec, id))
 }

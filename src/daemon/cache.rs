@@ -109,6 +109,7 @@ fn restore_one(shared: &Arc<Shared>, id: &str) -> bool {
         expected_len: Some(len),
         private: meta.private,
         access_shown: false,
+        cluster_id: None,
     };
     let task = Task::finished(id.to_string(), shared.new_peer_id(), spec, data_path, layout, &meta.piece_crcs);
     task.last_access_unix_ms.store(meta.last_access_unix_ms, Ordering::Release);
@@ -272,6 +273,9 @@ pub fn evict(shared: &Shared, task: &Arc<Task>) -> bool {
     // `drive`'s to clean up, a running one is not finished.
     if task.state() != State::Done || !task.claim_eviction() {
         return false;
+    }
+    if let Some(node) = &shared.p2p {
+        node.forget(task);
     }
     let _ = shared.store.remove_task(&task.id);
     shared.index.remove_if_same(&task.id, task);

@@ -113,6 +113,9 @@ fn core_main(idx: usize, shared: Arc<Shared>, inbox: flume::Receiver<CoreMsg>, l
         }
     };
     rt.block_on(async move {
+        if let Some(node) = &shared.p2p {
+            compio::runtime::spawn(crate::p2p::upload::accept_loop(node.clone())).detach();
+        }
         if let Some(l) = listener {
             compio::runtime::spawn(accept_loop(shared.clone(), l)).detach();
             compio::runtime::spawn(cache::run_loop(shared.clone())).detach();

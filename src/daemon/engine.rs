@@ -36,6 +36,13 @@ pub async fn drive(shared: Arc<Shared>, task: Arc<Task>) {
     // line is in core.log when `dfget` returns. `mark_done` loses only to a failure recorded in
     // that instant (an operator's `rm --force`): then a "failed" line follows and it is a failed
     // task like any other.
+    if let Some(peer) = task.peer.get() {
+        let report = match &result {
+            Ok(()) => crate::p2p::peer::Report::Finished,
+            Err(e) => crate::p2p::peer::Report::Failed(e.message.clone()),
+        };
+        peer.report(report);
+    }
     let done = match result {
         Ok(()) => {
             tracing::info!(
@@ -68,6 +75,9 @@ pub async fn drive(shared: Arc<Shared>, task: Arc<Task>) {
     // Only `drive` removes a failed task, and it keeps the index entry until its files are gone: a
     // request that finds the failed entry waits for it to disappear, so a new task for the same id
     // never has its files deleted by this cleanup.
+    if let Some(node) = &shared.p2p {
+        node.forget(&task);
+    }
     let (sh, t) = (shared.clone(), task.clone());
     let _ = blocking(move || {
         let _files = t.files.lock().map_err(|_| Error::internal("task files lock poisoned"))?;
@@ -93,6 +103,7 @@ async fn download(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
         FirstResponse::Ranged { mut resp, piece0 } => {
             let g = task.geometry().ok_or_else(|| Error::internal("ranged response without geometry"))?;
             shared.store.create_task_file(&task.id, Some(g.layout.content_len_bytes))?;
+            join_cluster(shared, task, g.layout).await;
             let n_pieces = g.layout.n_pieces();
             if n_pieces > 1 || !piece0 {
                 shared.broadcast_work(task, n_pieces);
@@ -100,7 +111,11 @@ async fn download(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
             if piece0 {
                 let file = open_task_file(task).await?;
                 let len = g.layout.piece_range(0).map(|(s, e)| e - s).unwrap_or(0);
+                let t0 = std::time::Instant::now();
                 let got = write_body(task, &mut resp, &file, 0, g.layout.piece_len_bytes, Some(len), (0, 0)).await;
+                if got.is_ok() {
+                    report_origin_piece(task, g.layout, 0, t0);
+                }
                 if let Err(e) = got {
                     if !e.retryable {
                         return Err(e);
@@ -117,6 +132,22 @@ async fn download(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
         }
     }
     wait_all_pieces(shared, task).await
+}
+
+/// With a cluster configured, registers the laid-out task with the scheduler before the piece
+/// workers start, so they know whether to ask parents first. Never fails the download.
+async fn join_cluster(shared: &Arc<Shared>, task: &Arc<Task>, layout: Layout) {
+    let Some(node) = &shared.p2p else { return };
+    if let Some(peer) = node.register(task, layout).await {
+        let _ = task.peer.set(peer);
+    }
+}
+
+fn report_origin_piece(task: &Task, layout: Layout, piece_idx: u64, t0: std::time::Instant) {
+    if let Some(peer) = task.peer.get() {
+        let crc = task.crcs().get(piece_idx as usize).copied();
+        crate::p2p::fetch::report_origin_piece(peer, layout, piece_idx, crc, t0);
+    }
 }
 
 /// Picks up a task a previous run left unfinished: same URL, same layout, file still there. The
@@ -274,6 +305,14 @@ async fn fetch_piece(task: &Task, file: &compio::fs::File, layout: Layout, piece
     // What an earlier attempt (or a previous run) already put on disk is not asked for again.
     let already = task.partial_of(piece_idx);
     let start = piece_start + already.0;
+    // Parents only for a piece with nothing on disk: a parent's bytes that failed their crc may
+    // have overwritten part of it, and a resumed origin range would trust that part.
+    if let (Some(peer), (0, _)) = (task.peer.get(), already) {
+        if crate::p2p::fetch::from_parents(task, peer, file, layout, piece_idx).await? {
+            return Ok(());
+        }
+    }
+    let t0 = std::time::Instant::now();
     let if_range = task.validator.get().map(String::as_str);
     let mut resp = task.spec.fetch.get(Some((start, end - 1)), if_range).await?;
     let asked = PieceAsked {
@@ -286,6 +325,7 @@ async fn fetch_piece(task: &Task, file: &compio::fs::File, layout: Layout, piece
     };
     judge::piece(&resp.head, &asked)?;
     write_body(task, &mut resp, file, piece_idx, layout.piece_len_bytes, Some(end - start), already).await?;
+    report_origin_piece(task, layout, piece_idx, t0);
     Ok(())
 }
 

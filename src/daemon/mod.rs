@@ -106,6 +106,11 @@ pub fn run(
     let listener = bind_socket(&config.socket_path)?;
     let (senders, receivers): (Vec<_>, Vec<_>) = (0..n_cores).map(|_| flume::unbounded()).unzip();
     let driver = core::probe_driver();
+    let ip = local_ip();
+    let p2p = match config.p2p.clone() {
+        Some(c) => Some(crate::p2p::Node::start(c, ip.parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()))?),
+        None => None,
+    };
     let shared = Arc::new(Shared {
         http_opts: Options::from_transport(&config.http).map_err(|e| anyhow::anyhow!("http transport: {e}"))?,
         oras_opts: Options::from_transport(&config.oras).map_err(|e| anyhow::anyhow!("oras transport: {e}"))?,
@@ -114,9 +119,10 @@ pub fn run(
         partial: crossbeam_skiplist::SkipMap::new(),
         last_request_unix_ms: std::sync::atomic::AtomicU64::new(crate::clock::now_unix_ms()),
         cores: senders,
-        peer_prefix: format!("{}-{}", local_ip(), std::process::id()),
+        peer_prefix: format!("{}-{}", p2p.as_ref().map(|n| n.ip.to_string()).unwrap_or(ip), std::process::id()),
         driver: driver.clone(),
         shutting_down: AtomicBool::new(false),
+        p2p,
         next_core: AtomicUsize::new(0),
         config,
     });
@@ -138,6 +144,9 @@ pub fn run(
     core::run_cores(shared.clone(), receivers, listener)?;
     // Cores have stopped: nothing writes any more. Park what was running, then honour keepStorage.
     let _ = std::fs::remove_file(&shared.config.socket_path);
+    if let Some(node) = &shared.p2p {
+        node.stop();
+    }
     cache::park_all(&shared);
     if !shared.config.keep_storage {
         tracing::info!("keepStorage is false: removing the task cache");

@@ -54,6 +54,8 @@ pub struct Shared {
     pub peer_prefix: String,
     pub driver: String,
     pub shutting_down: AtomicBool,
+    /// Membership of a Dragonfly cluster; None = standalone (no scheduler configured).
+    pub p2p: Option<Arc<crate::p2p::Node>>,
     pub(crate) next_core: AtomicUsize,
 }
 

@@ -42,6 +42,9 @@ pub struct Spec {
     /// Building this spec already proved, with the requester's own credentials, that it may read
     /// the content (ORAS: the manifest request), so a private task needs no further check.
     pub access_shown: bool,
+    /// The id Dragonfly's Rust dfdaemon gives this download (`p2p::task_id`), for the cluster;
+    /// None where peers cannot share it (ORAS blobs, tasks restored from disk).
+    pub cluster_id: Option<String>,
 }
 
 /// Piece geometry plus how the origin is read. Set once, when the first response arrives.
@@ -92,6 +95,8 @@ pub struct Task {
     /// Every validator of the first response (weak ETags included): each piece response must show
     /// the same, since an origin may ignore `If-Range` (or have only weak validators).
     pub validators: OnceLock<Validators>,
+    /// The task's place in a Dragonfly cluster, once the scheduler was asked (`p2p`).
+    pub peer: OnceLock<std::sync::Arc<crate::p2p::peer::PeerTask>>,
 }
 
 const SEVERAL: u64 = u64::MAX;
@@ -123,6 +128,7 @@ impl Task {
             validator: OnceLock::new(),
             requesters: AtomicU64::new(0),
             validators: OnceLock::new(),
+            peer: OnceLock::new(),
         }
     }
 
@@ -297,6 +303,11 @@ impl Task {
             }
         }
         self.event.notify();
+    }
+
+    /// Records a piece whose bytes another peer sent and whose crc was checked (`p2p::fetch`).
+    pub fn record_fetched_piece(&self, piece_idx: u64, crc: u32, len_bytes: u64) {
+        self.record_piece(piece_idx, crc, len_bytes);
     }
 
     pub fn all_pieces_done(&self) -> bool {

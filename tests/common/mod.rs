@@ -12,6 +12,7 @@
 pub mod daemon;
 pub mod nginx;
 pub mod origin;
+pub mod scheduler;
 pub mod server;
 pub mod tools;
 

@@ -1,0 +1,150 @@
+//! The gRPC side of piece exchange, on the control-plane runtime. As a parent: the
+//! `DfdaemonUpload.SyncPieces` server (every piece of the task this daemon holds, then each new
+//! one as it lands) and gRPC health. As a child: one SyncPieces stream per parent, turned into
+//! "parent N has piece P" announcements on the task's `PeerTask`.
+//!
+//! Invariant: a piece is announced only after its bit is set in the task's bitmap (its bytes are
+//! written and its crc recorded), so a child never asks for bytes that are not on disk.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status};
+
+use crate::daemon::task::{State, Task};
+use crate::p2p::node::Node;
+use crate::p2p::pb::dfdaemon as d;
+use crate::p2p::pb::dfdaemon::dfdaemon_upload_server::{DfdaemonUpload, DfdaemonUploadServer};
+use crate::p2p::peer::PeerTask;
+
+struct Upload {
+    node: Arc<Node>,
+}
+
+type PieceStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<d::SyncPiecesResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl DfdaemonUpload for Upload {
+    type SyncPiecesStream = PieceStream;
+
+    async fn sync_pieces(&self, req: Request<d::SyncPiecesRequest>) -> Result<Response<PieceStream>, Status> {
+        let req = req.into_inner();
+        if !crate::p2p::vortex::valid_task_id(&req.task_id) {
+            return Err(Status::invalid_argument("malformed task id"));
+        }
+        if req.interested_piece_numbers.is_empty() {
+            return Err(Status::invalid_argument("no interested piece numbers"));
+        }
+        let task = self.node.tasks.get(&req.task_id).map(|e| e.value().clone());
+        let Some(task) = task.filter(|t| t.state() != State::Failed) else {
+            return Err(Status::not_found(format!("task {} not found", req.task_id)));
+        };
+        let Some(g) = task.geometry() else { return Err(Status::not_found("task not laid out yet")) };
+        let n = g.layout.n_pieces();
+        let wanted: BTreeSet<u64> =
+            req.interested_piece_numbers.iter().map(|n| u64::from(*n)).filter(|i| *i < n).collect();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let addr = (self.node.ip.to_string(), i32::from(self.node.config.vortex_port));
+        tokio::spawn(feed(task, wanted, addr, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Streams each wanted piece once it is recorded; ends when all were sent, the child went away,
+/// or the task failed.
+async fn feed(
+    task: Arc<Task>,
+    mut wanted: BTreeSet<u64>,
+    (ip, tcp_port): (String, i32),
+    tx: tokio::sync::mpsc::Sender<Result<d::SyncPiecesResponse, Status>>,
+) {
+    let Some(g) = task.geometry() else { return };
+    while !wanted.is_empty() {
+        if task.state() == State::Failed {
+            let _ = tx.send(Err(Status::aborted("the task failed on this peer"))).await;
+            return;
+        }
+        let done = task.pieces_done();
+        let ready: Vec<u64> =
+            wanted.iter().copied().filter(|i| done.get(*i as usize).copied().unwrap_or(false)).collect();
+        for idx in ready {
+            let Some((start, end)) = g.layout.piece_range(idx) else { continue };
+            let resp = d::SyncPiecesResponse {
+                number: idx as u32,
+                offset: start,
+                length: end - start,
+                ip: ip.clone(),
+                tcp_port: Some(tcp_port),
+                quic_port: None,
+            };
+            if tx.send(Ok(resp)).await.is_err() {
+                return;
+            }
+            wanted.remove(&idx);
+        }
+        if wanted.is_empty() || tx.is_closed() {
+            return;
+        }
+        // Polled: the task's signal wakes compio runtimes only, and this is the tokio thread.
+        tokio::time::sleep(crate::limits::SYNC_PIECES_POLL).await;
+    }
+}
+
+/// Serves DfdaemonUpload and gRPC health on the bound upload listener until the process exits.
+pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_serving::<DfdaemonUploadServer<Upload>>().await;
+    let svc = DfdaemonUploadServer::new(Upload { node });
+    let result = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(svc)
+        .serve_with_incoming(TcpListenerStream::new(listener))
+        .await;
+    if let Err(e) = result {
+        tracing::error!("upload gRPC server stopped: {e}");
+    }
+}
+
+/// Child side: follows one parent's SyncPieces stream, announcing its pieces on `peer`. A parent
+/// that cannot be reached or whose stream breaks is given up on.
+pub async fn sync_pieces(node: Arc<Node>, peer: Arc<PeerTask>, slot: usize) {
+    let result = follow(&node, &peer, slot).await;
+    if let Err(e) = &result {
+        tracing::info!(cluster_task = %peer.cluster_id, parent = slot, "SyncPieces from parent ended: {e}");
+        peer.give_up_on(slot);
+    }
+    peer.live_streams.fetch_sub(1, Ordering::AcqRel);
+    peer.event.notify();
+    if peer.parents_exhausted() {
+        peer.report(crate::p2p::peer::Report::Reschedule);
+    }
+}
+
+async fn follow(node: &Node, peer: &PeerTask, slot: usize) -> Result<(), String> {
+    let parent = peer.parent(slot).ok_or("no such parent slot")?;
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", parent.grpc_addr))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(crate::limits::SCHEDULER_CONNECT_TIMEOUT);
+    let channel = endpoint.connect().await.map_err(|e| format!("connect {}: {e}", parent.grpc_addr))?;
+    let mut client = d::dfdaemon_upload_client::DfdaemonUploadClient::new(channel);
+    let req = d::SyncPiecesRequest {
+        host_id: node.host_id.clone(),
+        task_id: peer.cluster_id.clone(),
+        interested_piece_numbers: (0..peer.n_pieces as u32).collect(),
+    };
+    let mut stream = client.sync_pieces(req).await.map_err(|e| e.message().to_string())?.into_inner();
+    while let Some(r) = stream.message().await.map_err(|e| e.message().to_string())? {
+        if u64::from(r.number) >= peer.n_pieces {
+            return Err(format!("parent announced piece {} of {}", r.number, peer.n_pieces));
+        }
+        let port = r.tcp_port.and_then(|p| u16::try_from(p).ok()).ok_or("piece without a TCP port")?;
+        let ip = r.ip.parse().map_err(|_| format!("bad parent ip {:?}", r.ip))?;
+        let _ = parent.vortex_addr.set(SocketAddr::new(ip, port));
+        peer.announce(slot, u64::from(r.number));
+    }
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! Parent side of the data path, on the compio cores: the Vortex TCP server. Each core accepts
+//! on the shared listener, reads one `DownloadPiece`, checks it, and sends the piece's
+//! metadata and then its bytes, read from the task file.
+//!
+//! Invariant: only tasks this daemon holds, and only pieces whose bit is set (whole, written,
+//! crc recorded) are sent; the task is pinned for the whole exchange so GC cannot delete the file
+//! mid-upload; a malformed or unanswerable request gets a Vortex error and never affects other
+//! connections. Uploads in flight are bounded, the rate by `upload.rateLimit`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use compio::buf::{BufResult, IntoInner, IoBuf};
+use compio::io::{AsyncReadAtExt, AsyncReadExt, AsyncWriteExt};
+
+use crate::daemon::task::State;
+use crate::limits;
+use crate::p2p::node::Node;
+use crate::p2p::vortex::{self, PieceHead, Refusal, RefusalCode, HEADER_SIZE};
+
+/// Every core accepts on its own copy of the Vortex listener (the kernel hands each connection to
+/// one of them), so uploads spread over the cores with no hand-off between them.
+pub async fn accept_loop(node: Arc<Node>) {
+    let listener = node.vortex_listener.try_clone().and_then(|l| {
+        l.set_nonblocking(true)?;
+        compio::net::TcpListener::from_std(l)
+    });
+    let listener = match listener {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("cannot serve uploads (Vortex): {e}");
+            return;
+        }
+    };
+    loop {
+        match listener.accept().await {
+            Ok((conn, _)) => {
+                compio::runtime::spawn(serve(node.clone(), conn)).detach();
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning the core.
+                tracing::warn!("vortex accept failed: {e}");
+                compio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// One connection on a core: one request, one answer.
+pub async fn serve(node: Arc<Node>, mut conn: compio::net::TcpStream) {
+    if node.uploads_in_flight.fetch_add(1, Ordering::AcqRel) >= limits::MAX_CONCURRENT_UPLOADS {
+        node.uploads_in_flight.fetch_sub(1, Ordering::AcqRel);
+        let busy = Refusal::new(RefusalCode::Internal, "too many uploads in flight, try another parent");
+        let _ = conn.write_all(vortex::encode_refusal(&busy)).await;
+        return;
+    }
+    let result = compio::time::timeout(limits::UPLOAD_TIMEOUT, exchange(&node, &mut conn)).await;
+    node.uploads_in_flight.fetch_sub(1, Ordering::AcqRel);
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!("upload ended early: {e}"),
+        Err(_) => tracing::debug!("upload timed out"),
+    }
+}
+
+async fn exchange(node: &Node, conn: &mut compio::net::TcpStream) -> Result<(), String> {
+    let BufResult(res, head) = conn.read_exact([0u8; HEADER_SIZE]).await;
+    res.map_err(|e| format!("read header: {e}"))?;
+    let (tag, len) = match vortex::decode_header(&head) {
+        Ok(v) => v,
+        Err(e) => return refuse(conn, Refusal::new(RefusalCode::InvalidArgument, e)).await,
+    };
+    let BufResult(res, value) = conn.read_exact(vec![0u8; len as usize]).await;
+    res.map_err(|e| format!("read value: {e}"))?;
+    let (task_id, number) = match vortex::parse_request(tag, &value) {
+        Ok(v) => v,
+        Err(r) => return refuse(conn, r).await,
+    };
+    let task = node.tasks.get(&task_id).map(|e| e.value().clone());
+    let Some(task) = task.filter(|t| t.state() != State::Failed) else {
+        return refuse(conn, Refusal::new(RefusalCode::NotFound, format!("task {task_id} not found"))).await;
+    };
+    // Pinned until the last byte is written: GC and `tasks rm` skip a pinned task.
+    let Some(_pin) = task.pin() else {
+        return refuse(conn, Refusal::new(RefusalCode::NotFound, format!("task {task_id} is being removed"))).await;
+    };
+    let g = task.geometry().ok_or("task has no layout")?;
+    let have = task.pieces_done().get(number as usize).copied().unwrap_or(false);
+    let range = g.layout.piece_range(u64::from(number));
+    let (Some((start, end)), true) = (range, have) else {
+        return refuse(
+            conn,
+            Refusal::new(RefusalCode::NotFound, format!("piece {number} of task {task_id} not found")),
+        )
+        .await;
+    };
+    let crc = task.crcs().get(number as usize).copied().unwrap_or(0);
+    let t0 = Instant::now();
+    let head = PieceHead {
+        number,
+        offset: start,
+        length: end - start,
+        digest: vortex::crc_digest(crc),
+        parent_id: task.peer_id.clone(),
+        cost_secs: 0,
+        created_at_secs: (task.last_access_unix_ms.load(Ordering::Acquire) / 1000) as i64,
+    };
+    let BufResult(res, _) = conn.write_all(vortex::encode_piece_head(&head)).await;
+    res.map_err(|e| format!("write head: {e}"))?;
+    send_range(node, conn, &task.data_path, start, end).await?;
+    tracing::debug!(task = %task.id, piece = number, ms = t0.elapsed().as_millis() as u64, "piece uploaded");
+    Ok(())
+}
+
+async fn refuse(conn: &mut compio::net::TcpStream, r: Refusal) -> Result<(), String> {
+    let BufResult(res, _) = conn.write_all(vortex::encode_refusal(&r)).await;
+    res.map_err(|e| format!("write refusal: {e}"))?;
+    Err(format!("refused: {}", r.message))
+}
+
+/// Copies `[start, end)` of the task file to the connection, paced by `upload.rateLimit`.
+async fn send_range(
+    node: &Node,
+    conn: &mut compio::net::TcpStream,
+    path: &std::path::Path,
+    start: u64,
+    end: u64,
+) -> Result<(), String> {
+    let file = compio::fs::File::open(path).await.map_err(|e| format!("open task file: {e}"))?;
+    let mut buf: Vec<u8> = Vec::with_capacity(limits::WRITE_CHUNK_BYTES);
+    let mut pos = start;
+    while pos < end {
+        let want = (end - pos).min(limits::WRITE_CHUNK_BYTES as u64) as usize;
+        buf.clear();
+        let BufResult(res, b) = file.read_exact_at(buf.slice(..want), pos).await;
+        buf = b.into_inner();
+        res.map_err(|e| format!("read task file: {e}"))?;
+        if let Some(rl) = &node.upload_rate {
+            let wait = rl.reserve(want as u64, Instant::now());
+            if !wait.is_zero() {
+                compio::time::sleep(wait).await;
+            }
+        }
+        let BufResult(res, b) = conn.write_all(buf).await;
+        buf = b;
+        res.map_err(|e| format!("write piece: {e}"))?;
+        pos += want as u64;
+    }
+    Ok(())
+}
