@@ -1,0 +1,274 @@
+//! End-to-end tests of what the fast paths (issue 9) must still catch: an OUT edited in place
+//! behind an O(1) cache hit, recorded pieces that never reached the disk (zeroed or cut off after
+//! a SIGKILL or a stop, as a power loss leaves them), a digest mismatch found by hashing during
+//! the download, and exact bytes when one stream is read (an origin ignoring Range, a real
+//! docker-registry with one connection allowed) — through the real `dfget` binary, a daemon in a
+//! temp dir, in-process origins that count what they serve, and docker-registry with oras-py.
+//!
+//! Invariant: every test asserts on the bytes on disk and on what the origin served, never on
+//! timing: speed lives in `benches/` and PERF.md.
+
+mod common;
+#[path = "support_registry/mod.rs"]
+mod support_registry;
+#[path = "support_storage/mod.rs"]
+mod support_storage;
+
+use std::fs;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+use std::time::Duration;
+
+use common::{assert_file_is, content, dir_entries, poll_until, sha256_hex, stderr_of, Serve, TestOrigin, PIECE};
+use support_storage::{meta_pieces_done, pieces_requested, task_id_of, StorageDaemon, ThrottledOrigin};
+
+const MULTIPLEX: &str = "storage:\n  multiplex: true\n";
+
+fn n_done(pieces: &[bool]) -> usize {
+    pieces.iter().filter(|d| **d).count()
+}
+
+/// XORs `mask` into `len` bytes of `path` at `at`, in place (same inode, same length).
+fn flip_in_place(path: &Path, at: u64, len: usize, mask: u8) {
+    let file = fs::OpenOptions::new().read(true).write(true).open(path).expect("open for an in-place edit");
+    let mut bytes = vec![0u8; len];
+    file.read_exact_at(&mut bytes, at).expect("read before the edit");
+    bytes.iter_mut().for_each(|b| *b ^= mask);
+    file.write_all_at(&bytes, at).expect("edit in place");
+}
+
+/// Overwrites `[at, at + len)` of `path` with zeros, in place: what a preallocated file shows
+/// where a power loss dropped pieces that were recorded but never written back.
+fn zero_in_place(path: &Path, at: u64, len: usize) {
+    let file = fs::OpenOptions::new().write(true).open(path).expect("open task file");
+    file.write_all_at(&vec![0u8; len], at).expect("zero recorded piece");
+}
+
+#[test]
+fn out_edited_in_place_through_its_hard_link_is_detected_and_downloaded_again() {
+    let origin = ThrottledOrigin::start();
+    let daemon = StorageDaemon::start(MULTIPLEX);
+    let len = 3 * PIECE + 5;
+    let body = content(len, 901);
+    origin.add("/edit", body.clone());
+    let url = origin.url("/edit");
+    let id = task_id_of(&url);
+    let first = daemon.out("first");
+    daemon.assert_ok(&daemon.download(&url, &first), "first download");
+    assert_file_is(&first, &body);
+    let ino = |p: &Path| fs::metadata(p).expect("stat").ino();
+    assert_eq!(ino(&first), ino(&daemon.data_path(&id)), "precondition: OUT is a hard link of the task file");
+    let n_first = origin.n_requests("/edit");
+    // Control: untouched, the next request is a cache hit (no origin request).
+    daemon.assert_ok(&daemon.download(&url, &daemon.out("hit")), "cache hit");
+    assert_eq!(origin.n_requests("/edit"), n_first, "an intact cached task was fetched again");
+
+    // One byte, in place, through the user's OUT: same inode, same length, so only the
+    // file's timestamps tell that the cache changed.
+    let at = (PIECE + 17) as u64;
+    flip_in_place(&first, at, 1, 0x5a);
+    assert_eq!(fs::metadata(&first).expect("stat").len(), len as u64);
+
+    let second = daemon.out("second");
+    daemon.assert_ok(&daemon.download(&url, &second), "download after the edit");
+    assert_file_is(&second, &body);
+    assert!(origin.n_requests("/edit") > n_first, "the edited cache was served without going to the origin");
+    // The new task file is a new inode: the user's edited OUT keeps the user's edit.
+    assert_ne!(ino(&second), ino(&first), "the new download reused the edited inode");
+    let edited = fs::read(&first).expect("read edited OUT");
+    assert_eq!(edited[at as usize], body[at as usize] ^ 0x5a, "the user's own edit was undone");
+    // And the re-downloaded task is a cache hit again.
+    let n_second = origin.n_requests("/edit");
+    let third = daemon.out("third");
+    daemon.assert_ok(&daemon.download(&url, &third), "hit after the re-download");
+    assert_file_is(&third, &body);
+    assert_eq!(origin.n_requests("/edit"), n_second, "the re-downloaded task was not reused");
+}
+
+#[test]
+fn sigkill_then_zeroed_recorded_pieces_are_fetched_again_on_resume() {
+    let origin = ThrottledOrigin::start();
+    let mut daemon = StorageDaemon::start(MULTIPLEX);
+    let len = 16 * PIECE;
+    let body = content(len, 902);
+    origin.add("/zeroed", body.clone());
+    // Half the file at full speed, the rest at 256 KiB/s per connection: the kill lands after
+    // the fast pieces are recorded and while the slow ones are in flight.
+    origin.throttle("/zeroed", 8 * PIECE as u64, 256 * 1024);
+    let url = origin.url("/zeroed");
+    let id = task_id_of(&url);
+    let out = daemon.out("zeroed");
+    let client = daemon.spawn_download(&url, &out);
+    let meta = daemon.meta_path(&id);
+    let recorded = poll_until(Duration::from_secs(30), || meta_pieces_done(&meta).is_some_and(|d| n_done(&d) >= 4));
+    assert!(recorded, "meta.json never recorded the fast pieces\n{}", daemon.diagnostics());
+    daemon.kill9();
+    let _ = client.wait(Duration::from_secs(30));
+    let at_kill = meta_pieces_done(&meta).expect("meta.json survives SIGKILL");
+    let recorded: Vec<usize> = (0..at_kill.len()).filter(|i| at_kill[*i]).collect();
+    assert!(recorded.len() >= 2 && recorded.len() < at_kill.len(), "recorded at the kill: {recorded:?}");
+
+    // A power loss keeps the record but not the bytes: zero two of the recorded pieces.
+    let zeroed = [recorded[0], recorded[recorded.len() - 1]];
+    let data = daemon.data_path(&id);
+    for piece in zeroed {
+        zero_in_place(&data, (piece * PIECE) as u64, PIECE);
+    }
+    let n_requests_first = origin.n_requests("/zeroed");
+
+    origin.unthrottle_new_requests("/zeroed");
+    daemon.restart();
+    daemon.assert_ok(&daemon.download(&url, &out), "download after restart");
+    assert_file_is(&out, &body);
+    let refetched = pieces_requested(&origin.ranges("/zeroed")[n_requests_first..], PIECE as u64, len as u64);
+    for piece in zeroed {
+        assert!(refetched.contains(&(piece as u64)), "zeroed piece {piece} was trusted: refetched {refetched:?}");
+    }
+    for piece in &recorded[1..recorded.len() - 1] {
+        assert!(!refetched.contains(&(*piece as u64)), "intact recorded piece {piece} fetched again: {refetched:?}");
+    }
+    assert!(daemon.core_log().contains("resuming unfinished task"), "no resume logged\n{}", daemon.diagnostics());
+}
+
+#[test]
+fn parked_task_file_cut_short_is_fetched_again_on_resume() {
+    let origin = ThrottledOrigin::start();
+    let mut daemon = StorageDaemon::start(MULTIPLEX);
+    let len = 4 * PIECE;
+    let body = content(len, 903);
+    origin.add("/cut", body.clone());
+    // Pieces 0 and 1 fast, 2 and 3 at 256 KiB/s: the stop lands between them.
+    origin.throttle("/cut", 2 * PIECE as u64, 256 * 1024);
+    let url = origin.url("/cut");
+    let id = task_id_of(&url);
+    let out = daemon.out("cut");
+    let client = daemon.spawn_download(&url, &out);
+    let half = poll_until(Duration::from_secs(20), || {
+        daemon.listed(&id).is_some_and(|t| t["completed_bytes"].as_u64().unwrap_or(0) >= 2 * PIECE as u64)
+    });
+    assert!(half, "the fast half never completed\n{}", daemon.diagnostics());
+    let status = daemon.sigterm(Duration::from_secs(10));
+    assert!(status.success(), "daemon exit after SIGTERM: {status}\n{}", daemon.diagnostics());
+    let _ = client.wait(Duration::from_secs(20));
+    let parked = meta_pieces_done(&daemon.meta_path(&id)).expect("meta.json of the parked task");
+    assert!(parked[0] && parked[1], "parked pieces: {parked:?}");
+
+    // The file loses its tail and half of piece 1 (a crash before the size was written back).
+    let data = daemon.data_path(&id);
+    fs::OpenOptions::new().write(true).open(&data).expect("open").set_len((PIECE + PIECE / 2) as u64).expect("cut");
+    let n_requests_first = origin.n_requests("/cut");
+
+    origin.unthrottle_new_requests("/cut");
+    daemon.restart();
+    daemon.assert_ok(&daemon.download(&url, &out), "download after restart");
+    assert_file_is(&out, &body);
+    let refetched = pieces_requested(&origin.ranges("/cut")[n_requests_first..], PIECE as u64, len as u64);
+    assert!(refetched.contains(&1), "piece 1 was cut short yet trusted: refetched {refetched:?}");
+    let served = origin.served_bytes_since("/cut", n_requests_first);
+    assert_eq!(served, (refetched.len() * PIECE) as u64, "bytes served after the restart vs pieces requested");
+}
+
+/// `--digest` of `body` with one byte changed at `at`: right length, wrong content.
+fn digest_of_changed(body: &[u8], at: usize) -> String {
+    let mut other = body.to_vec();
+    other[at] ^= 1;
+    format!("sha256:{}", sha256_hex(&other))
+}
+
+#[test]
+fn digest_mismatch_found_while_pieces_land_out_of_order_leaves_no_out() {
+    let origin = ThrottledOrigin::start();
+    let daemon = StorageDaemon::start(MULTIPLEX);
+    // Six throttled full pieces and a 5-byte tail: the tail (and pieces taken later) land before
+    // piece 0 is complete, so the hasher sees pieces out of order.
+    let len = 6 * PIECE + 5;
+    let body = content(len, 904);
+    origin.add("/digest", body.clone());
+    origin.throttle("/digest", 0, 16 * 1024 * 1024);
+    let url = origin.url("/digest");
+    let out_dir = daemon.dir().join("digest-out");
+    fs::create_dir_all(&out_dir).expect("mkdir");
+    for (what, at) in [("first byte", 0), ("last byte", len - 1), ("middle", 3 * PIECE + 1)] {
+        let out = out_dir.join("out.bin");
+        let wrong = digest_of_changed(&body, at);
+        let result = daemon.dfget(&["-u", &url, "-O", out.to_str().expect("utf-8 path"), "--digest", &wrong]);
+        let stderr = stderr_of(&result);
+        assert!(!result.status.success(), "{what}: a wrong digest passed; stderr: {stderr}");
+        assert!(stderr.to_lowercase().contains("digest"), "{what}: the reason does not name the digest: {stderr}");
+        assert_eq!(dir_entries(&out_dir), Vec::<String>::new(), "{what}: OUT or a temp file left behind");
+        assert!(daemon.is_healthy(), "{what}: daemon unhealthy\n{}", daemon.diagnostics());
+    }
+    // Nothing of the failed tasks is cached: the right digest downloads the file again.
+    origin.unthrottle("/digest");
+    let n_before = origin.n_requests("/digest");
+    let right = format!("sha256:{}", sha256_hex(&body));
+    let out = out_dir.join("right.bin");
+    let result = daemon.dfget(&["-u", &url, "-O", out.to_str().expect("utf-8 path"), "--digest", &right]);
+    daemon.assert_ok(&result, "download with the right digest");
+    assert_file_is(&out, &body);
+    assert!(origin.n_requests("/digest") > n_before, "the right digest was served from a failed task's cache");
+}
+
+#[test]
+fn existing_out_survives_a_digest_mismatch_unchanged() {
+    let origin = TestOrigin::start();
+    let daemon = StorageDaemon::start(MULTIPLEX);
+    let body = content(3 * PIECE + 9, 905);
+    origin.add("/keep", body.clone());
+    let out = daemon.out("keep.bin");
+    fs::write(&out, b"the user's previous file").expect("write old OUT");
+    let wrong = digest_of_changed(&body, body.len() / 2);
+    let result = daemon.dfget(&["-u", &origin.url("/keep"), "-O", out.to_str().expect("utf-8"), "--digest", &wrong]);
+    assert!(!result.status.success(), "a wrong digest passed");
+    assert_eq!(fs::read(&out).expect("old OUT"), b"the user's previous file", "a failed download touched OUT");
+}
+
+/// Downloads `len` bytes from an origin that ignores Range (one 200 stream) with and without a
+/// digest, and checks the bytes and that the origin served the file exactly once per download.
+#[test]
+fn single_stream_from_range_ignoring_origin_is_exact_with_and_without_digest() {
+    let origin = TestOrigin::start();
+    let daemon = StorageDaemon::start(MULTIPLEX);
+    for (i, len) in [PIECE - 1, 5 * PIECE + 3].into_iter().enumerate() {
+        let body = content(len, 906 + i as u64);
+        let (plain, checked) = (format!("/ignore-{len}"), format!("/ignore-digest-{len}"));
+        origin.add_with(&plain, body.clone(), Serve::ignore_range());
+        origin.add_with(&checked, body.clone(), Serve::ignore_range());
+        let before = origin.bytes_served();
+        let out = daemon.out(&format!("plain-{len}"));
+        daemon.assert_ok(&daemon.download(&origin.url(&plain), &out), "range-ignoring origin");
+        assert_file_is(&out, &body);
+        assert_eq!(origin.requests_for(&plain).len(), 1, "a 200 stream should be the only request");
+
+        let digest = format!("sha256:{}", sha256_hex(&body));
+        let out = daemon.out(&format!("digest-{len}"));
+        let url = origin.url(&checked);
+        let result = daemon.dfget(&["-u", &url, "-O", out.to_str().expect("utf-8"), "--digest", &digest]);
+        daemon.assert_ok(&result, "range-ignoring origin with a digest");
+        assert_file_is(&out, &body);
+        assert_eq!(origin.requests_for(&checked).len(), 1, "a 200 stream should be the only request");
+        assert_eq!(origin.bytes_served() - before, 2 * len as u64, "each file served exactly once");
+    }
+}
+
+#[test]
+fn docker_registry_pull_is_exact_with_one_connection_and_with_the_default() {
+    use support_registry::{push, DaemonOpts, OrasDaemon, PushAuth, PushSpec, Registry, RegistryAuth};
+    let registry = Registry::start(RegistryAuth::None);
+    let body = content(9 * PIECE + 11, 907);
+    let pushed = push(&registry.host(), PushAuth::Anonymous, &[PushSpec::sif("fast/one:v1", &body)]);
+    let blob = &pushed[0].layer_digests[0];
+    let dir = common::out_dir();
+    let mut served = 0u64;
+    for (what, extra_yaml) in [("one connection", "  maxConnsPerHost: 1\n"), ("default", "")] {
+        let daemon = OrasDaemon::start(DaemonOpts { extra_yaml, ..DaemonOpts::default() });
+        let out = dir.path().join(format!("{}.sif", what.replace(' ', "-")));
+        let result = daemon.download(&registry.oras_url("fast/one:v1"), &out);
+        assert!(result.status.success(), "{what}: pull failed: {}\n{}", stderr_of(&result), daemon.diagnostics());
+        assert_file_is(&out, &body);
+        served += body.len() as u64;
+        let gets = registry.blob_gets_covering(blob, served);
+        let got: u64 = gets.iter().map(|g| g.written_bytes).sum();
+        assert_eq!(got, served, "{what}: the blob's bytes should be served exactly once per pull: {gets:#?}");
+    }
+}
