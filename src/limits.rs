@@ -72,6 +72,20 @@ const _: () = assert!(MIN_WRITE_CHUNK_BYTES <= WRITE_CHUNK_BYTES);
 /// cores × this many origin connections; 4 hides origin latency without hammering small origins.
 pub const PIECE_WORKERS_PER_CORE: usize = 4;
 
+/// Throughput a doubling of a task's ranged connections must add (×) to be kept
+/// (`daemon::ramp`). Below 1.25 the measurement noise of a busy host decides; above it, an origin
+/// that caps each connection (where a doubling gives ×2) still passes every step.
+pub const RAMP_GAIN: f64 = 1.25;
+
+/// Length of one throughput measurement of the ramp. 100 ms is ~100 MB on loopback and 2.5 MiB
+/// per connection at a 25 MiB/s cap: long enough to see a rate, short enough that a capped
+/// download reaches 8 connections within a few tenths of a second.
+pub const RAMP_WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// How often the digest thread looks for the next finished piece (`engine::hash_along`): task
+/// signals wake runtime threads only. 2 ms is ~2 MB at loopback speed, noise next to a piece.
+pub const HASH_POLL: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Attempts per request (first try + retries) for retryable failures (reset, timeout, 5xx).
 pub const MAX_ATTEMPTS: u32 = 3;
 
@@ -87,9 +101,9 @@ pub const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(
 /// longer one closes the connection instead.
 pub const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 
-/// A running task's progress (finished pieces, and how far the ones in flight got) is persisted
-/// at least this often, and sooner once `META_FLUSH_BYTES` were written since the last save, but
-/// never more often than `META_FLUSH_MIN_INTERVAL`. A SIGKILL loses what was written since the
+/// A running task's progress (finished pieces, and how far the ones in flight got) is checkpointed
+/// (metadata rewritten, nothing synced) at least this often, and sooner once `META_FLUSH_BYTES`
+/// were written since the last save, but never more often than `META_FLUSH_MIN_INTERVAL`. A SIGKILL loses what was written since the
 /// last save: at most ~8 MiB or 500 ms of bytes, whichever is less (above 80 MiB/s: 100 ms).
 pub const META_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 pub const META_FLUSH_BYTES: u64 = 8 << 20;

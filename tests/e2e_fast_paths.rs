@@ -85,42 +85,72 @@ fn out_edited_in_place_through_its_hard_link_is_detected_and_downloaded_again() 
     assert_eq!(origin.n_requests("/edit"), n_second, "the re-downloaded task was not reused");
 }
 
+/// A download stopped (by `stop`: SIGKILL or SIGTERM) once meta.json records `min_recorded`
+/// pieces: `n_pieces` 4 MiB pieces, the first half at full speed and the rest at 256 KiB/s per
+/// connection, so the stop lands after the fast pieces are recorded and while slow ones are in
+/// flight.
+struct Interrupted {
+    path: &'static str,
+    url: String,
+    id: String,
+    body: Vec<u8>,
+    /// meta.json's pieces after the stop.
+    recorded: Vec<bool>,
+    /// Requests the origin had seen by then.
+    n_requests: usize,
+}
+
+fn interrupt(
+    daemon: &mut StorageDaemon,
+    origin: &ThrottledOrigin,
+    path: &'static str,
+    n_pieces: usize,
+    min_recorded: usize,
+    stop: fn(&mut StorageDaemon),
+) -> Interrupted {
+    let body = content(n_pieces * PIECE, 902 + n_pieces as u64);
+    origin.add(path, body.clone());
+    origin.throttle(path, (n_pieces / 2 * PIECE) as u64, 256 * 1024);
+    let url = origin.url(path);
+    let id = task_id_of(&url);
+    let client = daemon.spawn_download(&url, &daemon.out("interrupted"));
+    let meta = daemon.meta_path(&id);
+    let enough =
+        poll_until(Duration::from_secs(30), || meta_pieces_done(&meta).is_some_and(|d| n_done(&d) >= min_recorded));
+    assert!(enough, "meta.json never recorded the fast pieces\n{}", daemon.diagnostics());
+    stop(daemon);
+    let _ = client.wait(Duration::from_secs(30));
+    let recorded = meta_pieces_done(&meta).expect("meta.json survives the stop");
+    assert!(n_done(&recorded) >= min_recorded && n_done(&recorded) < n_pieces, "recorded at the stop: {recorded:?}");
+    Interrupted { path, url, id, body, recorded, n_requests: origin.n_requests(path) }
+}
+
+impl Interrupted {
+    /// Restarts the daemon, downloads again at full speed, checks the bytes, and returns the
+    /// pieces the second run fetched.
+    fn resume(&self, daemon: &mut StorageDaemon, origin: &ThrottledOrigin) -> Vec<u64> {
+        origin.unthrottle_new_requests(self.path);
+        daemon.restart();
+        let out = daemon.out("resumed");
+        daemon.assert_ok(&daemon.download(&self.url, &out), "download after restart");
+        assert_file_is(&out, &self.body);
+        let len = self.body.len() as u64;
+        pieces_requested(&origin.ranges(self.path)[self.n_requests..], PIECE as u64, len)
+    }
+}
+
 #[test]
 fn sigkill_then_zeroed_recorded_pieces_are_fetched_again_on_resume() {
     let origin = ThrottledOrigin::start();
     let mut daemon = StorageDaemon::start(MULTIPLEX);
-    let len = 16 * PIECE;
-    let body = content(len, 902);
-    origin.add("/zeroed", body.clone());
-    // Half the file at full speed, the rest at 256 KiB/s per connection: the kill lands after
-    // the fast pieces are recorded and while the slow ones are in flight.
-    origin.throttle("/zeroed", 8 * PIECE as u64, 256 * 1024);
-    let url = origin.url("/zeroed");
-    let id = task_id_of(&url);
-    let out = daemon.out("zeroed");
-    let client = daemon.spawn_download(&url, &out);
-    let meta = daemon.meta_path(&id);
-    let recorded = poll_until(Duration::from_secs(30), || meta_pieces_done(&meta).is_some_and(|d| n_done(&d) >= 4));
-    assert!(recorded, "meta.json never recorded the fast pieces\n{}", daemon.diagnostics());
-    daemon.kill9();
-    let _ = client.wait(Duration::from_secs(30));
-    let at_kill = meta_pieces_done(&meta).expect("meta.json survives SIGKILL");
-    let recorded: Vec<usize> = (0..at_kill.len()).filter(|i| at_kill[*i]).collect();
-    assert!(recorded.len() >= 2 && recorded.len() < at_kill.len(), "recorded at the kill: {recorded:?}");
-
+    let it = interrupt(&mut daemon, &origin, "/zeroed", 16, 4, |d| d.kill9());
+    let recorded: Vec<usize> = (0..it.recorded.len()).filter(|i| it.recorded[*i]).collect();
     // A power loss keeps the record but not the bytes: zero two of the recorded pieces.
     let zeroed = [recorded[0], recorded[recorded.len() - 1]];
-    let data = daemon.data_path(&id);
     for piece in zeroed {
-        zero_in_place(&data, (piece * PIECE) as u64, PIECE);
+        zero_in_place(&daemon.data_path(&it.id), (piece * PIECE) as u64, PIECE);
     }
-    let n_requests_first = origin.n_requests("/zeroed");
-
-    origin.unthrottle_new_requests("/zeroed");
-    daemon.restart();
-    daemon.assert_ok(&daemon.download(&url, &out), "download after restart");
-    assert_file_is(&out, &body);
-    let refetched = pieces_requested(&origin.ranges("/zeroed")[n_requests_first..], PIECE as u64, len as u64);
+    let refetched = it.resume(&mut daemon, &origin);
     for piece in zeroed {
         assert!(refetched.contains(&(piece as u64)), "zeroed piece {piece} was trusted: refetched {refetched:?}");
     }
@@ -134,37 +164,17 @@ fn sigkill_then_zeroed_recorded_pieces_are_fetched_again_on_resume() {
 fn parked_task_file_cut_short_is_fetched_again_on_resume() {
     let origin = ThrottledOrigin::start();
     let mut daemon = StorageDaemon::start(MULTIPLEX);
-    let len = 4 * PIECE;
-    let body = content(len, 903);
-    origin.add("/cut", body.clone());
-    // Pieces 0 and 1 fast, 2 and 3 at 256 KiB/s: the stop lands between them.
-    origin.throttle("/cut", 2 * PIECE as u64, 256 * 1024);
-    let url = origin.url("/cut");
-    let id = task_id_of(&url);
-    let out = daemon.out("cut");
-    let client = daemon.spawn_download(&url, &out);
-    let half = poll_until(Duration::from_secs(20), || {
-        daemon.listed(&id).is_some_and(|t| t["completed_bytes"].as_u64().unwrap_or(0) >= 2 * PIECE as u64)
+    let it = interrupt(&mut daemon, &origin, "/cut", 4, 2, |d| {
+        let status = d.sigterm(Duration::from_secs(10));
+        assert!(status.success(), "daemon exit after SIGTERM: {status}\n{}", d.diagnostics());
     });
-    assert!(half, "the fast half never completed\n{}", daemon.diagnostics());
-    let status = daemon.sigterm(Duration::from_secs(10));
-    assert!(status.success(), "daemon exit after SIGTERM: {status}\n{}", daemon.diagnostics());
-    let _ = client.wait(Duration::from_secs(20));
-    let parked = meta_pieces_done(&daemon.meta_path(&id)).expect("meta.json of the parked task");
-    assert!(parked[0] && parked[1], "parked pieces: {parked:?}");
-
+    assert!(it.recorded[0] && it.recorded[1], "parked pieces: {:?}", it.recorded);
     // The file loses its tail and half of piece 1 (a crash before the size was written back).
-    let data = daemon.data_path(&id);
+    let data = daemon.data_path(&it.id);
     fs::OpenOptions::new().write(true).open(&data).expect("open").set_len((PIECE + PIECE / 2) as u64).expect("cut");
-    let n_requests_first = origin.n_requests("/cut");
-
-    origin.unthrottle_new_requests("/cut");
-    daemon.restart();
-    daemon.assert_ok(&daemon.download(&url, &out), "download after restart");
-    assert_file_is(&out, &body);
-    let refetched = pieces_requested(&origin.ranges("/cut")[n_requests_first..], PIECE as u64, len as u64);
+    let refetched = it.resume(&mut daemon, &origin);
     assert!(refetched.contains(&1), "piece 1 was cut short yet trusted: refetched {refetched:?}");
-    let served = origin.served_bytes_since("/cut", n_requests_first);
+    let served = origin.served_bytes_since(it.path, it.n_requests);
     assert_eq!(served, (refetched.len() * PIECE) as u64, "bytes served after the restart vs pieces requested");
 }
 

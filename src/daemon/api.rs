@@ -164,6 +164,9 @@ async fn download_to(
         Some(out) => export_as(caller, &task, out).await?.as_str(),
         None => "none",
     };
+    // A link moved the file's ctime and link count: that is no edit, remember the new state.
+    let t = task.clone();
+    let _ = blocking(move || Ok(keep_identity_if_unchanged(&t))).await;
     let len_bytes = task.geometry().map(|g| g.layout.content_len_bytes).unwrap_or(0);
     let cost_ms = started.elapsed().as_millis() as u64;
     if reused {
@@ -258,8 +261,21 @@ async fn reusable(task: &Arc<Task>) -> bool {
     let Some(g) = task.geometry() else {
         return false;
     };
-    let (path, crcs) = (task.data_path.clone(), task.crcs());
-    let check = blocking(move || crate::storage::verify_pieces(&path, g.layout, &crcs)).await;
+    let (path, crcs, t) = (task.data_path.clone(), task.crcs(), task.clone());
+    let check = blocking(move || {
+        // O(1): the file is in the state this run last saw (one stat).
+        if keep_identity_if_unchanged(&t) {
+            return Ok(());
+        }
+        // Changed, or never seen by this run (restored after a restart, when a power loss may have
+        // kept the record but not the bytes): read it all. The identity is taken before the read,
+        // so an edit made during the read is caught by the next hit.
+        let before = crate::storage::FileIdentity::of(&path).ok();
+        crate::storage::verify_pieces(&path, g.layout, &crcs)?;
+        t.set_identity(before);
+        Ok(())
+    })
+    .await;
     match check {
         Ok(()) => true,
         Err(e) => {
@@ -267,6 +283,17 @@ async fn reusable(task: &Arc<Task>) -> bool {
             false
         }
     }
+}
+
+/// True (and the current state remembered) when the task file is as this run last saw it.
+/// Blocking (one stat).
+fn keep_identity_if_unchanged(task: &Task) -> bool {
+    let (Some(known), Ok(now)) = (task.identity(), crate::storage::FileIdentity::of(&task.data_path)) else {
+        return false;
+    };
+    let same = known.unchanged_in(&now);
+    task.set_identity(same.then_some(now));
+    same
 }
 
 /// Retires a finished task that cannot be reused (multiplex off, or its file failed verification).

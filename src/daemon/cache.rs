@@ -258,7 +258,7 @@ pub fn park_all(shared: &Shared) {
             continue;
         }
         let meta = task.to_meta();
-        match crate::storage::persist_meta(&task.data_path, &shared.store.meta_path(&task.id), &meta) {
+        match crate::storage::persist_meta(&shared.store.meta_path(&task.id), &meta) {
             Ok(()) => n += 1,
             Err(e) => tracing::warn!(task = %task.id, "cannot park task: {e}"),
         }

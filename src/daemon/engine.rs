@@ -1,6 +1,7 @@
-//! The download engine: `drive` (home core: first request, layout, finalize), `piece_worker`
-//! (every core: fetch ranged pieces until the cursor runs out) and `write_body`, which streams a
-//! response into the task file, cutting it into crc'd pieces.
+//! The download engine: `drive` (home core: first request, layout, the connection ramp, finalize),
+//! `piece_worker` (any core: fetch ranged pieces until the cursor runs out or the ramp retires it),
+//! `write_body`, which streams a response into the task file, cutting it into crc'd pieces, and
+//! the digest check that hashes the file while it downloads.
 //!
 //! Invariant: exactly one `drive` runs per task (the request that created the task's index entry
 //! spawns it); piece workers never finalize, they only fill pieces and report failures.
@@ -14,6 +15,7 @@ use compio::io::AsyncWriteAtExt;
 
 use crate::daemon::first_response::{self, FirstResponse};
 use crate::daemon::judge::{self, PieceAsked};
+use crate::daemon::ramp::{Ramp, Step};
 use crate::daemon::serving::blocking;
 use crate::daemon::shared::Shared;
 use crate::daemon::task::{Geometry, State, Task};
@@ -28,8 +30,8 @@ use crate::piece::{Layout, DEFAULT_PIECE_LEN_BYTES};
 /// `task.fail` plus cleanup, and the index entry is dropped so the next request starts afresh.
 pub async fn drive(shared: Arc<Shared>, task: Arc<Task>) {
     let result = until_failed(&task, async {
-        download(&shared, &task).await?;
-        finalize(&shared, &task).await
+        let hashing = download(&shared, &task).await?;
+        finalize(&shared, &task, hashing).await
     })
     .await;
     // Logged before `mark_done`: a subscriber can tell its client "done" only after that, so the
@@ -88,14 +90,18 @@ pub async fn drive(shared: Arc<Shared>, task: Arc<Task>) {
     task.event.notify();
 }
 
-async fn download(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
+/// Fills the task file. Returns the digest check running alongside, if any (see `Hashing`).
+async fn download(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<Option<Hashing>> {
     if resume(shared, task).await? {
-        return wait_all_pieces(shared, task).await;
+        let hashing = Hashing::start(task);
+        wait_all_pieces(shared, task).await?;
+        return Ok(hashing);
     }
     let first = with_retries(|| first_response::first_request(task)).await?;
     if let Some(g) = task.geometry() {
         cache::admit(shared, g.layout.content_len_bytes).await?;
     }
+    let mut hashing = None;
     match first {
         FirstResponse::Empty => {
             shared.store.create_task_file(&task.id, Some(0))?;
@@ -104,9 +110,9 @@ async fn download(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
             let g = task.geometry().ok_or_else(|| Error::internal("ranged response without geometry"))?;
             shared.store.create_task_file(&task.id, Some(g.layout.content_len_bytes))?;
             join_cluster(shared, task, g.layout).await;
-            let n_pieces = g.layout.n_pieces();
-            if n_pieces > 1 || !piece0 {
-                shared.broadcast_work(task, n_pieces);
+            hashing = Hashing::start(task);
+            if g.layout.n_pieces() > 1 || !piece0 {
+                shared.grow_workers(task, 1);
             }
             if piece0 {
                 let file = open_task_file(task).await?;
@@ -128,10 +134,14 @@ async fn download(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
             }
         }
         FirstResponse::Stream { mut resp, len_bytes } => {
-            stream_whole(shared, task, &mut resp, len_bytes).await?;
+            shared.store.create_task_file(&task.id, len_bytes)?;
+            // Known length: the geometry is set and pieces are recorded as the stream is cut.
+            hashing = Hashing::start(task);
+            stream_whole(task, &mut resp, len_bytes).await?;
         }
     }
-    wait_all_pieces(shared, task).await
+    wait_all_pieces(shared, task).await?;
+    Ok(hashing)
 }
 
 /// With a cluster configured, registers the laid-out task with the scheduler before the piece
@@ -179,20 +189,15 @@ async fn resume(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<bool> {
     }
     task.resume_from(layout, &still_good, &meta.piece_crcs, &partial);
     if !task.all_pieces_done() {
-        shared.broadcast_work(task, layout.n_pieces() - n_good as u64);
+        shared.grow_workers(task, 1);
     }
     Ok(true)
 }
 
 /// Single-stream mode: the home core reads the whole body and cuts it into pieces.
-async fn stream_whole(
-    shared: &Arc<Shared>,
-    task: &Arc<Task>,
-    resp: &mut client::Response,
-    len_bytes: Option<u64>,
-) -> Result<()> {
-    // Admission already ran in `download` when the length is known (the geometry was set).
-    shared.store.create_task_file(&task.id, len_bytes)?;
+async fn stream_whole(task: &Arc<Task>, resp: &mut client::Response, len_bytes: Option<u64>) -> Result<()> {
+    // Admission already ran in `download` when the length is known (the geometry was set), and
+    // the task file exists.
     let file = open_task_file(task).await?;
     let piece_len = task.geometry().map(|g| g.layout.piece_len_bytes).unwrap_or(DEFAULT_PIECE_LEN_BYTES);
     let (written, unrecorded) = write_body(task, resp, &file, 0, piece_len, len_bytes, (0, 0)).await?;
@@ -204,14 +209,20 @@ async fn stream_whole(
     Ok(())
 }
 
-/// Waits for every piece, persisting progress (finished pieces and how far the ones in flight
-/// got) on the `META_FLUSH_*` schedule, so a crash or kill loses at most that many bytes (data is
-/// synced before the metadata that records it). Deadlines, not delays from the last wake-up:
+/// Waits for every piece, checkpointing progress (finished pieces and how far the ones in flight
+/// got) on the `META_FLUSH_*` schedule, so a crash or kill loses at most that many bytes (nothing
+/// is synced: see `storage::persist_meta`), and meanwhile ramps the task's connection count from
+/// the throughput it measures (`daemon::ramp`). Deadlines, not delays from the last wake-up:
 /// waking on a piece must not push the next save further out.
 async fn wait_all_pieces(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
     use std::time::Instant;
     let mut flushed_bytes = 0u64;
     let mut last_flush = Instant::now();
+    let mut ramp = Ramp::new(task.workers.limit(), shared.max_workers());
+    if !task.geometry().is_some_and(|g| g.ranged) {
+        ramp.settle();
+    }
+    let mut window = (Instant::now(), task.written_bytes());
     loop {
         let listener = task.event.listen();
         if let Some(e) = task.failure() {
@@ -223,6 +234,9 @@ async fn wait_all_pieces(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
         // Writes do not notify: look at the byte count every `META_FLUSH_MIN_INTERVAL`.
         let deadline = (last_flush + limits::META_FLUSH_INTERVAL).saturating_duration_since(Instant::now());
         let _ = compio::time::timeout(deadline.min(limits::META_FLUSH_MIN_INTERVAL), listener).await;
+        if !ramp.settled() && window.0.elapsed() >= limits::RAMP_WINDOW {
+            window = ramp_step(shared, task, &mut ramp, window);
+        }
         let written = task.written_bytes();
         let due = last_flush.elapsed() >= limits::META_FLUSH_INTERVAL
             || (last_flush.elapsed() >= limits::META_FLUSH_MIN_INTERVAL
@@ -237,10 +251,33 @@ async fn wait_all_pieces(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
     }
 }
 
-/// Syncs the task file's data, then writes the metadata that records its pieces.
+/// One ramp decision from the bytes written since `window` began; returns the next window.
+fn ramp_step(
+    shared: &Arc<Shared>,
+    task: &Arc<Task>,
+    ramp: &mut Ramp,
+    window: (std::time::Instant, u64),
+) -> (std::time::Instant, u64) {
+    let written = task.written_bytes();
+    let rate = written.saturating_sub(window.1) as f64 / window.0.elapsed().as_secs_f64().max(1e-3);
+    // Workers added now would find nothing to take: the count is what it will be.
+    if task.pieces_untaken() <= task.workers.limit() as u64 {
+        ramp.settle();
+    }
+    match ramp.observe(rate) {
+        Step::Grow(n) => shared.grow_workers(task, n),
+        Step::Settle(n) => task.workers.set_limit(n),
+        Step::Hold => {}
+    }
+    tracing::debug!(task = %task.id, rate_mib_s = rate / 1048576.0, workers = ramp.limit(), "ramp");
+    (std::time::Instant::now(), written)
+}
+
+/// Writes the metadata that records the task's pieces (a checkpoint: nothing is synced, see
+/// `storage::persist_meta`).
 pub async fn persist(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
     let meta = task.to_meta();
-    let (data_path, meta_path) = (task.data_path.clone(), shared.store.meta_path(&task.id));
+    let meta_path = shared.store.meta_path(&task.id);
     let task = task.clone();
     blocking(move || {
         let _files = task.files.lock().map_err(|_| Error::internal("task files lock poisoned"))?;
@@ -249,24 +286,70 @@ pub async fn persist(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
             return Ok(());
         }
         let t = std::time::Instant::now();
-        let saved = crate::storage::persist_meta(&data_path, &meta_path, &meta);
+        let saved = crate::storage::persist_meta(&meta_path, &meta);
         tracing::debug!(task = %task.id, cost_ms = t.elapsed().as_millis() as u64, "progress saved");
         saved
     })
     .await
 }
 
-/// Digest check (when asked for) and metadata, off the IO path.
-async fn finalize(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
+/// The digest check of a task with a known digest, running beside the download on a thread of
+/// its own: it hashes the longest prefix of finished pieces as they land (`storage::hash`), so
+/// when the last piece is written only the pieces after that prefix are left. A thread, not the
+/// blocking pool: it waits on pieces for as long as the download runs, and file IO of the
+/// polling driver must never queue behind it.
+struct Hashing {
+    result: flume::Receiver<Result<String>>,
+}
+
+impl Hashing {
+    fn start(task: &Arc<Task>) -> Option<Hashing> {
+        let layout = task.geometry()?.layout;
+        task.spec.digest.as_ref()?;
+        let (tx, rx) = flume::bounded(1);
+        let t = task.clone();
+        let spawned = std::thread::Builder::new().name("dfget-hash".into()).spawn(move || {
+            let _ = tx.send(hash_along(&t, layout));
+        });
+        // No thread (resource limits): finalize hashes the whole file instead.
+        spawned.ok().map(|_| Hashing { result: rx })
+    }
+}
+
+/// Follows `task`'s pieces with a prefix hasher until the last one is hashed or the task failed.
+/// It polls (every `HASH_POLL`) rather than listen: task signals wake runtime threads only.
+fn hash_along(task: &Task, layout: Layout) -> Result<String> {
+    let mut hasher = crate::storage::hash::PrefixHasher::open(&task.data_path, layout)?;
+    loop {
+        hasher.advance(|idx| task.piece_done(idx))?;
+        if hasher.is_complete() {
+            return Ok(hasher.finish());
+        }
+        if task.state() == State::Failed {
+            return Err(Error::internal("task failed while hashing"));
+        }
+        std::thread::sleep(limits::HASH_POLL);
+    }
+}
+
+/// Digest check (when asked for), metadata, and the file identity later cache hits compare with.
+async fn finalize(shared: &Arc<Shared>, task: &Arc<Task>, hashing: Option<Hashing>) -> Result<()> {
     let g = task.geometry().ok_or_else(|| Error::internal("finalize without geometry"))?;
     if let Some(want) = task.spec.digest.clone() {
         let path = task.data_path.clone();
         let len = g.layout.content_len_bytes;
-        blocking(move || crate::storage::verify_sha256(&path, len, &want))
-            .await
+        let got = match hashing {
+            Some(h) => h.result.recv_async().await.map_err(|_| Error::internal("hashing thread ended"))?,
+            None => blocking(move || crate::storage::sha256_of(&path, len)).await,
+        };
+        crate::storage::check_digest(got, &want)
             .map_err(|e| e.with_kind(crate::error::Kind::Integrity).context(&task.spec.display_url))?;
     }
-    persist(shared, task).await
+    persist(shared, task).await?;
+    let path = task.data_path.clone();
+    let identity = blocking(move || Ok(crate::storage::FileIdentity::of(&path).ok())).await?;
+    task.set_identity(identity);
+    Ok(())
 }
 
 /// Piece worker: one of several per core per task. Takes piece indexes from the task's shared
@@ -282,12 +365,19 @@ pub async fn piece_worker(task: Arc<Task>) {
             return;
         }
     };
-    while let Some(piece_idx) = task.take_piece() {
-        if let Err(e) = fetch_piece_with_retries(&task, &file, layout, piece_idx).await {
-            let _ = task.fail(e);
+    task.workers.enter();
+    loop {
+        // Over the ramp's limit: this worker retires between pieces (never inside one).
+        if task.workers.retire_if_over() {
             return;
         }
+        let Some(piece_idx) = task.take_piece() else { break };
+        if let Err(e) = fetch_piece_with_retries(&task, &file, layout, piece_idx).await {
+            let _ = task.fail(e);
+            break;
+        }
     }
+    task.workers.leave();
 }
 
 async fn fetch_piece_with_retries(task: &Task, file: &compio::fs::File, layout: Layout, piece_idx: u64) -> Result<()> {

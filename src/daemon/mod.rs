@@ -21,6 +21,7 @@ pub mod first_response;
 pub mod judge;
 pub mod log;
 pub mod metrics;
+pub mod ramp;
 pub mod rate;
 pub mod serving;
 pub mod shared;

@@ -60,12 +60,20 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Asks every core to start piece workers for `task`.
-    pub fn broadcast_work(&self, task: &Arc<Task>, n_pieces: u64) {
-        let n_workers = workers_per_core(n_pieces, self.cores.len());
-        for core in &self.cores {
-            let _ = core.send(CoreMsg::Work { task: task.clone(), n_workers });
+    /// Raises `task`'s worker limit to `limit` and starts the missing workers, one per message,
+    /// round-robin over the cores (a worker stays on the core that starts it).
+    pub fn grow_workers(&self, task: &Arc<Task>, limit: usize) {
+        let before = task.workers.limit();
+        task.workers.set_limit(limit);
+        for _ in before..limit {
+            let core = task.workers.next_core(self.cores.len());
+            let _ = self.cores[core].send(CoreMsg::Work { task: task.clone(), n_workers: 1 });
         }
+    }
+
+    /// The most piece workers one task may have: `PIECE_WORKERS_PER_CORE` per core.
+    pub fn max_workers(&self) -> usize {
+        self.cores.len().max(1) * crate::limits::PIECE_WORKERS_PER_CORE
     }
 
     /// Round-robin choice of the core that serves the next client connection.
@@ -77,11 +85,4 @@ impl Shared {
     pub fn new_peer_id(&self) -> String {
         format!("{}-{}", self.peer_prefix, uuid::Uuid::new_v4())
     }
-}
-
-/// How many piece workers a core should start for a task with `n_pieces` pieces on `n_cores` cores.
-fn workers_per_core(n_pieces: u64, n_cores: usize) -> usize {
-    let per_core = crate::limits::PIECE_WORKERS_PER_CORE as u64;
-    let want = n_pieces.div_ceil(n_cores.max(1) as u64).min(per_core);
-    want.max(1) as usize
 }

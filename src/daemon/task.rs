@@ -97,6 +97,11 @@ pub struct Task {
     pub validators: OnceLock<Validators>,
     /// The task's place in a Dragonfly cluster, once the scheduler was asked (`p2p`).
     pub peer: OnceLock<std::sync::Arc<crate::p2p::peer::PeerTask>>,
+    /// The piece workers of every core and how many may run (`daemon::ramp`).
+    pub workers: crate::daemon::ramp::Workers,
+    /// The finished task file's identity, known only to this run of the daemon: set when the task
+    /// finishes here, or after a restored task's first full check. None = check fully.
+    identity: std::sync::Mutex<Option<crate::storage::FileIdentity>>,
 }
 
 const SEVERAL: u64 = u64::MAX;
@@ -129,6 +134,8 @@ impl Task {
             requesters: AtomicU64::new(0),
             validators: OnceLock::new(),
             peer: OnceLock::new(),
+            workers: crate::daemon::ramp::Workers::default(),
+            identity: std::sync::Mutex::new(None),
         }
     }
 
@@ -148,6 +155,22 @@ impl Task {
             0 | SEVERAL => None,
             r => u32::try_from(r - 1).ok(),
         }
+    }
+
+    /// The finished file's identity as last checked by this run (None: never, or invalidated).
+    pub fn identity(&self) -> Option<crate::storage::FileIdentity> {
+        self.identity.lock().ok().and_then(|g| *g)
+    }
+
+    pub fn set_identity(&self, id: Option<crate::storage::FileIdentity>) {
+        if let Ok(mut g) = self.identity.lock() {
+            *g = id;
+        }
+    }
+
+    /// Whether piece `idx`'s bytes are written and recorded.
+    pub fn piece_done(&self, idx: u64) -> bool {
+        self.bitmap.get().is_some_and(|b| b.get(idx))
     }
 
     /// A task restored from a finished task file on disk (crcs already verified by the caller).
@@ -371,6 +394,12 @@ impl Task {
             }
         }
         self.next_piece.store(0, Ordering::Release);
+    }
+
+    /// Pieces no worker has taken yet (an upper bound: some below the cursor may be restored).
+    pub fn pieces_untaken(&self) -> u64 {
+        let n = self.geometry().map(|g| g.layout.n_pieces()).unwrap_or(0);
+        n.saturating_sub(self.next_piece.load(Ordering::Acquire))
     }
 
     pub fn n_pieces_done(&self) -> u64 {

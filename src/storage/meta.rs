@@ -439,11 +439,27 @@ fn validate_strings(meta: &TaskMeta) -> Result<(), String> {
 /// the rename itself is durable. After a crash `path` holds either the old or the new bytes, never
 /// a mix. One writer per path at a time (the task's owner): concurrent writers would share the tmp.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace(path, bytes, true)
+}
+
+/// `write_atomic` without any fsync: a progress checkpoint. After a power loss `path` may hold
+/// the old bytes, the new ones, or a torn file (which `read` reports, and the task is dropped);
+/// a crash of the daemon alone loses nothing (the rename is in the kernel). Safe for task
+/// metadata because every piece it records is re-checked by crc before a restarted daemon trusts
+/// it (ARCHITECTURE.md, "Durability without fsync").
+pub fn write_unsynced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace(path, bytes, false)
+}
+
+fn replace(path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
     let tmp = tmp_path(path)?;
-    if let Err(err) = write_and_rename(&tmp, path, bytes) {
+    if let Err(err) = write_and_rename(&tmp, path, bytes, sync) {
         // Best effort: a leftover tmp is harmless (the next write truncates it) but untidy.
         let _ = fs::remove_file(&tmp);
         return Err(err);
+    }
+    if !sync {
+        return Ok(());
     }
     sync_dir(path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")))
 }
@@ -460,14 +476,16 @@ fn tmp_path(path: &Path) -> io::Result<PathBuf> {
     Ok(path.with_file_name(tmp_name))
 }
 
-fn write_and_rename(tmp: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+fn write_and_rename(tmp: &Path, path: &Path, bytes: &[u8], sync: bool) -> io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     // 0600: metadata names URLs (and whether they needed credentials); a leftover tmp from an
     // older build may be 0644, hence the explicit fchmod too.
     let mut file = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(tmp)?;
     file.set_permissions(fs::Permissions::from_mode(0o600))?;
     file.write_all(bytes)?;
-    file.sync_all()?;
+    if sync {
+        file.sync_all()?;
+    }
     drop(file);
     fs::rename(tmp, path)
 }

@@ -9,6 +9,7 @@
 //! on the file size.
 
 pub mod export;
+pub mod hash;
 pub mod index;
 pub mod meta;
 pub mod task_id;
@@ -139,8 +140,8 @@ pub fn verify_pieces(path: &Path, layout: crate::piece::Layout, crcs: &[u32]) ->
     }
 }
 
-/// sha256 of a finished task file against `sha256:<hex>`. Blocking (mmap + hash).
-pub fn verify_sha256(path: &Path, len_bytes: u64, want: &str) -> Result<()> {
+/// `sha256:<hex>` of a finished task file (one pass over a map of it). Blocking.
+pub fn sha256_of(path: &Path, len_bytes: u64) -> Result<String> {
     use sha2::{Digest, Sha256};
     let file = File::open(path).map_err(|e| disk_err(e, path, "open task file"))?;
     let mut h = Sha256::new();
@@ -149,7 +150,12 @@ pub fn verify_sha256(path: &Path, len_bytes: u64, want: &str) -> Result<()> {
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| disk_err(e, path, "map task file"))?;
         h.update(&map[..]);
     }
-    let got = format!("sha256:{}", hex::encode(h.finalize()));
+    Ok(format!("sha256:{}", hex::encode(h.finalize())))
+}
+
+/// Compares a computed digest with the wanted `sha256:<hex>`.
+pub fn check_digest(got: Result<String>, want: &str) -> Result<()> {
+    let got = got?;
     if got != want {
         return Err(Error::origin(false, format!("digest mismatch: expected {want}, got {got}")));
     }
@@ -200,19 +206,85 @@ pub fn recheck_partial(
         .collect()
 }
 
-/// Makes the recorded pieces durable before the record: fdatasync the task file, then write the
-/// metadata atomically. Blocking.
-pub fn persist_meta(data_path: &Path, meta_path: &Path, meta: &meta::TaskMeta) -> Result<()> {
-    if let Ok(f) = File::open(data_path) {
-        f.sync_data().map_err(|e| disk_err(e, data_path, "sync task file"))?;
+/// Records a task's progress: its metadata, replaced atomically, with no fsync of the task file
+/// or of the metadata. Nothing on the download path forces a writeback: the kernel writes the
+/// pages back on its own, and a restarted daemon re-checks every recorded piece by crc before it
+/// trusts it (a resumed task in `recheck_pieces`, a finished one on its first reuse), so a piece
+/// recorded before its bytes reached the disk is fetched again, never served (ARCHITECTURE.md,
+/// "Durability without fsync"). Blocking.
+pub fn persist_meta(meta_path: &Path, meta: &meta::TaskMeta) -> Result<()> {
+    meta::write_unsynced(meta_path, &meta.encode()).map_err(|e| disk_err(e, meta_path, "write task metadata"))
+}
+
+/// What identifies the state of a finished task file without reading it: an in-place edit (even
+/// through a hard-linked OUT, which shares the inode) changes mtime and ctime, a replacement
+/// changes the inode, a truncation the length; ctime cannot be set back by a user. Checked with
+/// one `stat` on a cache hit; the full crc check runs only when it differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileIdentity {
+    pub dev: u64,
+    pub ino: u64,
+    pub len: u64,
+    pub nlink: u64,
+    pub mtime: (i64, i64),
+    pub ctime: (i64, i64),
+}
+
+impl FileIdentity {
+    pub fn of(path: &Path) -> io::Result<FileIdentity> {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(path)?;
+        Ok(FileIdentity {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            nlink: m.nlink(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
     }
-    meta::write_atomic(meta_path, &meta.encode()).map_err(|e| disk_err(e, meta_path, "write task metadata"))
+
+    /// Whether `now` is the same content as `self` was. Every write moves mtime (and ctime); a
+    /// write whose mtime was set back still moved ctime. A hard link made or removed (an OUT
+    /// exported or deleted) moves ctime too, but also the link count: a ctime change that comes
+    /// with a link-count change is that, and needs no re-read; any other ctime change does.
+    pub fn unchanged_in(&self, now: &FileIdentity) -> bool {
+        let same_file = (self.dev, self.ino, self.len, self.mtime) == (now.dev, now.ino, now.len, now.mtime);
+        same_file && (self.ctime == now.ctime || self.nlink != now.nlink)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{FileExt, MetadataExt};
+
+    #[test]
+    fn file_identity_sees_edits_but_not_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data");
+        fs::write(&path, b"hello world").unwrap();
+        let id = FileIdentity::of(&path).unwrap();
+        assert!(id.unchanged_in(&FileIdentity::of(&path).unwrap()));
+        // A link made and removed (an OUT exported, then deleted): same content.
+        let out = dir.path().join("out");
+        fs::hard_link(&path, &out).unwrap();
+        assert!(id.unchanged_in(&FileIdentity::of(&path).unwrap()), "a new hard link is no edit");
+        let linked = FileIdentity::of(&path).unwrap();
+        fs::remove_file(&out).unwrap();
+        assert!(linked.unchanged_in(&FileIdentity::of(&path).unwrap()), "a removed hard link is no edit");
+        // One byte written in place through the file: same inode and length, new mtime/ctime.
+        let before = FileIdentity::of(&path).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::OpenOptions::new().write(true).open(&path).unwrap().write_all_at(b"J", 6).unwrap();
+        let after = FileIdentity::of(&path).unwrap();
+        assert_eq!((before.ino, before.len), (after.ino, after.len));
+        assert!(!before.unchanged_in(&after), "an in-place write must be seen");
+        // A ctime change without a link-count change (chmod, or a write whose mtime was set back).
+        let mut restored = after;
+        restored.ctime.1 += 1;
+        assert!(!after.unchanged_in(&restored));
+    }
 
     #[test]
     fn recreating_a_task_file_never_touches_a_linked_output() {

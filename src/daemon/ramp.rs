@@ -1,0 +1,174 @@
+//! How many ranged connections a task uses, decided from the throughput measured while it runs:
+//! one piece worker beside the first response, then the count doubles while each doubling raised
+//! the rate by at least `RAMP_GAIN`; when a doubling did not pay, the count steps back to the last
+//! one that did and stays there. An origin with no per-connection cap (loopback, a LAN server)
+//! ends with one or two connections, the cost of which is no more than one stream's; an origin
+//! capping each connection (a CDN, a shaped link) gets up to `cores × PIECE_WORKERS_PER_CORE`.
+//!
+//! Invariant: the limit is always in `1..=max`; `Ramp` (pure, table-tested) decides, `Workers`
+//! (atomics shared by every core's workers) applies: a worker over the limit finishes its piece
+//! and retires, so a step back never abandons a piece half-fetched.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::limits::RAMP_GAIN;
+
+/// What the engine must do after one measurement window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Keep the current count (settled, or already at the max).
+    Hold,
+    /// Raise the limit to this many workers (start the difference).
+    Grow(usize),
+    /// The last doubling did not pay: lower the limit to this many and stop ramping.
+    Settle(usize),
+}
+
+#[derive(Debug, Clone)]
+pub struct Ramp {
+    limit: usize,
+    max: usize,
+    /// Rate (bytes/s) measured at `prev_limit`, before the last doubling.
+    prev: Option<(usize, f64)>,
+    settled: bool,
+}
+
+impl Ramp {
+    pub fn new(initial: usize, max: usize) -> Ramp {
+        let max = max.max(1);
+        Ramp { limit: initial.clamp(1, max), max, prev: None, settled: false }
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    pub fn settled(&self) -> bool {
+        self.settled
+    }
+
+    /// Stops ramping where it is (e.g. fewer pieces are left than workers would be added).
+    pub fn settle(&mut self) {
+        self.settled = true;
+    }
+
+    /// One window's throughput at the current limit, in bytes per second.
+    pub fn observe(&mut self, rate: f64) -> Step {
+        if self.settled {
+            return Step::Hold;
+        }
+        if let Some((prev_limit, prev_rate)) = self.prev {
+            if rate < prev_rate * RAMP_GAIN {
+                self.settled = true;
+                self.limit = prev_limit;
+                return Step::Settle(prev_limit);
+            }
+        }
+        if self.limit >= self.max {
+            self.settled = true;
+            return Step::Hold;
+        }
+        self.prev = Some((self.limit, rate));
+        self.limit = (self.limit * 2).min(self.max);
+        Step::Grow(self.limit)
+    }
+}
+
+/// A task's piece workers, across cores: how many run and how many may. (The throughput `Ramp`
+/// is fed with is the task's bytes written, counted per write so a window sees pieces in flight.)
+#[derive(Debug, Default)]
+pub struct Workers {
+    active: AtomicUsize,
+    limit: AtomicUsize,
+    /// Round-robin cursor over cores for the next worker started.
+    next_core: AtomicUsize,
+}
+
+impl Workers {
+    pub fn enter(&self) {
+        self.active.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub fn leave(&self) {
+        self.active.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Leaves (and returns true) if more workers run than the limit allows: one step, so two
+    /// workers can never both retire below the limit.
+    pub fn retire_if_over(&self) -> bool {
+        let limit = self.limit.load(Ordering::Acquire);
+        self.active.fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| (a > limit).then(|| a - 1)).is_ok()
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit.load(Ordering::Acquire)
+    }
+
+    pub fn set_limit(&self, n: usize) {
+        self.limit.store(n, Ordering::Release);
+    }
+
+    pub fn next_core(&self, n_cores: usize) -> usize {
+        self.next_core.fetch_add(1, Ordering::Relaxed) % n_cores.max(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `rates` (bytes/s measured at each successive limit) and returns the steps.
+    fn run(max: usize, rates: &[f64]) -> (Vec<Step>, usize) {
+        let mut r = Ramp::new(1, max);
+        let steps = rates.iter().map(|rate| r.observe(*rate)).collect();
+        (steps, r.limit())
+    }
+
+    #[test]
+    fn uncapped_origin_settles_at_the_count_that_last_paid() {
+        // 1 → 2 workers gave nothing: back to 1 and stay.
+        let (steps, limit) = run(8, &[1000.0, 1050.0, 5000.0]);
+        assert_eq!(steps, vec![Step::Grow(2), Step::Settle(1), Step::Hold]);
+        assert_eq!(limit, 1);
+        // 1 → 2 paid, 2 → 4 did not: back to 2.
+        let (steps, limit) = run(8, &[1000.0, 1900.0, 2000.0]);
+        assert_eq!(steps, vec![Step::Grow(2), Step::Grow(4), Step::Settle(2)]);
+        assert_eq!(limit, 2);
+    }
+
+    #[test]
+    fn capped_origin_grows_to_the_max_and_holds() {
+        let (steps, limit) = run(8, &[25.0, 50.0, 100.0, 200.0, 200.0]);
+        assert_eq!(steps, vec![Step::Grow(2), Step::Grow(4), Step::Grow(8), Step::Hold, Step::Hold]);
+        assert_eq!(limit, 8);
+        // A max that is not a power of two is reached, never passed.
+        let (steps, limit) = run(6, &[25.0, 50.0, 100.0, 150.0]);
+        assert_eq!(steps, vec![Step::Grow(2), Step::Grow(4), Step::Grow(6), Step::Hold]);
+        assert_eq!(limit, 6);
+    }
+
+    #[test]
+    fn a_settled_ramp_and_a_max_of_one_never_change() {
+        let (steps, limit) = run(1, &[10.0, 100.0]);
+        assert_eq!(steps, vec![Step::Hold, Step::Hold]);
+        assert_eq!(limit, 1);
+        let mut r = Ramp::new(4, 8);
+        r.settle();
+        assert_eq!(r.observe(1e9), Step::Hold);
+        assert_eq!(r.limit(), 4);
+    }
+
+    #[test]
+    fn workers_over_the_limit_retire_one_at_a_time() {
+        let w = Workers::default();
+        w.set_limit(2);
+        for _ in 0..3 {
+            w.enter();
+        }
+        assert!(w.retire_if_over(), "3 running, limit 2: one retires");
+        assert!(!w.retire_if_over(), "2 running, limit 2: nobody else");
+        w.set_limit(1);
+        assert!(w.retire_if_over());
+        assert!(!w.retire_if_over());
+    }
+}
