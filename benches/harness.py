@@ -598,8 +598,9 @@ class Bench:
 
     def run(self):
         self.load0 = os.getloadavg()
-        subprocess.run(["cargo", "build", "--release", "--quiet", "--manifest-path", os.path.join(ROOT, "Cargo.toml")],
-                       check=True)
+        if not self.args.no_build:
+            subprocess.run(["cargo", "build", "--release", "--quiet", "--manifest-path",
+                            os.path.join(ROOT, "Cargo.toml")], check=True)
         os.makedirs(os.path.join(self.work, "out"), exist_ok=True)
         only = set(self.args.only.split(",")) if self.args.only else None
         for name in ("plain", "capped", "oras", "warm", "tiny", "fanout"):
@@ -625,6 +626,7 @@ def main():
     ap.add_argument("--oras-mib", type=int, nargs="+", default=[256, 1024])
     ap.add_argument("--fanout-mib", type=int, default=256)
     ap.add_argument("--fanout-n", type=int, default=100)
+    ap.add_argument("--no-build", action="store_true", help="use target/release/dfget as it is")
     ap.add_argument("--json")
     ap.add_argument("--markdown")
     args = ap.parse_args()
