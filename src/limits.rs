@@ -77,10 +77,15 @@ pub const PIECE_WORKERS_PER_CORE: usize = 4;
 /// that caps each connection (where a doubling gives ×2) still passes every step.
 pub const RAMP_GAIN: f64 = 1.25;
 
-/// Length of one throughput measurement of the ramp. 100 ms is ~100 MB on loopback and 2.5 MiB
-/// per connection at a 25 MiB/s cap: long enough to see a rate, short enough that a capped
-/// download reaches 8 connections within a few tenths of a second.
-pub const RAMP_WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
+/// Length of one throughput measurement of the ramp. 200 ms is ~200 MB on loopback and 5 MiB per
+/// connection at a 25 MiB/s cap: long enough that a busy 2-core host's scheduling noise does not
+/// decide, short enough that a capped download reaches 8 connections within a second.
+pub const RAMP_WINDOW: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Windows the ramp rests at a count after a doubling did not pay, before it probes again: one
+/// extra connection for one window in six on an uncapped origin, and a wrong verdict (noise, or a
+/// cap that starts later) is undone within ~1 s.
+pub const RAMP_REST_WINDOWS: u32 = 5;
 
 /// How often the digest thread looks for the next finished piece (`engine::hash_along`): task
 /// signals wake runtime threads only. 2 ms is ~2 MB at loopback speed, noise next to a piece.

@@ -1,7 +1,8 @@
 //! How many ranged connections a task uses, decided from the throughput measured while it runs:
 //! one piece worker beside the first response, then the count doubles while each doubling raised
 //! the rate by at least `RAMP_GAIN`; when a doubling did not pay, the count steps back to the last
-//! one that did and stays there. An origin with no per-connection cap (loopback, a LAN server)
+//! one that did and rests there for `RAMP_REST_WINDOWS` windows before it probes again (a busy
+//! host's noise, or an origin that starts capping later, must not freeze a wrong count). An origin with no per-connection cap (loopback, a LAN server)
 //! ends with one or two connections, the cost of which is no more than one stream's; an origin
 //! capping each connection (a CDN, a shaped link) gets up to `cores × PIECE_WORKERS_PER_CORE`.
 //!
@@ -11,16 +12,16 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::limits::RAMP_GAIN;
+use crate::limits::{RAMP_GAIN, RAMP_REST_WINDOWS};
 
 /// What the engine must do after one measurement window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
-    /// Keep the current count (settled, or already at the max).
+    /// Keep the current count (settled, resting, or already at the max).
     Hold,
     /// Raise the limit to this many workers (start the difference).
     Grow(usize),
-    /// The last doubling did not pay: lower the limit to this many and stop ramping.
+    /// The last doubling did not pay: lower the limit to this many and rest.
     Settle(usize),
 }
 
@@ -31,12 +32,14 @@ pub struct Ramp {
     /// Rate (bytes/s) measured at `prev_limit`, before the last doubling.
     prev: Option<(usize, f64)>,
     settled: bool,
+    /// Windows left before probing again after a step back.
+    rest: u32,
 }
 
 impl Ramp {
     pub fn new(initial: usize, max: usize) -> Ramp {
         let max = max.max(1);
-        Ramp { limit: initial.clamp(1, max), max, prev: None, settled: false }
+        Ramp { limit: initial.clamp(1, max), max, prev: None, settled: false, rest: 0 }
     }
 
     pub fn limit(&self) -> usize {
@@ -47,7 +50,7 @@ impl Ramp {
         self.settled
     }
 
-    /// Stops ramping where it is (e.g. fewer pieces are left than workers would be added).
+    /// Stops ramping for good where it is (e.g. fewer pieces are left than workers would be added).
     pub fn settle(&mut self) {
         self.settled = true;
     }
@@ -57,10 +60,16 @@ impl Ramp {
         if self.settled {
             return Step::Hold;
         }
-        if let Some((prev_limit, prev_rate)) = self.prev {
+        if self.rest > 0 {
+            self.rest -= 1;
+            if self.rest > 0 {
+                return Step::Hold;
+            }
+        } else if let Some((prev_limit, prev_rate)) = self.prev {
             if rate < prev_rate * RAMP_GAIN {
-                self.settled = true;
                 self.limit = prev_limit;
+                self.prev = None;
+                self.rest = RAMP_REST_WINDOWS;
                 return Step::Settle(prev_limit);
             }
         }
@@ -126,7 +135,7 @@ mod tests {
 
     #[test]
     fn uncapped_origin_settles_at_the_count_that_last_paid() {
-        // 1 → 2 workers gave nothing: back to 1 and stay.
+        // 1 → 2 workers gave nothing: back to 1 and rest.
         let (steps, limit) = run(8, &[1000.0, 1050.0, 5000.0]);
         assert_eq!(steps, vec![Step::Grow(2), Step::Settle(1), Step::Hold]);
         assert_eq!(limit, 1);
@@ -134,6 +143,23 @@ mod tests {
         let (steps, limit) = run(8, &[1000.0, 1900.0, 2000.0]);
         assert_eq!(steps, vec![Step::Grow(2), Step::Grow(4), Step::Settle(2)]);
         assert_eq!(limit, 2);
+    }
+
+    #[test]
+    fn after_a_rest_the_ramp_probes_again_from_where_it_stepped_back() {
+        let mut r = Ramp::new(1, 8);
+        assert_eq!(r.observe(100.0), Step::Grow(2));
+        // Noise: the doubling looked useless.
+        assert_eq!(r.observe(100.0), Step::Settle(1));
+        for _ in 1..RAMP_REST_WINDOWS {
+            assert_eq!(r.observe(100.0), Step::Hold);
+        }
+        // The rest is over: double again, and this time it pays, so keep going.
+        assert_eq!(r.observe(100.0), Step::Grow(2));
+        assert_eq!(r.observe(200.0), Step::Grow(4));
+        assert_eq!(r.observe(400.0), Step::Grow(8));
+        assert_eq!(r.observe(800.0), Step::Hold);
+        assert_eq!(r.limit(), 8);
     }
 
     #[test]
