@@ -26,7 +26,6 @@ Examples:
   dfget prefetch -i list.txt                     warm the cache only, no output files
   dfget completions bash > /etc/bash_completion.d/dfget";
 
-
 #[derive(Debug, Parser)]
 #[command(name = "dfget", version, about = "Dragonfly-compatible downloader: dfget and its daemon", after_help = AFTER_HELP)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -65,7 +64,9 @@ fn main() -> ExitCode {
         },
         Some(Command::Tasks(args)) => client::run_tasks(args),
         Some(Command::Prefetch(args)) => client::run_prefetch(args),
-        Some(Command::Completions { shell }) => client::run_completions(&mut <Cli as clap::CommandFactory>::command(), shell),
+        Some(Command::Completions { shell }) => {
+            client::run_completions(&mut <Cli as clap::CommandFactory>::command(), shell)
+        }
         None => client::run_download(cli.download),
     }
 }

@@ -18,7 +18,12 @@ use support_transport::*;
 /// Serves `old` with `old_headers` for the first request (piece 0, no If-Range yet) and `new` with
 /// `new_headers` for every later one, always 206 for a Range: `If-Range` is ignored, as a
 /// careless origin or cache does.
-fn swapping_origin(old: Vec<u8>, new: Vec<u8>, old_headers: Vec<(&'static str, String)>, new_headers: Vec<(&'static str, String)>) -> ScriptOrigin {
+fn swapping_origin(
+    old: Vec<u8>,
+    new: Vec<u8>,
+    old_headers: Vec<(&'static str, String)>,
+    new_headers: Vec<(&'static str, String)>,
+) -> ScriptOrigin {
     let calls = Arc::new(AtomicUsize::new(0));
     ScriptOrigin::start(move |req, ctx| {
         let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
@@ -27,10 +32,8 @@ fn swapping_origin(old: Vec<u8>, new: Vec<u8>, old_headers: Vec<(&'static str, S
         let (a, b) = req.range.unwrap_or((0, len - 1));
         let b = b.min(len - 1);
         let slice = &body[a as usize..=b as usize];
-        let mut headers: Vec<(&str, String)> = vec![
-            ("Content-Range", format!("bytes {a}-{b}/{len}")),
-            ("Content-Length", slice.len().to_string()),
-        ];
+        let mut headers: Vec<(&str, String)> =
+            vec![("Content-Range", format!("bytes {a}-{b}/{len}")), ("Content-Length", slice.len().to_string())];
         headers.extend(extra.iter().cloned());
         ctx.respond(206, &headers, slice)?;
         Ok(Next::KeepAlive)
@@ -74,7 +77,8 @@ fn strong_etag_dropped_mid_download_fails_instead_of_stitching() {
 #[test]
 fn unchanged_weak_etag_and_date_download_succeeds() {
     let body = content(3 * PIECE + 7, 1056);
-    let headers = vec![("ETag", "W/\"same\"".to_string()), ("Last-Modified", "Sun, 29 Nov 2026 16:21:40 GMT".to_string())];
+    let headers =
+        vec![("ETag", "W/\"same\"".to_string()), ("Last-Modified", "Sun, 29 Nov 2026 16:21:40 GMT".to_string())];
     let origin = swapping_origin(body.clone(), body.clone(), headers.clone(), headers);
     let daemon = daemon_with(&[]);
     let dir = common::out_dir();

@@ -52,7 +52,8 @@ fn dfget_stdin(daemon: &Daemon, args: &[&str], input: &str) -> Output {
 /// The summary line's numbers: entries, done, cache hits, failed, bytes.
 fn summary(out: &Output) -> [u64; 5] {
     let stderr = stderr_of(out);
-    let line = stderr.lines().rev().find(|l| l.contains(" entries: ")).unwrap_or_else(|| panic!("no summary: {stderr}"));
+    let line =
+        stderr.lines().rev().find(|l| l.contains(" entries: ")).unwrap_or_else(|| panic!("no summary: {stderr}"));
     let nums: Vec<u64> = line
         .split(|c: char| !c.is_ascii_digit() && c != '.')
         .filter(|s| !s.is_empty() && !s.contains('.'))
@@ -130,8 +131,10 @@ fn mixed_list_fails_bad_entries_by_line_keeps_the_rest_and_a_rerun_fetches_nothi
     names.sort();
     assert_eq!(names, ["list.txt", "nested/f3.bin", "out/f0.bin", "out/renamed.bin", "out/sub/big.bin"]);
 
-    let before: BTreeMap<String, usize> =
-        ["/f0.bin", "/f1.bin", "/f3.bin", "/big.bin"].iter().map(|u| (u.to_string(), requests_for(&nginx, u))).collect();
+    let before: BTreeMap<String, usize> = ["/f0.bin", "/f1.bin", "/f3.bin", "/big.bin"]
+        .iter()
+        .map(|u| (u.to_string(), requests_for(&nginx, u)))
+        .collect();
     let second = run();
     assert_eq!(exit_code(&second), 1, "{}", stderr_of(&second));
     assert_eq!(summary(&second)[..4], [8, 4, 4, 4], "the good entries are cache hits: {}", stderr_of(&second));
@@ -205,7 +208,14 @@ fn twenty_duplicate_entries_fetch_each_piece_once() {
     let url = nginx.url("/dup.bin");
     let list: String = (0..20).map(|i| format!("{url}\n  out=copy{i}.bin\n")).collect();
     fs::write(dir.path().join("list"), list).expect("write list");
-    let out = daemon.dfget(&["-i", &dir.path().join("list").display().to_string(), "-O", &dir.path().display().to_string(), "-j", "20"]);
+    let out = daemon.dfget(&[
+        "-i",
+        &dir.path().join("list").display().to_string(),
+        "-O",
+        &dir.path().display().to_string(),
+        "-j",
+        "20",
+    ]);
     assert_eq!(exit_code(&out), 0, "{}", stderr_of(&out));
     for i in 0..20 {
         assert_file_is(&dir.path().join(format!("copy{i}.bin")), &body);
@@ -226,7 +236,11 @@ fn oras_and_http_entries_mix_and_oras_gets_the_apptainer_name() {
     support_registry::ensure_tools();
     let registry = support_registry::Registry::start(support_registry::RegistryAuth::None);
     let sif = content(5 * MIB + 3, 31);
-    support_registry::push(&registry.host(), support_registry::PushAuth::Anonymous, &[support_registry::PushSpec::sif("lab/tools:v2", &sif)]);
+    support_registry::push(
+        &registry.host(),
+        support_registry::PushAuth::Anonymous,
+        &[support_registry::PushSpec::sif("lab/tools:v2", &sif)],
+    );
     let (root, bodies) = site(1, 20 * KIB);
     let nginx = Nginx::start(root.path());
     let daemon = support_registry::OrasDaemon::start(support_registry::DaemonOpts::default());
@@ -306,13 +320,15 @@ fn progress_bar_shows_on_a_terminal_and_not_in_a_pipe_unless_forced() {
     let daemon = Daemon::start_default();
     let dir = out_dir();
     let list_for = |tag: &str| -> String {
-        let list: String = (0..3).map(|i| format!("{}\n  tag={tag}\n", nginx.url(&format!("/slow/s{i}.bin")))).collect();
+        let list: String =
+            (0..3).map(|i| format!("{}\n  tag={tag}\n", nginx.url(&format!("/slow/s{i}.bin")))).collect();
         let path = dir.path().join(format!("list-{tag}"));
         fs::write(&path, list).expect("write list");
         path.display().to_string()
     };
     let args = |tag: &str, extra: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = vec![env!("CARGO_BIN_EXE_dfget").into(), "prefetch".into(), "-i".into(), list_for(tag)];
+        let mut v: Vec<String> =
+            vec![env!("CARGO_BIN_EXE_dfget").into(), "prefetch".into(), "-i".into(), list_for(tag)];
         v.extend(extra.iter().map(|s| s.to_string()));
         v.extend(["--daemon-sock".into(), daemon.socket().display().to_string(), "--no-spawn".into()]);
         v

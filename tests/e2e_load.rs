@@ -86,7 +86,10 @@ fn thousand_clients_waiting_on_one_download_all_finish_exactly_with_each_piece_f
         _ => None,
     });
     let (last_started, first_done) = (last_started.max().unwrap(), first_done.min().unwrap());
-    assert!(last_started < first_done, "the last client started at {last_started:?}, after the first finished ({first_done:?})");
+    assert!(
+        last_started < first_done,
+        "the last client started at {last_started:?}, after the first finished ({first_done:?})"
+    );
 
     // Exact bytes: OUT is a hard link of the one task file (same inode), or a full copy of it.
     assert_file_is(&outputs[0], &body);
@@ -107,7 +110,13 @@ fn thousand_clients_waiting_on_one_download_all_finish_exactly_with_each_piece_f
 
     let answered: Vec<Duration> = health.iter().flatten().copied().collect();
     assert!(health.len() >= 5, "only {} health probes ran in {took:?}", health.len());
-    assert_eq!(answered.len(), health.len(), "{} of {} /healthy probes got no answer", health.len() - answered.len(), health.len());
+    assert_eq!(
+        answered.len(),
+        health.len(),
+        "{} of {} /healthy probes got no answer",
+        health.len() - answered.len(),
+        health.len()
+    );
     eprintln!(
         "{N_CLIENTS} clients done in {took:?}; /healthy: {} probes, max {:?}",
         answered.len(),

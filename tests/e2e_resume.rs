@@ -31,7 +31,12 @@ fn three_sigkills_during_256mib_download_cost_at_most_15_percent_extra_origin_by
         let client = daemon.spawn_download(&url, &out);
         let target = (len as f64 * fraction) as u64;
         let reached = poll_until(Duration::from_secs(120), || origin.served_bytes("/big") >= target);
-        assert!(reached, "run {run}: origin served only {} bytes\n{}", origin.served_bytes("/big"), daemon.diagnostics());
+        assert!(
+            reached,
+            "run {run}: origin served only {} bytes\n{}",
+            origin.served_bytes("/big"),
+            daemon.diagnostics()
+        );
         daemon.kill9();
         let got = client.wait(Duration::from_secs(30));
         assert!(!got.status.success(), "run {run}: client of a killed daemon reported success");

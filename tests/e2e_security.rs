@@ -73,7 +73,10 @@ impl TestUser {
         let _accounts = ACCOUNTS.lock().unwrap_or_else(|e| e.into_inner());
         run_root("groupadd", &[&socket_group]);
         let home_arg = home.path().to_str().expect("utf-8 temp path");
-        run_root("useradd", &["--no-create-home", "--home-dir", home_arg, "--shell", "/usr/sbin/nologin", "--user-group", &name]);
+        run_root(
+            "useradd",
+            &["--no-create-home", "--home-dir", home_arg, "--shell", "/usr/sbin/nologin", "--user-group", &name],
+        );
         if in_socket_group {
             run_root("usermod", &["-a", "-G", &socket_group, &name]);
         }
@@ -209,7 +212,9 @@ fn unique(tag: &str) -> String {
 /// Entries of `dir` whose name contains `needle` (a leftover OUT or temp file).
 fn entries_containing(dir: &Path, needle: &str) -> Vec<String> {
     fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.contains(needle)).collect())
+        .map(|rd| {
+            rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.contains(needle)).collect()
+        })
         .unwrap_or_default()
 }
 
@@ -223,7 +228,10 @@ fn task_ids(daemon: &Daemon) -> Vec<(String, String)> {
     let out = daemon.tasks(&["ls", "--json"]);
     assert_ok(&out, "tasks ls --json");
     let tasks: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("tasks ls --json is JSON");
-    tasks.iter().map(|t| (t["id"].as_str().unwrap_or("").to_string(), t["url"].as_str().unwrap_or("").to_string())).collect()
+    tasks
+        .iter()
+        .map(|t| (t["id"].as_str().unwrap_or("").to_string(), t["url"].as_str().unwrap_or("").to_string()))
+        .collect()
 }
 
 fn state_of(daemon: &Daemon, path: &str) -> Option<String> {
@@ -257,7 +265,12 @@ fn a_user_cannot_make_the_root_daemon_write_where_the_user_could_not() {
         let out = dir.join(&name);
         let result = host.user_download(&url, &out);
         assert_refused(&result, &format!("OUT in {}", dir.display()), &["permission denied"]);
-        assert!(entries_containing(dir, &name).is_empty(), "left {:?} in {}", entries_containing(dir, &name), dir.display());
+        assert!(
+            entries_containing(dir, &name).is_empty(),
+            "left {:?} in {}",
+            entries_containing(dir, &name),
+            dir.display()
+        );
     }
 
     // A root-owned directory everyone may read but only root may write.
@@ -284,7 +297,11 @@ fn a_user_cannot_make_the_root_daemon_write_where_the_user_could_not() {
     std::os::unix::fs::lchown(&link, Some(host.user.uid), Some(host.user.gid)).expect("chown symlink");
     let result = host.user_download(&url, &link.join("y"));
     assert_refused(&result, "OUT through a planted symlink", &["permission denied"]);
-    assert!(common::dir_entries(rootdir.path()).is_empty(), "wrote through the symlink: {:?}", common::dir_entries(rootdir.path()));
+    assert!(
+        common::dir_entries(rootdir.path()).is_empty(),
+        "wrote through the symlink: {:?}",
+        common::dir_entries(rootdir.path())
+    );
 
     // The user's own download still works, and is the user's file (a copy: the user could not
     // have hard-linked root's cache file, fs.protected_hardlinks).
@@ -394,11 +411,16 @@ fn private_content_is_revalidated_with_each_requesters_credentials_and_public_is
     let nginx = nginx_with_private(site.path());
     let url = nginx.url("/private/f");
     let token = basic(USER, PASSWORD);
-    let entries = |status: u16| nginx.access_log_entries().into_iter().filter(|e| e.uri == "/private/f" && e.status == status).count();
+    let entries = |status: u16| {
+        nginx.access_log_entries().into_iter().filter(|e| e.uri == "/private/f" && e.status == status).count()
+    };
 
     let dir = temp_dir("dfget-sec-out-");
     let first = dir.path().join("first");
-    assert_ok(&host.daemon.dfget(&["-u", &url, "-O", first.to_str().unwrap(), "-H", &token]), "download with the token");
+    assert_ok(
+        &host.daemon.dfget(&["-u", &url, "-O", first.to_str().unwrap(), "-H", &token]),
+        "download with the token",
+    );
     common::assert_file_is(&first, &secret);
     let n_401 = entries(401);
 
@@ -432,7 +454,12 @@ fn private_content_is_revalidated_with_each_requesters_credentials_and_public_is
     let n_requests = nginx.access_log_entries().len();
     assert_ok(&host.user_download(&pub_url, &host.user.home().join("p2")), "public reuse by the user");
     common::assert_file_is(&host.user.home().join("p2"), &public);
-    assert_eq!(nginx.access_log_entries().len(), n_requests, "a public cache hit asked the origin:\n{}", nginx.access_log());
+    assert_eq!(
+        nginx.access_log_entries().len(),
+        n_requests,
+        "a public cache hit asked the origin:\n{}",
+        nginx.access_log()
+    );
 }
 
 #[test]

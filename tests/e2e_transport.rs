@@ -417,7 +417,8 @@ fn body_short_once_is_refetched_exactly() {
     download_exact(&daemon, &origin.url("/short-once.bin"), dir.path(), "short-once.bin", &body);
     assert!(shorts.load(Ordering::SeqCst) >= 2, "piece 1 must have been asked for again");
     let piece1 = PIECE as u64..2 * PIECE as u64;
-    let rest: Vec<_> = origin.requests().into_iter().filter_map(|r| r.range).filter(|(a, _)| piece1.contains(a)).collect();
+    let rest: Vec<_> =
+        origin.requests().into_iter().filter_map(|r| r.range).filter(|(a, _)| piece1.contains(a)).collect();
     assert!(rest.iter().any(|(a, _)| *a > piece1.start), "the retry asks only for the rest of piece 1: {rest:?}");
 }
 

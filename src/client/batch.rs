@@ -104,11 +104,7 @@ impl Shared {
         t.bytes += len_bytes;
         if let Some(bar) = &self.bar {
             let rate = t.bytes as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
-            bar.set_message(format!(
-                "{} at {}/s",
-                indicatif::HumanBytes(t.bytes),
-                indicatif::HumanBytes(rate as u64)
-            ));
+            bar.set_message(format!("{} at {}/s", indicatif::HumanBytes(t.bytes), indicatif::HumanBytes(rate as u64)));
             bar.inc(1);
         }
     }
@@ -137,7 +133,10 @@ pub fn run(opts: BatchOpts) -> ExitCode {
     };
     let shared = Arc::new(Shared {
         place: opts.input.place_prefix(),
-        tally: Mutex::default(), bar: opts.progress.then(|| bar(total)), started: Instant::now() });
+        tally: Mutex::default(),
+        bar: opts.progress.then(|| bar(total)),
+        started: Instant::now(),
+    });
     let outcome = exchange(stream, reader, opts, shared.clone());
     if let Some(bar) = &shared.bar {
         bar.finish_and_clear();
@@ -234,7 +233,12 @@ fn exchange(
 }
 
 /// The writer thread: list → requests → chunks. Returns Err only when the list cannot be read.
-fn send_list(out: UnixStream, reader: Box<dyn BufRead + Send>, opts: &BatchOpts, shared: &Shared) -> Result<(), String> {
+fn send_list(
+    out: UnixStream,
+    reader: Box<dyn BufRead + Send>,
+    opts: &BatchOpts,
+    shared: &Shared,
+) -> Result<(), String> {
     let mut out = std::io::BufWriter::new(out);
     let cwd = std::env::current_dir().map_err(|e| format!("cannot resolve the current directory: {e}"))?;
     let mut parser = list::Parser::new();
@@ -294,7 +298,8 @@ fn request(entry: &Entry, opts: &BatchOpts, cwd: &Path) -> Result<DownloadReques
         Some(base) => {
             let path = list::output_path(entry, base, cwd).map_err(fail)?;
             if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| fail(format!("cannot create {}: {e}", parent.display())))?;
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| fail(format!("cannot create {}: {e}", parent.display())))?;
             }
             Some(path.to_string_lossy().into_owned())
         }
@@ -350,7 +355,9 @@ fn read_results(stream: UnixStream, shared: &Shared, deadline: Option<Instant>) 
             serde_json::from_str(line.trim()).map_err(|e| daemon(format!("bad event from the daemon: {e}")))?;
         match ev {
             BatchEvent::End { error: None, .. } => return Ok(()),
-            BatchEvent::End { error: Some(e), .. } => return Err((EXIT_DAEMON, format!("the daemon ended the list: {e}"))),
+            BatchEvent::End { error: Some(e), .. } => {
+                return Err((EXIT_DAEMON, format!("the daemon ended the list: {e}")))
+            }
             BatchEvent::Entry { line, url, result } => on_result(shared, line, &url, result),
         }
     }
@@ -368,7 +375,10 @@ fn on_result(shared: &Shared, line: u64, url: &str, result: Event) {
 enum Line {
     Text(String),
     /// Not UTF-8, or longer than `MAX_LIST_LINE_BYTES` (the rest of it is skipped unread).
-    Bad { reason: String, indented: bool },
+    Bad {
+        reason: String,
+        indented: bool,
+    },
 }
 
 struct Lines {
@@ -441,7 +451,10 @@ mod tests {
         assert_eq!(lines(b"a\n  b\r\nc"), ["text a", "text   b\r", "text c"]);
         let mut long = vec![b'x'; limits::MAX_LIST_LINE_BYTES + 10];
         long.extend_from_slice(b"\nnext\n");
-        assert_eq!(lines(&long), [format!("bad false line longer than {} bytes", limits::MAX_LIST_LINE_BYTES), "text next".into()]);
+        assert_eq!(
+            lines(&long),
+            [format!("bad false line longer than {} bytes", limits::MAX_LIST_LINE_BYTES), "text next".into()]
+        );
         let exact = vec![b'y'; limits::MAX_LIST_LINE_BYTES];
         assert_eq!(lines(&exact).len(), 1);
         assert_eq!(lines(b" \xff\xfe\nz"), ["bad true line is not UTF-8", "text z"]);

@@ -39,20 +39,20 @@ async fn resolve(req: &DownloadRequest, config: &Config) -> Result<(Fetch, Optio
     if req.url.starts_with("oras://") {
         let opts = Options::from_transport(&config.oras)?;
         let insecure = &config.oras.insecure_registries;
-        let (fetch, layer) =
-            crate::source::oras_fetch(
-                &req.url,
-                &req.headers,
-                &opts,
-                insecure,
-                digest.as_deref(),
-                crate::source::RegistryCredential::GivenOrOwn(req.registry_credential.clone()),
-                req.platform.as_deref(),
-            )
-            .await?;
+        let (fetch, layer) = crate::source::oras_fetch(
+            &req.url,
+            &req.headers,
+            &opts,
+            insecure,
+            digest.as_deref(),
+            crate::source::RegistryCredential::GivenOrOwn(req.registry_credential.clone()),
+            req.platform.as_deref(),
+        )
+        .await?;
         return Ok((fetch, Some(layer.digest)));
     }
-    let url = url::Url::parse(&req.url).map_err(|e| Error::client(format!("invalid URL `{}`: {e}", crate::http::redact::redact_url(&req.url))))?;
+    let url = url::Url::parse(&req.url)
+        .map_err(|e| Error::client(format!("invalid URL `{}`: {e}", crate::http::redact::redact_url(&req.url))))?;
     let fetch = Fetch { url, headers: req.headers.clone(), opts: Options::from_transport(&config.http)?, auth: None };
     Ok((fetch, digest))
 }
@@ -60,7 +60,8 @@ async fn resolve(req: &DownloadRequest, config: &Config) -> Result<(Fetch, Optio
 async fn stream_into(fetch: &Fetch, tmp: &Path, digest: Option<&str>) -> Result<u64> {
     let mut resp = fetch.get(None, None).await?;
     if resp.status() != 200 {
-        let what = format!("{} returned {} {}", crate::http::redact::Shown(&fetch.url), resp.status(), resp.head.reason);
+        let what =
+            format!("{} returned {} {}", crate::http::redact::Shown(&fetch.url), resp.status(), resp.head.reason);
         return Err(crate::http::status::error(&resp.head, what));
     }
     let mut file = std::fs::File::create(tmp).map_err(|e| crate::storage::disk_err(e, tmp, "create"))?;

@@ -253,7 +253,10 @@ mod tests {
     fn urls_comments_and_blank_lines() {
         check("", &[]);
         check("# only a comment\n\n   \n", &[]);
-        check("http://h/a\nhttp://h/b\r\n\n#c\nhttps://h/c", &["ok 1 http://h/a", "ok 2 http://h/b", "ok 5 https://h/c"]);
+        check(
+            "http://h/a\nhttp://h/b\r\n\n#c\nhttps://h/c",
+            &["ok 1 http://h/a", "ok 2 http://h/b", "ok 5 https://h/c"],
+        );
         check("http://h/a   \n", &["ok 1 http://h/a"]);
         check("oras://reg.io:5000/x/img:v1\n", &["ok 1 oras://reg.io:5000/x/img:v1"]);
     }
@@ -278,7 +281,12 @@ mod tests {
     fn a_bad_line_fails_its_own_entry_only() {
         check(
             "http://h/a\nftp://h/b\n  out=b\nhttp://h/c\n  split=4\n  out=c\nhttp://h/d",
-            &["ok 1 http://h/a", "err 2 ftp://h/b: unsupported URL scheme", "err 5 http://h/c: unknown option `split`", "ok 7 http://h/d"],
+            &[
+                "ok 1 http://h/a",
+                "err 2 ftp://h/b: unsupported URL scheme",
+                "err 5 http://h/c: unknown option `split`",
+                "ok 7 http://h/d",
+            ],
         );
         check("  out=x\nhttp://h/a", &["err 1 : option line before any URL", "ok 2 http://h/a"]);
         check("http://h/a\n  checksum=md5=abc", &["err 2 http://h/a: checksum type `md5` is not supported"]);
@@ -292,7 +300,10 @@ mod tests {
         check("http://h/a\n  novalue", &["err 2 http://h/a: option line `novalue` is not `name=value`"]);
         check("http://h/a\thttp://m/a", &["err 1 http://h/a\thttp://m/a: several URLs on one line"]);
         // Only the first bad option of an entry is reported.
-        check("http://h/a\n  bad=1\n  worse=2\nhttp://h/b", &["err 2 http://h/a: unknown option `bad`", "ok 4 http://h/b"]);
+        check(
+            "http://h/a\n  bad=1\n  worse=2\nhttp://h/b",
+            &["err 2 http://h/a: unknown option `bad`", "ok 4 http://h/b"],
+        );
     }
 
     #[test]

@@ -331,7 +331,9 @@ pub fn run_completions(cmd: &mut clap::Command, shell: clap_complete::Shell) -> 
 
 fn check_platform(platform: Option<&str>) -> Result<(), Failure> {
     let Some(p) = platform else { return Ok(()) };
-    crate::source::oras::platform::Platform::parse(p).map(|_| ()).map_err(|e| usage(format!("--platform: {}", e.message)))
+    crate::source::oras::platform::Platform::parse(p)
+        .map(|_| ())
+        .map_err(|e| usage(format!("--platform: {}", e.message)))
 }
 
 /// `-H` values, checked and split.

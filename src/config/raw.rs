@@ -789,7 +789,10 @@ mod tests {
         use IgnoredWhy::{Unknown, Unused};
         check_ignored("gcInterval: 1m\nstorage: {multiplex: true}", &[]);
         check_ignored("scheduler: {manager: {netAddrs: [{addr: 'a:1'}]}}", &[]);
-        check_ignored("scheduler: {scheduleTimeout: 1s, netAddr: []}", &[("scheduler.scheduleTimeout", Unused), ("scheduler.netAddr", Unknown)]);
+        check_ignored(
+            "scheduler: {scheduleTimeout: 1s, netAddr: []}",
+            &[("scheduler.scheduleTimeout", Unused), ("scheduler.netAddr", Unknown)],
+        );
         check_ignored("security: {autoIssueCert: true}", &[("security", Unused)]);
         check_ignored("schedulr: {a: {b: c}}", &[("schedulr", Unknown)]);
         check_ignored(

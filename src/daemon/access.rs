@@ -133,7 +133,11 @@ pub fn may_collect(caller: &Caller) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn check(answer: (u16, Option<u64>, Option<&str>), cached: (Option<u64>, Option<&str>), want: std::result::Result<(), Option<u16>>) {
+    fn check(
+        answer: (u16, Option<u64>, Option<&str>),
+        cached: (Option<u64>, Option<&str>),
+        want: std::result::Result<(), Option<u16>>,
+    ) {
         let a = Answer { status: answer.0, total_len: answer.1, validator: answer.2.map(String::from) };
         let got = judge(&a, cached.0, cached.1, "http://h/f");
         match (got, want) {

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use compio::net::UnixStream;
 
 use crate::clock::now_unix_ms;
+use crate::daemon::caller::{self, Caller};
 use crate::daemon::serving::{blocking, read_request_within, respond_json, send_line, write};
 use crate::daemon::shared::{BatchJob, Shared};
 use crate::daemon::task::{ReaderPin, Spec, State, Task};
-use crate::daemon::caller::{self, Caller};
 use crate::daemon::{access, batch, cache, counters, engine};
 use crate::error::{Error, Result};
 use crate::limits;
@@ -47,7 +47,9 @@ pub async fn serve(shared: Arc<Shared>, mut stream: UnixStream) {
     shared.last_request_unix_ms.store(now_unix_ms(), Ordering::Release);
     let result = match ApiRequest::parse(&req.method, &req.path, &req.body) {
         // Only a batch streams its body; it gets what the head's read took of it.
-        Ok(ApiRequest::Batch { jobs }) if req.chunked => batch::serve(&shared, &mut stream, jobs, req.body, &caller).await,
+        Ok(ApiRequest::Batch { jobs }) if req.chunked => {
+            batch::serve(&shared, &mut stream, jobs, req.body, &caller).await
+        }
         Ok(_) | Err(_) if req.chunked => {
             respond_json(&mut stream, 400, &refusal("only POST /batch takes a chunked body")).await
         }
@@ -397,18 +399,18 @@ async fn prepare_oras(
     let insecure = &shared.config.oras.insecure_registries;
     let given = req.registry_credential.clone();
     let private = given.is_some() || access::headers_carry_credentials(&req.headers);
-    let credential = if caller.is_root() { RegistryCredential::GivenOrOwn(given) } else { RegistryCredential::Given(given) };
-    let (fetch, layer) =
-        crate::source::oras_fetch(
-            &req.url,
-            &req.headers,
-            &shared.oras_opts,
-            insecure,
-            digest.as_deref(),
-            credential,
-            req.platform.as_deref(),
-        )
-            .await?;
+    let credential =
+        if caller.is_root() { RegistryCredential::GivenOrOwn(given) } else { RegistryCredential::Given(given) };
+    let (fetch, layer) = crate::source::oras_fetch(
+        &req.url,
+        &req.headers,
+        &shared.oras_opts,
+        insecure,
+        digest.as_deref(),
+        credential,
+        req.platform.as_deref(),
+    )
+    .await?;
     let id = crate::storage::task_id::task_id(&layer.digest, &[], "", &req.tag, &req.application);
     let display_url = crate::http::redact::redact_url(&req.url).into_owned();
     let spec = Spec {

@@ -16,8 +16,8 @@ use compio::buf::{BufResult, IntoInner, IoBufMut};
 use compio::io::AsyncRead;
 use compio::net::UnixStream;
 
-use crate::daemon::serving::{send_line, write};
 use crate::daemon::caller::Caller;
+use crate::daemon::serving::{send_line, write};
 use crate::daemon::shared::{BatchJob, CoreMsg, Shared};
 use crate::error::{Error, Result};
 use crate::http::body::{BodyDecoder, Step};
@@ -92,9 +92,8 @@ async fn read_entries(
         }
         buf.clear();
         let read = compio::time::timeout(limits::BATCH_IDLE_TIMEOUT, stream.read(buf.uninit())).await;
-        let BufResult(res, b) = read.map_err(|_| {
-            Error::client(format!("the list sent nothing for {:?}", limits::BATCH_IDLE_TIMEOUT))
-        })?;
+        let BufResult(res, b) =
+            read.map_err(|_| Error::client(format!("the list sent nothing for {:?}", limits::BATCH_IDLE_TIMEOUT)))?;
         buf = b.into_inner();
         match res {
             Ok(0) => return Err(Error::client("the client closed the connection mid-list")),
@@ -114,7 +113,11 @@ fn dispatch(shared: &Shared, line: &[u8], caller: &Caller, result_tx: &flume::Se
             let job = BatchJob { entry, caller: caller.clone(), reply: result_tx.clone() };
             if let Err(flume::SendError(CoreMsg::Entry(job))) = shared.pick_core().send(CoreMsg::Entry(Box::new(job))) {
                 let e = Error::internal("the daemon is shutting down");
-                let _ = job.reply.send(BatchEvent::Entry { line: job.entry.line, url: job.entry.request.url.clone(), result: Event::error(e) });
+                let _ = job.reply.send(BatchEvent::Entry {
+                    line: job.entry.line,
+                    url: job.entry.request.url.clone(),
+                    result: Event::error(e),
+                });
             }
         }
         Err(e) => {

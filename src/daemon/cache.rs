@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::clock::now_unix_ms;
+use crate::daemon::access;
+use crate::daemon::caller::Caller;
 use crate::daemon::serving::blocking;
 use crate::daemon::shared::Shared;
 use crate::daemon::task::{Spec, State, Task};
-use crate::daemon::caller::Caller;
-use crate::daemon::access;
 use crate::gc::plan::{self, Policy, TaskView, Usage};
 use crate::piece::Layout;
 use crate::proto::{TaskInfo, TaskState};

@@ -450,7 +450,10 @@ pub async fn write_body(
         let more = until_failed(task, resp.read_into(&mut buf, want_bytes)).await?;
         want_bytes = chunk_for_rate(buf.len(), read_started.elapsed());
         if expect_bytes.is_some_and(|limit| written + buf.len() as u64 > limit) {
-            return Err(Error::origin(false, format!("{}: body longer than the range asked for", crate::http::redact::Shown(&resp.url))));
+            return Err(Error::origin(
+                false,
+                format!("{}: body longer than the range asked for", crate::http::redact::Shown(&resp.url)),
+            ));
         }
         rate::take(buf.len()).await;
         let finished = cutter.feed(&buf);
@@ -476,7 +479,10 @@ pub async fn write_body(
     }
     if let Some(limit) = expect_bytes {
         if written != limit {
-            return Err(Error::origin(true, format!("{}: body of {written} bytes, expected {limit}", crate::http::redact::Shown(&resp.url))));
+            return Err(Error::origin(
+                true,
+                format!("{}: body of {written} bytes, expected {limit}", crate::http::redact::Shown(&resp.url)),
+            ));
         }
     }
     if let Some((idx, crc, len)) = cutter.finish() {

@@ -256,12 +256,20 @@ mod tests {
         check_first(h(206, &weak), asked(None), Ok(ranged(10 * MIB, true, None, weak_vs)));
         // With a digest, no validator is kept at all.
         let no_validator = Asked { want_validator: false, ..asked(None) };
-        check_first(h(206, &[cr(&full), ("ETag", "\"v1\"".into())]), no_validator, Ok(ranged(10 * MIB, true, None, None)));
+        check_first(
+            h(206, &[cr(&full), ("ETag", "\"v1\"".into())]),
+            no_validator,
+            Ok(ranged(10 * MIB, true, None, None)),
+        );
         // A small file: the whole of it is piece 0.
         check_first(h(206, &[cr("bytes 0-99/100")]), asked(None), Ok(ranged(100, true, None, vs(None, None))));
         // Over 1 GiB: pieces are bigger than the probe, so this body is not piece 0.
         let big = 2048 * MIB;
-        check_first(h(206, &[cr(&format!("bytes 0-{probe_last}/{big}"))]), asked(None), Ok(ranged(big, false, None, vs(None, None))));
+        check_first(
+            h(206, &[cr(&format!("bytes 0-{probe_last}/{big}"))]),
+            asked(None),
+            Ok(ranged(big, false, None, vs(None, None))),
+        );
         // 206 with a wrong Content-Range: not what was asked for.
         let shifted = format!("bytes 1-{}/{}", probe_last + 1, 10 * MIB);
         check_first(h(206, &[cr(&shifted)]), asked(None), Err((false, Kind::Other, "206 with Content-Range 1-")));
@@ -296,7 +304,14 @@ mod tests {
     }
 
     fn check_piece(h: ResponseHead, if_range: Option<&str>, expected: std::result::Result<(), Refused>) {
-        let a = PieceAsked { url: URL, first: 4 * MIB, last: 8 * MIB - 1, content_len_bytes: 10 * MIB, if_range, validators: None };
+        let a = PieceAsked {
+            url: URL,
+            first: 4 * MIB,
+            last: 8 * MIB - 1,
+            content_len_bytes: 10 * MIB,
+            if_range,
+            validators: None,
+        };
         let got = piece(&h, &a);
         match (&got, &expected) {
             (Ok(()), Ok(())) => {}
@@ -381,7 +396,11 @@ mod tests {
         check_same_version(&[], &[("ETag", "\"A\"")], false);
         check_same_version(&[("Last-Modified", d1)], &[("Last-Modified", d1)], true);
         check_same_version(&[("Last-Modified", d1)], &[("Last-Modified", d2)], false);
-        check_same_version(&[("ETag", "\"A\""), ("Last-Modified", d1)], &[("ETag", "\"A\""), ("Last-Modified", d2)], false);
+        check_same_version(
+            &[("ETag", "\"A\""), ("Last-Modified", d1)],
+            &[("ETag", "\"A\""), ("Last-Modified", d2)],
+            false,
+        );
         check_same_version(&[], &[], true);
         check_same_version(&[("ETag", " \"A\" ")], &[("ETag", "\"A\"")], true);
     }

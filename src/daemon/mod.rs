@@ -165,7 +165,9 @@ fn raise_nofile_limit() {
     let lim = getrlimit(Resource::Nofile);
     let before = lim.current;
     if lim.maximum.is_some() && lim.current != lim.maximum {
-        if let Err(e) = setrlimit(Resource::Nofile, rustix::process::Rlimit { current: lim.maximum, maximum: lim.maximum }) {
+        if let Err(e) =
+            setrlimit(Resource::Nofile, rustix::process::Rlimit { current: lim.maximum, maximum: lim.maximum })
+        {
             tracing::warn!("cannot raise the open-file limit to the hard limit: {e}");
         }
     }

@@ -108,7 +108,6 @@ const SEVERAL: u64 = u64::MAX;
 
 pub use crate::storage::meta::Validators;
 
-
 impl Task {
     pub fn new(id: String, peer_id: String, spec: Spec, data_path: PathBuf) -> Task {
         Task {
@@ -310,7 +309,11 @@ impl Task {
             .filter_map(|idx| {
                 let (len_bytes, crc) = self.partial_of(idx);
                 let piece_len = g.and_then(|g| g.layout.piece_range(idx)).map(|(s, e)| e - s).unwrap_or(0);
-                (len_bytes > 0 && len_bytes < piece_len).then_some(crate::storage::meta::PartialPiece { idx, len_bytes, crc })
+                (len_bytes > 0 && len_bytes < piece_len).then_some(crate::storage::meta::PartialPiece {
+                    idx,
+                    len_bytes,
+                    crc,
+                })
             })
             .collect()
     }
@@ -382,7 +385,13 @@ impl Task {
 
     /// Lays out a task resumed from a previous run's metadata and records the pieces it had (and
     /// how far the pieces then in flight got).
-    pub fn resume_from(&self, layout: Layout, done: &[bool], crcs: &[u32], partial: &[crate::storage::meta::PartialPiece]) {
+    pub fn resume_from(
+        &self,
+        layout: Layout,
+        done: &[bool],
+        crcs: &[u32],
+        partial: &[crate::storage::meta::PartialPiece],
+    ) {
         self.set_geometry(Geometry { layout, ranged: true });
         for p in partial {
             self.note_partial(p.idx, p.len_bytes, p.crc);

@@ -91,11 +91,15 @@ fn is_loopback(host: &str) -> bool {
 /// to the proxy itself) are not supported: say so instead of silently speaking plain text.
 pub fn parse_proxy(text: &str) -> Result<ProxyAddr> {
     let with_scheme = if text.contains("://") { text.to_string() } else { format!("http://{text}") };
-    let url = Url::parse(&with_scheme).map_err(|e| Error::client(format!("invalid proxy `{}`: {e}", crate::http::redact::redact_url(text))))?;
+    let url = Url::parse(&with_scheme)
+        .map_err(|e| Error::client(format!("invalid proxy `{}`: {e}", crate::http::redact::redact_url(text))))?;
     if url.scheme() != "http" {
         return Err(Error::client(format!("proxy scheme `{}` is not supported (use http://)", url.scheme())));
     }
-    let host = url.host_str().ok_or_else(|| Error::client(format!("proxy `{}` has no host", crate::http::redact::redact_url(text))))?.to_string();
+    let host = url
+        .host_str()
+        .ok_or_else(|| Error::client(format!("proxy `{}` has no host", crate::http::redact::redact_url(text))))?
+        .to_string();
     Ok(ProxyAddr { host, port: url.port().unwrap_or(80), auth: userinfo_auth(&url) })
 }
 
@@ -206,7 +210,10 @@ pub async fn get(
             headers.retain(|(k, _)| !k.eq_ignore_ascii_case("authorization"));
         }
         if chain.contains(&next) {
-            return Err(Error::origin(false, format!("{}: redirects form a loop: {} → {next}", chain[0], join_chain(&chain))));
+            return Err(Error::origin(
+                false,
+                format!("{}: redirects form a loop: {} → {next}", chain[0], join_chain(&chain)),
+            ));
         }
         chain.push(next.clone());
         url = next;
@@ -336,8 +343,10 @@ impl Response {
                 return Ok(true);
             }
             let conn = self.conn.as_mut().ok_or_else(|| Error::internal("body read after release"))?;
-            let (consumed, step) =
-                self.decoder.decode(conn.buffered()).map_err(|e| Error::origin(false, format!("{}: {e}", Shown(&self.url))))?;
+            let (consumed, step) = self
+                .decoder
+                .decode(conn.buffered())
+                .map_err(|e| Error::origin(false, format!("{}: {e}", Shown(&self.url))))?;
             match step {
                 Some(Step::Data { start, end }) => out.extend_from_slice(&conn.buffered()[start..end]),
                 Some(Step::Done) => {}
@@ -358,7 +367,11 @@ impl Response {
             Err(_) => {
                 return Err(Error::origin(
                     true,
-                    format!("{}: no body data for {:?} (idle read timeout)", Shown(&self.url), self.opts.body_idle_timeout),
+                    format!(
+                        "{}: no body data for {:?} (idle read timeout)",
+                        Shown(&self.url),
+                        self.opts.body_idle_timeout
+                    ),
                 )
                 .with_kind(Kind::Timeout))
             }

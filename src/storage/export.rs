@@ -74,9 +74,9 @@ pub fn out_err(e: io::Error, path: &Path, what: &str) -> Error {
         Some(libc::ENOSPC) => Error::disk(msg("no space left on the output's filesystem")),
         Some(libc::EDQUOT) => Error::disk(msg("disk quota exceeded on the output's filesystem")),
         Some(libc::EROFS) => Error::disk(msg("the output's filesystem is read-only")),
-        Some(libc::EACCES | libc::EPERM) => Error::client(msg(
-            "permission denied: dfget writes OUT with your own rights, and you may not write there",
-        )),
+        Some(libc::EACCES | libc::EPERM) => {
+            Error::client(msg("permission denied: dfget writes OUT with your own rights, and you may not write there"))
+        }
         _ => Error::disk(format!("{what} {}: {e}", path.display())),
     }
 }

@@ -415,7 +415,9 @@ fn validate_strings(meta: &TaskMeta) -> Result<(), String> {
     if meta.url.is_empty() || meta.url.len() > MAX_URL_BYTES {
         return Err(format!("url length {} is outside 1..={MAX_URL_BYTES}", meta.url.len()));
     }
-    let insane = |v: &Option<String>| v.as_ref().is_some_and(|v| v.len() > MAX_VALIDATOR_BYTES || v.chars().any(char::is_control));
+    let insane = |v: &Option<String>| {
+        v.as_ref().is_some_and(|v| v.len() > MAX_VALIDATOR_BYTES || v.chars().any(char::is_control))
+    };
     let vs = meta.validators.clone().unwrap_or_default();
     if insane(&meta.validator) || insane(&vs.etag) || insane(&vs.last_modified) {
         return Err(format!("validator longer than {MAX_VALIDATOR_BYTES} bytes or with control characters"));
@@ -593,7 +595,13 @@ mod tests {
         check_round_trip("with every validator of the first response", weak, false);
         let p = |idx, len_bytes| PartialPiece { idx, len_bytes, crc: 7 };
         let two = vec![false, false];
-        let partial = TaskMeta { content_len: Some(8 * MIB), pieces_done: two.clone(), piece_crcs: vec![0, 0], partial: vec![p(0, 1), p(1, 4 * MIB - 1)], ..meta() };
+        let partial = TaskMeta {
+            content_len: Some(8 * MIB),
+            pieces_done: two.clone(),
+            piece_crcs: vec![0, 0],
+            partial: vec![p(0, 1), p(1, 4 * MIB - 1)],
+            ..meta()
+        };
         check_round_trip("pieces in flight, with how far they got", partial, false);
         for (what, bad) in [
             ("a whole piece", vec![p(1, 4 * MIB)]),
@@ -601,10 +609,22 @@ mod tests {
             ("past the end", vec![p(2, 1)]),
             ("out of order", vec![p(1, 1), p(0, 1)]),
         ] {
-            let m = TaskMeta { content_len: Some(8 * MIB), pieces_done: two.clone(), piece_crcs: vec![0, 0], partial: bad, ..meta() };
+            let m = TaskMeta {
+                content_len: Some(8 * MIB),
+                pieces_done: two.clone(),
+                piece_crcs: vec![0, 0],
+                partial: bad,
+                ..meta()
+            };
             assert!(validate(&m).is_err(), "partial {what} passed validation");
         }
-        let done_and_partial = TaskMeta { content_len: Some(8 * MIB), pieces_done: vec![true, false], piece_crcs: vec![0, 0], partial: vec![p(0, 1)], ..meta() };
+        let done_and_partial = TaskMeta {
+            content_len: Some(8 * MIB),
+            pieces_done: vec![true, false],
+            piece_crcs: vec![0, 0],
+            partial: vec![p(0, 1)],
+            ..meta()
+        };
         assert!(validate(&done_and_partial).is_err(), "a done piece listed as partial passed validation");
         let none = TaskMeta { validators: Some(Validators::default()), ..meta() };
         check_round_trip("first response had no validators", none, false);

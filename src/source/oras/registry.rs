@@ -348,11 +348,17 @@ pub async fn read_all(mut resp: Response, max_bytes: usize) -> Result<Vec<u8>> {
     let mut body = Vec::new();
     while resp.read_into(&mut body, max_bytes + 1).await? {
         if body.len() > max_bytes {
-            return Err(Error::origin(false, format!("{}: response body over {max_bytes} bytes", crate::http::redact::Shown(&resp.url))));
+            return Err(Error::origin(
+                false,
+                format!("{}: response body over {max_bytes} bytes", crate::http::redact::Shown(&resp.url)),
+            ));
         }
     }
     if body.len() > max_bytes {
-        return Err(Error::origin(false, format!("{}: response body over {max_bytes} bytes", crate::http::redact::Shown(&resp.url))));
+        return Err(Error::origin(
+            false,
+            format!("{}: response body over {max_bytes} bytes", crate::http::redact::Shown(&resp.url)),
+        ));
     }
     Ok(body)
 }
