@@ -16,7 +16,6 @@ mod common;
 #[path = "support_registry/mod.rs"]
 mod support_registry;
 
-use std::fs;
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
@@ -26,24 +25,6 @@ use support_registry::*;
 const USER: &str = "e2e-user";
 const PASSWORD: &str = "S3cret-pa55word-e2e";
 const EMPTY_CONFIG: &str = "application/vnd.oci.empty.v1+json";
-
-fn assert_pulled(result: &Output, out: &Path, expected: &[u8], what: &str) {
-    assert!(result.status.success(), "{what}: dfget failed ({}): {}", result.status, stderr_of(result));
-    let got = fs::read(out).unwrap_or_else(|e| panic!("{what}: cannot read {}: {e}", out.display()));
-    assert!(got == expected, "{what}: got {} bytes, expected {} (contents differ)", got.len(), expected.len());
-}
-
-fn assert_failed_cleanly(daemon: &OrasDaemon, result: &Output, out: &Path, needles: &[&str]) -> String {
-    let stderr = stderr_of(result);
-    eprintln!("failed as expected: {}", stderr.trim());
-    assert!(!result.status.success(), "pull should fail, but exited 0");
-    for needle in needles {
-        assert!(stderr.to_lowercase().contains(&needle.to_lowercase()), "stderr should mention {needle:?}: {stderr}");
-    }
-    assert!(!out.exists(), "a failed pull left {}", out.display());
-    assert!(daemon.is_healthy(), "daemon unhealthy after a failed pull\n{}", daemon.diagnostics());
-    stderr
-}
 
 /// The CLI pushed what the issue says it pushes: an OCI 1.1 manifest with `artifactType` and
 /// the empty config, and one SIF layer — the shape oras-py does not make.

@@ -12,28 +12,16 @@ mod common;
 #[path = "support_registry/mod.rs"]
 mod support_registry;
 
-use std::fs;
 use std::path::Path;
 use std::process::Output;
 
 use support_registry::*;
 
-fn assert_pulled(result: &Output, out: &Path, expected: &[u8], what: &str) {
-    assert!(result.status.success(), "{what}: dfget failed ({}): {}", result.status, stderr_of(result));
-    let got = fs::read(out).unwrap_or_else(|e| panic!("{what}: cannot read {}: {e}", out.display()));
-    assert!(got == expected, "{what}: got {} bytes, expected {} (contents differ)", got.len(), expected.len());
-}
-
+/// The shared clean-failure check, plus: nothing left next to OUT (a TLS failure happens before
+/// any temp file could exist, so there must be none).
 fn assert_failed_cleanly(daemon: &OrasDaemon, result: &Output, out: &Path, needles: &[&str]) -> String {
-    let stderr = stderr_of(result);
-    eprintln!("failed as expected: {}", stderr.trim());
-    assert!(!result.status.success(), "pull should fail, but exited 0");
-    for needle in needles {
-        assert!(stderr.to_lowercase().contains(&needle.to_lowercase()), "stderr should mention {needle:?}: {stderr}");
-    }
-    assert!(!out.exists(), "a failed pull left {}", out.display());
+    let stderr = support_registry::assert_failed_cleanly(daemon, result, out, needles);
     assert_eq!(dir_entries(out.parent().expect("parent")), Vec::<String>::new(), "files left next to OUT");
-    assert!(daemon.is_healthy(), "daemon unhealthy after a failed pull\n{}", daemon.diagnostics());
     stderr
 }
 
