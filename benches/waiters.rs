@@ -7,14 +7,14 @@
 //! argument) it runs a 200-client smoke pass so the harness itself stays tested. The origin is
 //! the throttled in-process one of the tests (1 MiB/s per connection), so every client waits.
 
+#[path = "../tests/common/server.rs"]
+#[allow(dead_code)]
+mod server;
 #[path = "../tests/support_load/mod.rs"]
 mod support_load;
 #[path = "../tests/support_storage/origin.rs"]
 #[allow(dead_code)]
 mod throttled;
-#[path = "../tests/common/server.rs"]
-#[allow(dead_code)]
-mod server;
 /// The throttled origin reaches its server plumbing as `crate::common::server`, as in the tests.
 mod common {
     pub(crate) use super::server;
