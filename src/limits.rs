@@ -264,9 +264,5 @@ pub const CONTROL_QUEUE_DEPTH: usize = 4096;
 /// announcement from any parent: the swarm is stuck, and the origin is faster than waiting.
 pub const PARENT_STALL: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// How often a SyncPieces stream (control-plane thread, which the tasks' signals do not wake) looks
-/// for newly recorded pieces: well under one 4 MiB piece's transfer time, so children rarely wait.
-pub const SYNC_PIECES_POLL: std::time::Duration = std::time::Duration::from_millis(20);
-
 const _: () = assert!(MAX_PIECE_BYTES <= u32::MAX as u64);
 const _: () = assert!(PARENT_PIECE_TIMEOUT.as_secs() < UPLOAD_TIMEOUT.as_secs());

@@ -262,6 +262,62 @@ impl Drop for Listener {
     }
 }
 
+/// Wake-ups for tasks outside the compio runtimes (the tokio control-plane thread's SyncPieces
+/// streams), which cannot `listen()` on a `Signal`: each subscription is a bounded(1) tokio
+/// channel in a lock-free map, and `notify` `try_send`s one token to each. A full channel already
+/// holds a wake, so nothing is lost and `notify` never waits, never takes a lock, and never
+/// touches a compio queue. Empty (nobody subscribed) it costs one skiplist probe.
+///
+/// Invariant: a `Watch` receives a token for every `notify` that began after it was created.
+#[derive(Default)]
+pub struct Watchers(Arc<WatchersInner>);
+
+#[derive(Default)]
+struct WatchersInner {
+    next_id: AtomicU64,
+    subs: crossbeam_skiplist::SkipMap<u64, tokio::sync::mpsc::Sender<()>>,
+}
+
+impl Watchers {
+    pub fn subscribe(&self) -> Watch {
+        let id = self.0.next_id.fetch_add(1, SeqCst);
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        self.0.subs.insert(id, tx);
+        Watch { inner: self.0.clone(), id, rx }
+    }
+
+    pub fn notify(&self) {
+        for e in self.0.subs.iter() {
+            let _ = e.value().try_send(());
+        }
+    }
+
+    pub fn n_watches(&self) -> usize {
+        self.0.subs.len()
+    }
+}
+
+/// One subscription; unsubscribes on drop.
+pub struct Watch {
+    inner: Arc<WatchersInner>,
+    id: u64,
+    rx: tokio::sync::mpsc::Receiver<()>,
+}
+
+impl Watch {
+    /// Completes at the first `notify` since the last `changed` (or since `subscribe`).
+    pub async fn changed(&mut self) {
+        // The sender lives in the map until `drop`, so `recv` cannot return None before then.
+        let _ = self.rx.recv().await;
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.inner.subs.remove(&self.id);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,6 +389,36 @@ mod tests {
             let after = s.listen();
             assert!(compio::time::timeout(Duration::from_secs(5), before).await.is_ok());
             assert!(compio::time::timeout(Duration::from_millis(100), after).await.is_err());
+        });
+    }
+
+    #[test]
+    fn a_watch_keeps_a_notify_made_before_it_waits_and_unsubscribes_on_drop() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let w = Watchers::default();
+        let mut a = w.subscribe();
+        let b = w.subscribe();
+        assert_eq!(w.n_watches(), 2);
+        w.notify();
+        w.notify();
+        rt.block_on(async {
+            // Two notifies while nobody waited: one token, kept.
+            tokio::time::timeout(Duration::from_secs(1), a.changed()).await.expect("woken by the earlier notify");
+            let again = tokio::time::timeout(Duration::from_millis(50), a.changed()).await;
+            assert!(again.is_err(), "one token per burst, not per notify");
+            // A notify from another thread wakes a waiting watch.
+            let w2 = std::sync::Arc::new(w);
+            let n = w2.clone();
+            let t = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                n.notify();
+            });
+            tokio::time::timeout(Duration::from_secs(5), a.changed()).await.expect("woken from another thread");
+            t.join().unwrap();
+            drop(b);
+            assert_eq!(w2.n_watches(), 1);
+            drop(a);
+            assert_eq!(w2.n_watches(), 0);
         });
     }
 }

@@ -78,6 +78,9 @@ pub struct Task {
     /// change. A `wake::Signal`, not an `event_listener::Event`: waiters on other cores are woken
     /// through one relay per core, so no core ever spins on another's full wake queue.
     pub event: crate::wake::Signal,
+    /// The same wake-ups for the tokio control-plane thread (SyncPieces streams to child peers),
+    /// which cannot listen on `event`.
+    pub watchers: crate::wake::Watchers,
     pub last_access_unix_ms: AtomicU64,
     /// Readers (cache-hit checks, exports) in the low bits, plus `EVICTED` once the GC or an
     /// operator claimed the task: one word, so "pin unless evicted" and "evict unless pinned" are
@@ -126,6 +129,7 @@ impl Task {
             completed_bytes: AtomicU64::new(0),
             failure: OnceLock::new(),
             event: crate::wake::Signal::new(),
+            watchers: crate::wake::Watchers::default(),
             last_access_unix_ms: AtomicU64::new(now_unix_ms()),
             readers: AtomicUsize::new(0),
             files: std::sync::Mutex::new(()),
@@ -329,6 +333,7 @@ impl Task {
             }
         }
         self.event.notify();
+        self.watchers.notify();
     }
 
     /// Records a piece whose bytes another peer sent and whose crc was checked (`p2p::fetch`).
@@ -346,6 +351,7 @@ impl Task {
         let _ = self.failure.set(e);
         let won = self.transition(State::Failed);
         self.event.notify();
+        self.watchers.notify();
         won || self.state() == State::Failed
     }
 
@@ -353,6 +359,7 @@ impl Task {
     pub fn mark_done(&self) -> bool {
         let won = self.transition(State::Done);
         self.event.notify();
+        self.watchers.notify();
         won
     }
 

@@ -161,16 +161,7 @@ fn translate(peer: &PeerTask, r: Report, back_to_source: bool) -> Option<Req> {
             parent_id,
             temporary: true,
         }),
-        Report::Reschedule => {
-            if peer.reschedules.fetch_add(1, Ordering::AcqRel) >= limits::MAX_RESCHEDULES {
-                peer.set_mode(Mode::BackToSource);
-                return None;
-            }
-            Req::ReschedulePeerRequest(s::ReschedulePeerRequest {
-                candidate_parents: Vec::new(),
-                description: Some("every parent failed or finished its announcements".into()),
-            })
-        }
+        Report::Reschedule => return reschedule(peer),
         Report::Finished if back_to_source => {
             Req::DownloadPeerBackToSourceFinishedRequest(s::DownloadPeerBackToSourceFinishedRequest {})
         }
@@ -184,6 +175,26 @@ fn translate(peer: &PeerTask, r: Report, back_to_source: bool) -> Option<Req> {
             Req::DownloadPeerFailedRequest(s::DownloadPeerFailedRequest { description: Some(nonempty(why)) })
         }
     })
+}
+
+/// The parents ran dry: ask for new ones, at most `MAX_RESCHEDULES` times; after that the rest
+/// of the task comes from the origin.
+fn reschedule(peer: &PeerTask) -> Option<Req> {
+    let n = peer.reschedules.fetch_add(1, Ordering::AcqRel) + 1;
+    if n > limits::MAX_RESCHEDULES {
+        tracing::info!(cluster_task = %peer.cluster_id, "parents ran dry {} times: the rest comes from the origin", n - 1);
+        peer.set_mode(Mode::BackToSource);
+        return None;
+    }
+    tracing::info!(
+        cluster_task = %peer.cluster_id,
+        "parents ran dry: asking the scheduler for new parents (reschedule {n} of {})",
+        limits::MAX_RESCHEDULES
+    );
+    Some(Req::ReschedulePeerRequest(s::ReschedulePeerRequest {
+        candidate_parents: Vec::new(),
+        description: Some("every parent failed or finished its announcements".into()),
+    }))
 }
 
 fn nonempty(s: String) -> String {
@@ -206,5 +217,59 @@ fn piece_of(p: PieceReport) -> c::Piece {
         traffic_type: Some(traffic as i32),
         cost: Some(duration_ms(p.cost_ms)),
         created_at: Some(timestamp(p.created_at_unix_ms)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reschedules_are_asked_five_times_then_the_rest_comes_from_the_origin() {
+        let (tx, _rx) = mpsc::channel(4);
+        let peer = PeerTask::new("t".into(), "p".into(), crate::piece::Layout::for_len(16 << 20), tx);
+        peer.set_mode(Mode::Parents);
+        for i in 1..=limits::MAX_RESCHEDULES {
+            let req = translate(&peer, Report::Reschedule, false);
+            assert!(matches!(req, Some(Req::ReschedulePeerRequest(_))), "reschedule {i} is asked for");
+            assert_eq!(peer.mode(), Mode::Parents, "still with parents after reschedule {i}");
+        }
+        assert!(translate(&peer, Report::Reschedule, false).is_none(), "no sixth reschedule");
+        assert_eq!(peer.mode(), Mode::BackToSource, "after five, the origin");
+    }
+
+    #[test]
+    fn reports_become_the_requests_the_scheduler_validates() {
+        let (tx, _rx) = mpsc::channel(4);
+        let peer = PeerTask::new("t".into(), "p".into(), crate::piece::Layout::for_len(16 << 20), tx);
+        let piece = |parent_id: Option<&str>| {
+            Report::Piece(PieceReport {
+                number: 2,
+                offset: 8,
+                length: 4,
+                crc: 0xab,
+                parent_id: parent_id.map(str::to_string),
+                cost_ms: 1500,
+                created_at_unix_ms: 1_700_000_000_123,
+            })
+        };
+        let Some(Req::DownloadPieceFinishedRequest(r)) = translate(&peer, piece(Some("parent")), false) else {
+            panic!("a parent's piece is a DownloadPieceFinishedRequest")
+        };
+        let p = r.piece.expect("piece");
+        assert_eq!((p.number, p.offset, p.length, p.digest.as_str()), (2, 8, 4, "crc32:171"));
+        assert_eq!(p.parent_id.as_deref(), Some("parent"));
+        assert_eq!(p.cost.map(|c| (c.seconds, c.nanos)), Some((1, 500_000_000)), "cost is required");
+        assert_eq!(p.created_at.map(|t| (t.seconds, t.nanos)), Some((1_700_000_000, 123_000_000)));
+        assert!(matches!(translate(&peer, piece(None), true), Some(Req::DownloadPieceBackToSourceFinishedRequest(_))));
+        assert!(matches!(
+            translate(&peer, Report::Finished, true),
+            Some(Req::DownloadPeerBackToSourceFinishedRequest(_))
+        ));
+        assert!(matches!(translate(&peer, Report::Finished, false), Some(Req::DownloadPeerFinishedRequest(_))));
+        let Some(Req::DownloadPeerFailedRequest(f)) = translate(&peer, Report::Failed(String::new()), false) else {
+            panic!("failed")
+        };
+        assert_eq!(f.description.as_deref(), Some("failed"), "never an empty description");
     }
 }

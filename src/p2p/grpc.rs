@@ -55,7 +55,7 @@ impl DfdaemonUpload for Upload {
 }
 
 /// Streams each wanted piece once it is recorded; ends when all were sent, the child went away,
-/// or the task failed.
+/// or the task failed. Woken by the task's `watchers` (fed by `record_piece`), never polled.
 async fn feed(
     task: Arc<Task>,
     mut wanted: BTreeSet<u64>,
@@ -63,6 +63,8 @@ async fn feed(
     tx: tokio::sync::mpsc::Sender<Result<d::SyncPiecesResponse, Status>>,
 ) {
     let Some(g) = task.geometry() else { return };
+    // Subscribed before the first look at the bitmap: a piece recorded after that look wakes us.
+    let mut watch = task.watchers.subscribe();
     while !wanted.is_empty() {
         if task.state() == State::Failed {
             let _ = tx.send(Err(Status::aborted("the task failed on this peer"))).await;
@@ -86,11 +88,13 @@ async fn feed(
             }
             wanted.remove(&idx);
         }
-        if wanted.is_empty() || tx.is_closed() {
+        if wanted.is_empty() {
             return;
         }
-        // Polled: the task's signal wakes compio runtimes only, and this is the tokio thread.
-        tokio::time::sleep(crate::limits::SYNC_PIECES_POLL).await;
+        tokio::select! {
+            _ = watch.changed() => {}
+            _ = tx.closed() => return,
+        }
     }
 }
 
@@ -138,13 +142,53 @@ async fn follow(node: &Node, peer: &PeerTask, slot: usize) -> Result<(), String>
     };
     let mut stream = client.sync_pieces(req).await.map_err(|e| e.message().to_string())?.into_inner();
     while let Some(r) = stream.message().await.map_err(|e| e.message().to_string())? {
-        if u64::from(r.number) >= peer.n_pieces {
-            return Err(format!("parent announced piece {} of {}", r.number, peer.n_pieces));
-        }
+        check_piece_bounds(peer.layout, &r)?;
         let port = r.tcp_port.and_then(|p| u16::try_from(p).ok()).ok_or("piece without a TCP port")?;
         let ip = r.ip.parse().map_err(|_| format!("bad parent ip {:?}", r.ip))?;
         let _ = parent.vortex_addr.set(SocketAddr::new(ip, port));
         peer.announce(slot, u64::from(r.number));
     }
     Ok(())
+}
+
+/// A parent's announced piece must be ours: same number, offset and length. A parent whose piece
+/// length differs (another piece-size rule) has pieces we cannot use, so it is given up on early,
+/// before any byte is fetched from it.
+fn check_piece_bounds(layout: crate::piece::Layout, r: &d::SyncPiecesResponse) -> Result<(), String> {
+    let ours = layout.piece_range(u64::from(r.number));
+    let theirs = (r.offset, r.offset.checked_add(r.length));
+    match ours {
+        None => Err(format!("parent announced piece {} of {}", r.number, layout.n_pieces())),
+        Some((start, end)) if (start, Some(end)) == theirs => Ok(()),
+        Some((start, end)) => Err(format!(
+            "the parent's piece {} is {}+{} bytes, ours is {start}+{}: its piece length differs from ours \
+             ({} bytes), so its pieces cannot be used",
+            r.number,
+            r.offset,
+            r.length,
+            end - start,
+            layout.piece_len_bytes
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn piece(number: u32, offset: u64, length: u64) -> d::SyncPiecesResponse {
+        d::SyncPiecesResponse { number, offset, length, ip: "127.0.0.1".into(), tcp_port: Some(4000), quic_port: None }
+    }
+
+    #[test]
+    fn a_parent_piece_with_other_bounds_is_refused() {
+        const MIB: u64 = 1 << 20;
+        let layout = crate::piece::Layout::for_len(10 * MIB); // 4 + 4 + 2 MiB
+        assert_eq!(check_piece_bounds(layout, &piece(0, 0, 4 * MIB)), Ok(()));
+        assert_eq!(check_piece_bounds(layout, &piece(2, 8 * MIB, 2 * MIB)), Ok(()));
+        let other = check_piece_bounds(layout, &piece(1, 8 * MIB, 8 * MIB)).unwrap_err();
+        assert!(other.contains("piece length differs"), "{other}");
+        assert!(check_piece_bounds(layout, &piece(3, 12 * MIB, MIB)).unwrap_err().contains("piece 3 of 3"));
+        assert!(check_piece_bounds(layout, &piece(1, 4 * MIB, u64::MAX)).is_err(), "overflowing length");
+    }
 }

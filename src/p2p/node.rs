@@ -118,7 +118,7 @@ impl Node {
         let cluster_id = task.spec.cluster_id.clone()?;
         self.tasks.insert(cluster_id.clone(), task.clone());
         let (report_tx, reports) = mpsc::channel(limits::CONTROL_QUEUE_DEPTH);
-        let peer = Arc::new(PeerTask::new(cluster_id.clone(), task.peer_id.clone(), layout.n_pieces(), report_tx));
+        let peer = Arc::new(PeerTask::new(cluster_id.clone(), task.peer_id.clone(), layout, report_tx));
         let (reply, answer) = flume::bounded(1);
         let download = download_for(task, layout);
         let sent = self.ctl.try_send(Ctl::Register { peer: peer.clone(), download, reports, reply });

@@ -72,6 +72,8 @@ pub struct PeerTask {
     pub cluster_id: String,
     pub peer_id: String,
     pub n_pieces: u64,
+    /// This peer's layout of the task: a parent's announced pieces must have the same bounds.
+    pub layout: crate::piece::Layout,
     mode: AtomicU8,
     slots: Box<[OnceLock<Parent>]>,
     n_slots: AtomicUsize,
@@ -96,13 +98,15 @@ impl PeerTask {
     pub fn new(
         cluster_id: String,
         peer_id: String,
-        n_pieces: u64,
+        layout: crate::piece::Layout,
         reports: tokio::sync::mpsc::Sender<Report>,
     ) -> PeerTask {
+        let n_pieces = layout.n_pieces();
         PeerTask {
             cluster_id,
             peer_id,
             n_pieces,
+            layout,
             mode: AtomicU8::new(Mode::Registering as u8),
             slots: (0..MAX_PARENTS).map(|_| OnceLock::new()).collect(),
             n_slots: AtomicUsize::new(0),
@@ -221,7 +225,7 @@ mod tests {
     #[test]
     fn holders_follow_announcements_and_skip_dead_parents() {
         let (tx, _rx) = tokio::sync::mpsc::channel(4);
-        let t = PeerTask::new("t".into(), "p".into(), 4, tx);
+        let t = PeerTask::new("t".into(), "p".into(), crate::piece::Layout::for_len(16 << 20), tx);
         let a = t.add_parent(parent("a")).unwrap();
         let b = t.add_parent(parent("b")).unwrap();
         assert_eq!(t.add_parent(parent("a")), None, "a parent is added once");
@@ -247,7 +251,7 @@ mod tests {
     #[test]
     fn reports_never_block_when_the_queue_is_full() {
         let (tx, mut rx) = tokio::sync::mpsc::channel(1);
-        let t = PeerTask::new("t".into(), "p".into(), 1, tx);
+        let t = PeerTask::new("t".into(), "p".into(), crate::piece::Layout::for_len(1), tx);
         t.report(Report::Finished);
         t.report(Report::Finished);
         assert!(matches!(rx.try_recv(), Ok(Report::Finished)));

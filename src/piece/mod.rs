@@ -79,6 +79,24 @@ mod tests {
         check_len(100 * 1024 * MIB, 64 * MIB);
     }
 
+    /// Peers of one task must cut it alike; Dragonfly's Rust dfdaemon (`calculate_piece_length`,
+    /// no fixed piece length) clamps `next_power_of_two(len / 500)` to [4, 64] MiB. Its own test
+    /// points, and the edges where the power of two steps.
+    #[test]
+    fn piece_len_matches_the_rust_dfdaemon_rule() {
+        for (len, want) in [
+            (500 * 4 * MIB, 4 * MIB),
+            (500 * 4 * MIB + 500, 8 * MIB),
+            (500 * 5 * MIB, 8 * MIB),
+            (500 * 8 * MIB, 8 * MIB),
+            (500 * 8 * MIB + 500, 16 * MIB),
+            (500 * 64 * MIB, 64 * MIB),
+            (1000 * 64 * MIB, 64 * MIB),
+        ] {
+            check_len(len, want);
+        }
+    }
+
     fn check_layout(content_len: u64, expected: &[(u64, u64)]) {
         let layout = Layout::for_len(content_len);
         assert_eq!(layout.n_pieces(), expected.len() as u64, "content_len={content_len}");
