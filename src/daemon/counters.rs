@@ -10,6 +10,9 @@ pub static DOWNLOADS_FAILED: AtomicU64 = AtomicU64::new(0);
 pub static CACHE_HITS: AtomicU64 = AtomicU64::new(0);
 pub static PIECES_FETCHED: AtomicU64 = AtomicU64::new(0);
 pub static BYTES_FETCHED: AtomicU64 = AtomicU64::new(0);
+/// Piece bytes served to other peers (Vortex), by how they left: `splice(2)` or a buffered copy.
+pub static UPLOAD_BYTES_SPLICED: AtomicU64 = AtomicU64::new(0);
+pub static UPLOAD_BYTES_COPIED: AtomicU64 = AtomicU64::new(0);
 
 pub fn bump(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);

@@ -8,7 +8,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::daemon::counters::{BYTES_FETCHED, CACHE_HITS, DOWNLOADS_DONE, DOWNLOADS_FAILED, PIECES_FETCHED};
+use crate::daemon::counters::{
+    BYTES_FETCHED, CACHE_HITS, DOWNLOADS_DONE, DOWNLOADS_FAILED, PIECES_FETCHED, UPLOAD_BYTES_COPIED,
+    UPLOAD_BYTES_SPLICED,
+};
 use crate::daemon::serving;
 use crate::daemon::shared::Shared;
 use crate::daemon::task::State;
@@ -29,6 +32,8 @@ pub fn render(shared: &Shared) -> String {
          # TYPE dfget_cache_hits_total counter\ndfget_cache_hits_total {}\n\
          # TYPE dfget_pieces_fetched_total counter\ndfget_pieces_fetched_total {}\n\
          # TYPE dfget_bytes_fetched_total counter\ndfget_bytes_fetched_total {}\n\
+         # TYPE dfget_upload_bytes_total counter\n\
+         dfget_upload_bytes_total{{path=\"splice\"}} {}\ndfget_upload_bytes_total{{path=\"copy\"}} {}\n\
          # TYPE dfget_tasks gauge\ndfget_tasks {}\n\
          # TYPE dfget_tasks_running gauge\ndfget_tasks_running {}\n",
         c(&DOWNLOADS_DONE),
@@ -36,6 +41,8 @@ pub fn render(shared: &Shared) -> String {
         c(&CACHE_HITS),
         c(&PIECES_FETCHED),
         c(&BYTES_FETCHED),
+        c(&UPLOAD_BYTES_SPLICED),
+        c(&UPLOAD_BYTES_COPIED),
         tasks.len(),
         running
     )

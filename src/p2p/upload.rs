@@ -1,6 +1,7 @@
 //! Parent side of the data path, on the compio cores: the Vortex TCP server. Each core accepts
 //! on the shared listener, reads one `DownloadPiece`, checks it, and sends the piece's
-//! metadata and then its bytes, read from the task file.
+//! metadata and then its bytes straight from the task file: `splice(2)` file → pipe → socket
+//! (io_uring's splice opcode), or a buffered copy where splice is unavailable.
 //!
 //! Invariant: only tasks this daemon holds, and only pieces whose bit is set (whole, written,
 //! crc recorded) are sent; the task is pinned for the whole exchange so GC cannot delete the file
@@ -14,6 +15,7 @@ use std::time::Instant;
 use compio::buf::{BufResult, IntoInner, IoBuf};
 use compio::io::{AsyncReadAtExt, AsyncReadExt, AsyncWriteExt};
 
+use crate::daemon::counters;
 use crate::daemon::task::State;
 use crate::limits;
 use crate::p2p::node::Node;
@@ -119,7 +121,10 @@ async fn refuse(conn: &mut compio::net::TcpStream, r: Refusal) -> Result<(), Str
     Err(format!("refused: {}", r.message))
 }
 
-/// Copies `[start, end)` of the task file to the connection, paced by `upload.rateLimit`.
+/// Sends `[start, end)` of the task file, paced by `upload.rateLimit`: zero-copy (`splice`
+/// through a pipe) where the driver and kernel allow it, else through a buffer. A core that
+/// once found splice unusable (the polling driver cannot wait on a regular file) copies from then
+/// on.
 async fn send_range(
     node: &Node,
     conn: &mut compio::net::TcpStream,
@@ -128,6 +133,105 @@ async fn send_range(
     end: u64,
 ) -> Result<(), String> {
     let file = compio::fs::File::open(path).await.map_err(|e| format!("open task file: {e}"))?;
+    if !SPLICE_UNUSABLE.get() {
+        match splice_range(node, conn, &file, start, end).await {
+            Ok(()) => return Ok(()),
+            Err(SpliceError::Unusable(e)) => {
+                SPLICE_UNUSABLE.set(true);
+                tracing::info!("zero-copy uploads unavailable on this core ({e}); copying through memory");
+            }
+            Err(SpliceError::Failed(e)) => return Err(e),
+        }
+    }
+    copy_range(node, conn, &file, start, end).await
+}
+
+thread_local! {
+    /// Set on a core whose first splice failed with "not supported here" before sending a byte.
+    static SPLICE_UNUSABLE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+enum SpliceError {
+    /// Nothing reached the socket, and splice cannot work here: copy instead.
+    Unusable(std::io::Error),
+    Failed(String),
+}
+
+/// Errors that say splice itself is unavailable (old kernel, a file system or driver without it),
+/// not that this transfer went wrong.
+fn splice_unsupported(e: &std::io::Error) -> bool {
+    use rustix::io::Errno;
+    let code = e.raw_os_error().map(Errno::from_raw_os_error);
+    matches!(code, Some(Errno::INVAL | Errno::NOSYS | Errno::PERM | Errno::OPNOTSUPP))
+}
+
+/// File → pipe → socket with `splice(2)` (io_uring's splice opcode on the io_uring driver): the
+/// bytes go from the page cache to the socket without passing through this process.
+async fn splice_range(
+    node: &Node,
+    conn: &mut compio::net::TcpStream,
+    file: &compio::fs::File,
+    start: u64,
+    end: u64,
+) -> Result<(), SpliceError> {
+    use compio::fs::pipe::splice;
+    let (rx, tx) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| SpliceError::Unusable(std::io::Error::from(e)))?;
+    // A bigger pipe moves more per pair of splices; the kernel may refuse (pipe-max-size).
+    let _ = rustix::pipe::fcntl_setpipe_size(&tx, limits::WRITE_CHUNK_BYTES);
+    let cap = rustix::pipe::fcntl_getpipe_size(&tx).unwrap_or(64 * 1024).max(4096) as u64;
+    let (rx, tx) = (compio::driver::SharedFd::new(rx), compio::driver::SharedFd::new(tx));
+    let mut sent_any = false;
+    let fail = |sent_any: bool, what: &str, e: std::io::Error| {
+        if !sent_any && splice_unsupported(&e) {
+            SpliceError::Unusable(e)
+        } else {
+            SpliceError::Failed(format!("{what}: {e}"))
+        }
+    };
+    let mut pos = start;
+    while pos < end {
+        // The pipe is empty here, so this never waits for room in it.
+        let want = (end - pos).min(cap) as usize;
+        let n =
+            splice(file, &tx, want).offset_in(pos as i64).await.map_err(|e| fail(sent_any, "splice task file", e))?;
+        if n == 0 {
+            return Err(SpliceError::Failed(format!("task file ends at {pos}, before the piece's end {end}")));
+        }
+        pace(node, n).await;
+        let mut left = n;
+        while left > 0 {
+            let m = splice(&rx, &*conn, left).await.map_err(|e| fail(sent_any, "splice to socket", e))?;
+            if m == 0 {
+                return Err(SpliceError::Failed("the child closed the connection".into()));
+            }
+            left -= m;
+            sent_any = true;
+            counters::bump(&counters::UPLOAD_BYTES_SPLICED, m as u64);
+        }
+        pos += n as u64;
+    }
+    Ok(())
+}
+
+/// Waits for `upload.rateLimit` to admit `n` more bytes.
+async fn pace(node: &Node, n: usize) {
+    if let Some(rl) = &node.upload_rate {
+        let wait = rl.reserve(n as u64, Instant::now());
+        if !wait.is_zero() {
+            compio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// The fallback: read a chunk of the task file, write it to the connection.
+async fn copy_range(
+    node: &Node,
+    conn: &mut compio::net::TcpStream,
+    file: &compio::fs::File,
+    start: u64,
+    end: u64,
+) -> Result<(), String> {
     let mut buf: Vec<u8> = Vec::with_capacity(limits::WRITE_CHUNK_BYTES);
     let mut pos = start;
     while pos < end {
@@ -136,15 +240,11 @@ async fn send_range(
         let BufResult(res, b) = file.read_exact_at(buf.slice(..want), pos).await;
         buf = b.into_inner();
         res.map_err(|e| format!("read task file: {e}"))?;
-        if let Some(rl) = &node.upload_rate {
-            let wait = rl.reserve(want as u64, Instant::now());
-            if !wait.is_zero() {
-                compio::time::sleep(wait).await;
-            }
-        }
+        pace(node, want).await;
         let BufResult(res, b) = conn.write_all(buf).await;
         buf = b;
         res.map_err(|e| format!("write piece: {e}"))?;
+        counters::bump(&counters::UPLOAD_BYTES_COPIED, want as u64);
         pos += want as u64;
     }
     Ok(())
