@@ -18,10 +18,15 @@ use common::{assert_file_is, assert_success, content, free_port, out_dir, poll_u
 struct Peer {
     daemon: Daemon,
     ip: String,
+    grpc_port: u16,
     vortex_port: u16,
 }
 
 fn peer(sched_addr: &str, n: u8, extra: &str) -> Peer {
+    peer_with_env(sched_addr, n, extra, Vec::new())
+}
+
+fn peer_with_env(sched_addr: &str, n: u8, extra: &str, daemon_env: Vec<(String, std::ffi::OsString)>) -> Peer {
     let ip = format!("127.0.0.{}", n + 1);
     let (grpc_port, vortex_port) = (free_port(), free_port());
     let yaml = format!(
@@ -29,9 +34,9 @@ fn peer(sched_addr: &str, n: u8, extra: &str) -> Peer {
          host:\n  advertiseIP: {ip}\n  hostname: peer{n}\n\
          upload:\n  tcpListen:\n    listen: {ip}\n    port: {grpc_port}\n  vortexPort: {vortex_port}\n{extra}"
     );
-    let daemon = Daemon::start(DaemonOpts { extra_yaml: yaml, ..DaemonOpts::default() });
+    let daemon = Daemon::start(DaemonOpts { extra_yaml: yaml, daemon_env, ..DaemonOpts::default() });
     assert!(daemon.wait_log("announced to the scheduler"), "peer{n} never announced itself:\n{}", daemon.core_log());
-    Peer { daemon, ip, vortex_port }
+    Peer { daemon, ip, grpc_port, vortex_port }
 }
 
 fn origin_bytes(nginx: &Nginx, uri: &str) -> u64 {
@@ -131,6 +136,16 @@ fn second_peer_completes_when_its_parent_is_killed_mid_transfer() {
     eprintln!("parent killed: origin served {served} bytes for 2 x {len}");
     assert!(served < 2 * len as u64, "the second peer got nothing from its parent: origin served {served}");
     assert!(second.daemon.core_log().contains("piece from parent failed"), "the parent's death went unnoticed");
+    // Its only parent gone, the second peer asked the scheduler for new parents.
+    assert!(
+        second.daemon.core_log().contains("asking the scheduler for new parents (reschedule 1 of 5)"),
+        "no reschedule after the parent died:\n{}",
+        second.daemon.core_log()
+    );
+    assert!(
+        poll_until(Duration::from_secs(5), || sched.log().contains("receive ReschedulePeerRequest")),
+        "the scheduler saw no ReschedulePeerRequest"
+    );
 }
 
 #[test]
@@ -258,4 +273,178 @@ fn a_removed_task_leaves_the_cluster_and_a_stopped_daemon_leaves_the_scheduler()
     p.daemon.sigterm(Duration::from_secs(15));
     assert!(p.daemon.core_log().contains("left the cluster (DeleteHost)"), "no DeleteHost:\n{}", p.daemon.core_log());
     assert!(sched.log().contains("delete host request"), "the scheduler saw no DeleteHost");
+}
+
+/// Reads one Vortex answer's header and metadata, leaving the piece's bytes unread.
+fn vortex_piece_head(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut head = [0u8; 6];
+    s.read_exact(&mut head).expect("read header");
+    if head[1] != 1 {
+        let len = u32::from_be_bytes(head[2..6].try_into().unwrap()) as usize;
+        let mut value = vec![0u8; len];
+        s.read_exact(&mut value).expect("read refusal");
+        return (head[1], value);
+    }
+    let mut meta_len = [0u8; 4];
+    s.read_exact(&mut meta_len).expect("read metadata length");
+    let mut meta = vec![0u8; u32::from_be_bytes(meta_len) as usize];
+    s.read_exact(&mut meta).expect("read metadata");
+    (head[1], meta)
+}
+
+fn task_files(daemon: &Daemon) -> usize {
+    common::regular_files_under(&daemon.data_dir())
+        .iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == "data"))
+        .count()
+}
+
+#[test]
+fn a_rate_limited_upload_pins_its_task_against_gc_and_removal_and_arrives_exact() {
+    let root = common::temp_dir("dfget-p2p-origin-");
+    let nginx = Nginx::start(root.path());
+    let sched = Scheduler::start();
+    let len = 8 * MIB;
+    let bytes = serve(root.path(), "f.bin", len, 8);
+    // 1 MiB/s: one 4 MiB piece takes about four seconds to upload. The task expires after one
+    // idle second, but GC runs only when asked (`tasks gc`).
+    let extra = "  rateLimit: 1Mi\ngcInterval: 1h\nstorage:\n  taskExpireTime: 1s\n";
+    let parent = peer(&sched.addr(), 1, extra);
+    let out = out_dir();
+    let url = nginx.url("/f.bin");
+    assert_success(&parent.daemon.download(&url, &out.path().join("parent")), "parent download");
+    let id = dfget::p2p::task_id::cluster_task_id(&url::Url::parse(&url).unwrap(), &[], "", "");
+    let local = local_task_id(&parent.daemon);
+
+    // A child (this test) in the middle of piece 1: the task can be neither collected nor removed.
+    let mut s = TcpStream::connect((parent.ip.as_str(), parent.vortex_port)).expect("connect vortex");
+    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    let t0 = std::time::Instant::now();
+    s.write_all(&request(id.as_bytes(), 1)).expect("send");
+    let (tag, _) = vortex_piece_head(&mut s);
+    assert_eq!(tag, 1, "piece content");
+    let mut got = vec![0u8; 64 * 1024];
+    s.read_exact(&mut got).expect("first bytes");
+    std::thread::sleep(Duration::from_millis(1200)); // past taskExpireTime
+    assert_success(&parent.daemon.tasks(&["gc"]), "tasks gc");
+    assert_eq!(task_files(&parent.daemon), 1, "gc deleted a task file mid-upload");
+    let rm = parent.daemon.tasks(&["rm", &local]);
+    let said = String::from_utf8_lossy(&rm.stderr);
+    assert!(!rm.status.success() && said.contains("being read"), "tasks rm mid-upload: {said}");
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).expect("the rest of the piece");
+    got.extend_from_slice(&rest);
+    let took = t0.elapsed();
+    assert_eq!(got, &bytes[4 * MIB..8 * MIB], "piece 1's bytes under the rate limit");
+    // Wide margin: 4 MiB at 1 MiB/s is about 4 s; unlimited on loopback it is milliseconds.
+    assert!(took >= Duration::from_secs(2), "4 MiB at 1 MiB/s arrived in {took:?}");
+
+    // A download from the rate-limited parent arrives exact. The child's first GET (piece 0) is
+    // the origin's, as always; piece 1 comes from the parent.
+    let child = peer(&sched.addr(), 2, "");
+    let dest = out.path().join("child");
+    assert_success(&child.daemon.download(&url, &dest), "child download");
+    assert_file_is(&dest, &bytes);
+    assert!(child.daemon.core_log().contains("first piece from a parent arrived"), "{}", child.daemon.core_log());
+    let served = settled_origin_bytes(&nginx, "/f.bin");
+    assert!(served <= (len + 4 * MIB) as u64, "origin served {served}: piece 1 came from the origin too");
+
+    // Nobody reads it now: GC collects it, and the scheduler hears of it.
+    assert_success(&parent.daemon.tasks(&["gc"]), "tasks gc once the uploads ended");
+    assert!(parent.daemon.wait_log("gc evicted task"), "not collected:\n{}", parent.daemon.core_log());
+    assert_eq!(task_files(&parent.daemon), 0, "the collected task's file is still there");
+    assert!(parent.daemon.wait_log("DeleteTask sent to the scheduler"), "no DeleteTask:\n{}", parent.daemon.core_log());
+}
+
+#[test]
+fn the_upload_server_bounds_concurrent_uploads_and_serves_again_after() {
+    let root = common::temp_dir("dfget-p2p-origin-");
+    let nginx = Nginx::start(root.path());
+    let sched = Scheduler::start();
+    let bytes = serve(root.path(), "f.bin", 6 * MIB, 9);
+    let p = peer(&sched.addr(), 1, "");
+    let out = out_dir();
+    let url = nginx.url("/f.bin");
+    assert_success(&p.daemon.download(&url, &out.path().join("f")), "download");
+    let id = dfget::p2p::task_id::cluster_task_id(&url::Url::parse(&url).unwrap(), &[], "", "");
+    // MAX_CONCURRENT_UPLOADS (64) connections that never send their request hold every slot.
+    let idle: Vec<TcpStream> =
+        (0..64).map(|_| TcpStream::connect((p.ip.as_str(), p.vortex_port)).expect("connect vortex")).collect();
+    let busy = poll_until(Duration::from_secs(10), || {
+        let (tag, value) = vortex_exchange(&p, &request(id.as_bytes(), 1));
+        tag == 255 && String::from_utf8_lossy(&value).contains("too many uploads")
+    });
+    assert!(busy, "a 65th upload was served while 64 were in flight");
+    drop(idle);
+    let served = poll_until(Duration::from_secs(10), || vortex_exchange(&p, &request(id.as_bytes(), 1)).0 == 1);
+    assert!(served, "the upload server did not serve again once the slots were free");
+    let (tag, value) = vortex_exchange(&p, &request(id.as_bytes(), 1));
+    assert_eq!(tag, 1);
+    let meta_len = u32::from_be_bytes(value[0..4].try_into().unwrap()) as usize;
+    assert_eq!(&value[4 + meta_len..], &bytes[4 * MIB..6 * MIB], "piece 1's bytes");
+}
+
+#[test]
+fn grpc_health_answers_serving_for_the_upload_service() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let sched = Scheduler::start();
+    let p = peer(&sched.addr(), 1, "");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let addr = format!("http://{}:{}", p.ip, p.grpc_port);
+        let channel = tonic::transport::Endpoint::from_shared(addr).expect("endpoint").connect().await;
+        let mut client = HealthClient::new(channel.expect("connect to the upload gRPC port"));
+        for service in ["", "dfdaemon.v2.DfdaemonUpload"] {
+            let req = HealthCheckRequest { service: service.into() };
+            let answer = client.check(req).await.unwrap_or_else(|e| panic!("health of {service:?}: {e}"));
+            assert_eq!(answer.into_inner().status(), ServingStatus::Serving, "health of {service:?}");
+        }
+        let unknown = client.check(HealthCheckRequest { service: "no.such.Service".into() }).await;
+        assert_eq!(unknown.expect_err("an unknown service").code(), tonic::Code::NotFound);
+    });
+}
+
+fn upload_bytes(metrics_port: u16, path: &str) -> u64 {
+    let mut s = TcpStream::connect(("127.0.0.1", metrics_port)).expect("connect metrics");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read metrics");
+    let key = format!("dfget_upload_bytes_total{{path=\"{path}\"}} ");
+    let line = text.lines().find_map(|l| l.strip_prefix(key.as_str())).unwrap_or_else(|| panic!("no {key}in {text}"));
+    line.trim().parse().expect("a count")
+}
+
+#[test]
+fn uploads_are_spliced_on_io_uring_and_copied_on_the_polling_driver() {
+    let root = common::temp_dir("dfget-p2p-origin-");
+    let nginx = Nginx::start(root.path());
+    let sched = Scheduler::start();
+    let bytes = serve(root.path(), "f.bin", 6 * MIB, 11);
+    let url = nginx.url("/f.bin");
+    let id = dfget::p2p::task_id::cluster_task_id(&url::Url::parse(&url).unwrap(), &[], "", "");
+    let out = out_dir();
+    for (n, polling) in [(1u8, false), (2, true)] {
+        let metrics_port = free_port();
+        let extra = format!("metrics: 127.0.0.1:{metrics_port}\n");
+        let env = if polling { vec![("DFGET_DRIVER".into(), "polling".into())] } else { Vec::new() };
+        let p = peer_with_env(&sched.addr(), n, &extra, env);
+        assert_success(&p.daemon.download(&url, &out.path().join(format!("f{n}"))), "download");
+        let (tag, value) = vortex_exchange(&p, &request(id.as_bytes(), 1));
+        assert_eq!(tag, 1, "piece content");
+        let meta_len = u32::from_be_bytes(value[0..4].try_into().unwrap()) as usize;
+        assert_eq!(&value[4 + meta_len..], &bytes[4 * MIB..6 * MIB], "piece 1's bytes");
+        let started = p.daemon.core_log_json().into_iter().find(|l| l["msg"] == "dfget daemon started");
+        let driver = started.as_ref().and_then(|l| l["driver"].as_str()).unwrap_or("").to_string();
+        let (spliced, copied) = (upload_bytes(metrics_port, "splice"), upload_bytes(metrics_port, "copy"));
+        if polling {
+            assert_eq!((spliced, copied), (0, 2 * MIB as u64), "polling driver ({driver}): copied");
+        } else if driver == "io_uring" {
+            assert_eq!((spliced, copied), (2 * MIB as u64, 0), "io_uring: spliced");
+        } else {
+            eprintln!("io_uring unavailable here ({driver}): the zero-copy path was not exercised");
+            assert_eq!(spliced + copied, 2 * MIB as u64);
+        }
+    }
 }
