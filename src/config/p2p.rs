@@ -231,9 +231,14 @@ pub(crate) fn resolve(
     let managers = addrs(scheduler.manager.and_then(|m| m.net_addrs));
     let schedulers = addrs(scheduler.net_addrs);
     if !managers.is_empty() {
+        let consequence = if schedulers.is_empty() {
+            "with no scheduler.netAddrs this daemon does not join the cluster (it runs standalone); list the \
+             schedulers there"
+        } else {
+            "only the schedulers in scheduler.netAddrs are used"
+        };
         notes.push(format!(
-            "scheduler.manager.netAddrs ({}) is not used: this daemon has no manager client; list the schedulers \
-             in scheduler.netAddrs",
+            "scheduler.manager.netAddrs ({}) is not used: this daemon has no manager client; {consequence}",
             managers.join(", ")
         ));
     }
@@ -288,6 +293,11 @@ mod tests {
         let (p2p, warnings) = load("scheduler: {manager: {netAddrs: [{type: tcp, addr: 'm:65003'}]}}\n").unwrap();
         assert_eq!(p2p, None);
         assert!(warnings[0].contains("no manager client"), "{warnings:?}");
+        assert!(warnings[0].contains("runs standalone"), "{warnings:?}");
+        let both = "scheduler: {manager: {netAddrs: [{addr: 'm:65003'}]}, netAddrs: [{addr: 's:8002'}]}\n";
+        let (p2p, warnings) = load(both).unwrap();
+        assert_eq!(p2p.map(|p| p.schedulers), Some(vec!["s:8002".to_string()]));
+        assert!(warnings[0].contains("only the schedulers in scheduler.netAddrs are used"), "{warnings:?}");
     }
 
     #[test]
