@@ -38,7 +38,7 @@ pub fn header(h: &str) -> Result<(String, String), String> {
 
 /// `sha256:<64 hex>`, normalised to lowercase.
 pub fn digest(d: &str) -> Result<String, String> {
-    crate::digest::parse(d).map_err(|e| e.message)
+    crate::digest::Digest::parse_user(d).map(|d| d.to_string()).map_err(|e| e.message)
 }
 
 #[cfg(test)]

@@ -7,9 +7,8 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
 use crate::config::Config;
+use crate::digest::{Digest, Hasher};
 use crate::error::{Error, Result};
 use crate::http::client::Options;
 use crate::proto::DownloadRequest;
@@ -24,7 +23,7 @@ async fn fetch_to_file(req: &DownloadRequest, config: &Config) -> Result<u64> {
     let (fetch, digest) = resolve(req, config).await?;
     let out = PathBuf::from(req.output.as_deref().ok_or_else(|| Error::client("no output file to download into"))?);
     let tmp = temp_path(&out);
-    let result = stream_into(&fetch, &tmp, digest.as_deref()).await.and_then(|n| {
+    let result = stream_into(&fetch, &tmp, digest.as_ref()).await.and_then(|n| {
         std::fs::rename(&tmp, &out).map_err(|e| crate::storage::disk_err(e, &out, "rename into place"))?;
         Ok(n)
     });
@@ -34,8 +33,8 @@ async fn fetch_to_file(req: &DownloadRequest, config: &Config) -> Result<u64> {
     result
 }
 
-async fn resolve(req: &DownloadRequest, config: &Config) -> Result<(Fetch, Option<String>)> {
-    let digest = req.digest.as_deref().map(crate::digest::parse).transpose()?;
+async fn resolve(req: &DownloadRequest, config: &Config) -> Result<(Fetch, Option<Digest>)> {
+    let digest = req.digest.as_deref().map(Digest::parse_user).transpose()?;
     if req.url.starts_with("oras://") {
         let opts = Options::from_transport(&config.oras)?;
         let insecure = &config.oras.insecure_registries;
@@ -44,7 +43,7 @@ async fn resolve(req: &DownloadRequest, config: &Config) -> Result<(Fetch, Optio
             &req.headers,
             &opts,
             insecure,
-            digest.as_deref(),
+            digest.as_ref(),
             crate::source::RegistryCredential::GivenOrOwn(req.registry_credential.clone()),
             req.platform.as_deref(),
         )
@@ -57,7 +56,7 @@ async fn resolve(req: &DownloadRequest, config: &Config) -> Result<(Fetch, Optio
     Ok((fetch, digest))
 }
 
-async fn stream_into(fetch: &Fetch, tmp: &Path, digest: Option<&str>) -> Result<u64> {
+async fn stream_into(fetch: &Fetch, tmp: &Path, digest: Option<&Digest>) -> Result<u64> {
     let mut resp = fetch.get(None, None).await?;
     if resp.status() != 200 {
         let what =
@@ -65,7 +64,7 @@ async fn stream_into(fetch: &Fetch, tmp: &Path, digest: Option<&str>) -> Result<
         return Err(crate::http::status::error(&resp.head, what));
     }
     let mut file = std::fs::File::create(tmp).map_err(|e| crate::storage::disk_err(e, tmp, "create"))?;
-    let mut hasher = Sha256::new();
+    let mut hasher = Hasher::new();
     let mut buf = Vec::with_capacity(crate::limits::WRITE_CHUNK_BYTES);
     let mut total = 0u64;
     loop {
@@ -79,10 +78,7 @@ async fn stream_into(fetch: &Fetch, tmp: &Path, digest: Option<&str>) -> Result<
         }
     }
     if let Some(want) = digest {
-        let got = format!("sha256:{}", hex::encode(hasher.finalize()));
-        if got != want {
-            return Err(Error::origin(false, format!("digest mismatch: expected {want}, got {got}")));
-        }
+        hasher.check(want)?;
     }
     Ok(total)
 }

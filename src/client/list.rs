@@ -173,7 +173,7 @@ pub fn default_name(url: &str) -> Result<String, String> {
         let r = crate::source::oras::reference::Reference::parse(url).map_err(|e| e.message)?;
         let name = r.repository.rsplit('/').next().unwrap_or(&r.repository);
         let version = match (&r.digest, &r.tag) {
-            (Some(d), _) => d.replacen(':', ".", 1),
+            (Some(d), _) => d.as_str().replacen(':', ".", 1),
             (None, Some(t)) => t.clone(),
             (None, None) => "latest".into(),
         };

@@ -358,7 +358,7 @@ async fn prepare(shared: &Shared, req: &DownloadRequest, caller: &Caller) -> Res
     if let Some(out) = req.output.as_deref().filter(|o| !std::path::Path::new(o).is_absolute()) {
         return Err(Error::client(format!("output path must be absolute: {out}")));
     }
-    let digest = req.digest.as_deref().map(crate::digest::parse).transpose()?;
+    let digest = req.digest.as_deref().map(crate::digest::Digest::parse_user).transpose()?;
     if req.url.starts_with("oras://") {
         return prepare_oras(shared, req, digest, caller).await;
     }
@@ -373,7 +373,7 @@ async fn prepare(shared: &Shared, req: &DownloadRequest, caller: &Caller) -> Res
     let id = crate::storage::task_id::task_id(
         &req.url,
         &req.filter,
-        digest.as_deref().unwrap_or(""),
+        digest.as_ref().map_or("", crate::digest::Digest::as_str),
         &req.tag,
         &req.application,
     );
@@ -392,7 +392,7 @@ async fn prepare(shared: &Shared, req: &DownloadRequest, caller: &Caller) -> Res
 async fn prepare_oras(
     shared: &Shared,
     req: &DownloadRequest,
-    digest: Option<String>,
+    digest: Option<crate::digest::Digest>,
     caller: &Caller,
 ) -> Result<(Spec, String)> {
     use crate::source::RegistryCredential;
@@ -406,12 +406,12 @@ async fn prepare_oras(
         &req.headers,
         &shared.oras_opts,
         insecure,
-        digest.as_deref(),
+        digest.as_ref(),
         credential,
         req.platform.as_deref(),
     )
     .await?;
-    let id = crate::storage::task_id::task_id(&layer.digest, &[], "", &req.tag, &req.application);
+    let id = crate::storage::task_id::task_id(layer.digest.as_str(), &[], "", &req.tag, &req.application);
     let display_url = crate::http::redact::redact_url(&req.url).into_owned();
     let spec = Spec {
         display_url,

@@ -299,7 +299,7 @@ pub async fn persist(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
 /// blocking pool: it waits on pieces for as long as the download runs, and file IO of the
 /// polling driver must never queue behind it.
 struct Hashing {
-    result: flume::Receiver<Result<String>>,
+    result: flume::Receiver<Result<crate::digest::Digest>>,
 }
 
 impl Hashing {
@@ -318,7 +318,7 @@ impl Hashing {
 
 /// Follows `task`'s pieces with a prefix hasher until the last one is hashed or the task failed.
 /// It polls (every `HASH_POLL`) rather than listen: task signals wake runtime threads only.
-fn hash_along(task: &Task, layout: Layout) -> Result<String> {
+fn hash_along(task: &Task, layout: Layout) -> Result<crate::digest::Digest> {
     let mut hasher = crate::storage::hash::PrefixHasher::open(&task.data_path, layout)?;
     loop {
         hasher.advance(|idx| task.piece_done(idx))?;
@@ -341,9 +341,8 @@ async fn finalize(shared: &Arc<Shared>, task: &Arc<Task>, hashing: Option<Hashin
         let got = match hashing {
             Some(h) => h.result.recv_async().await.map_err(|_| Error::internal("hashing thread ended"))?,
             None => blocking(move || crate::storage::sha256_of(&path, len)).await,
-        };
-        crate::storage::check_digest(got, &want)
-            .map_err(|e| e.with_kind(crate::error::Kind::Integrity).context(&task.spec.display_url))?;
+        }?;
+        want.check(&got).map_err(|m| Error::from(m).context(&task.spec.display_url))?;
     }
     persist(shared, task).await?;
     let path = task.data_path.clone();

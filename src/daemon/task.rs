@@ -32,8 +32,8 @@ pub struct Spec {
     /// The URL the user asked for (`http(s)://` or `oras://`), for logs and metadata.
     pub display_url: String,
     pub fetch: crate::source::Fetch,
-    /// `sha256:<hex>`, lowercase: verified before the task is done.
-    pub digest: Option<String>,
+    /// Verified before the task is done.
+    pub digest: Option<crate::digest::Digest>,
     /// Known in advance (an OCI descriptor's size): the origin's length must match.
     pub expected_len: Option<u64>,
     /// Fetched with credentials: another request gets it only after showing its own
@@ -285,7 +285,7 @@ impl Task {
 
     /// A fetch of piece `piece_idx` has its first `len_bytes` on disk, with crc32 `crc`.
     pub fn note_partial(&self, piece_idx: u64, len_bytes: u64, crc: u32) {
-        debug_assert!(len_bytes <= crate::storage::meta::MAX_PIECE_LEN_BYTES);
+        debug_assert!(len_bytes <= crate::limits::MAX_PIECE_LEN_BYTES);
         if let Some(p) = self.partial.get().and_then(|p| p.get(piece_idx as usize)) {
             p.store(len_bytes << 32 | crc as u64, Ordering::Release);
         }

@@ -170,7 +170,7 @@ impl Node {
 fn download_for(task: &Task, layout: Layout) -> c::Download {
     c::Download {
         url: task.spec.fetch.url.to_string(),
-        digest: task.spec.digest.clone(),
+        digest: task.spec.digest.as_ref().map(ToString::to_string),
         r#type: c::TaskType::Standard as i32,
         priority: c::Priority::Level0 as i32,
         actual_piece_length: Some(layout.piece_len_bytes),

@@ -57,7 +57,7 @@ pub async fn oras_fetch(
     headers: &[(String, String)],
     opts: &Options,
     insecure_registries: &[String],
-    user_digest: Option<&str>,
+    user_digest: Option<&crate::digest::Digest>,
     credential: RegistryCredential,
     platform: Option<&str>,
 ) -> Result<(Fetch, oras::manifest::Layer)> {
@@ -72,7 +72,7 @@ pub async fn oras_fetch(
         None => oras::platform::Platform::host(),
     };
     let resolved = oras::registry::resolve(&reference, opts, insecure_registries, credential, &platform).await?;
-    if let Some(d) = user_digest.filter(|d| *d != resolved.layer.digest) {
+    if let Some(d) = user_digest.filter(|d| **d != resolved.layer.digest) {
         return Err(Error::client(format!("--digest {d} does not match the image layer {}", resolved.layer.digest)));
     }
     let fetch =

@@ -10,14 +10,12 @@
 use std::fs::File;
 use std::path::Path;
 
-use sha2::{Digest, Sha256};
-
 use crate::error::Result;
 use crate::piece::Layout;
 use crate::storage::disk_err;
 
 pub struct PrefixHasher {
-    sha: Sha256,
+    sha: crate::digest::Hasher,
     layout: Layout,
     next_piece: u64,
     file: File,
@@ -31,7 +29,7 @@ impl PrefixHasher {
         if len < layout.content_len_bytes {
             return Err(crate::error::Error::disk(format!("task file {} is shorter than its layout", path.display())));
         }
-        Ok(PrefixHasher { sha: Sha256::new(), layout, next_piece: 0, file })
+        Ok(PrefixHasher { sha: crate::digest::Hasher::new(), layout, next_piece: 0, file })
     }
 
     /// Hashes pieces from the first unhashed one on while `is_done` says they are written.
@@ -61,14 +59,15 @@ impl PrefixHasher {
     }
 
     /// `sha256:<hex>` of everything hashed so far (the whole file once `is_complete`).
-    pub fn finish(self) -> String {
-        format!("sha256:{}", hex::encode(self.sha.finalize()))
+    pub fn finish(self) -> crate::digest::Digest {
+        self.sha.finish()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest as _, Sha256};
 
     #[test]
     fn out_of_order_pieces_hash_to_the_whole_file_digest() {
@@ -87,18 +86,18 @@ mod tests {
             assert_eq!(n, if idx == 0 { done.len() as u64 } else { 0 }, "piece {idx}");
         }
         assert!(h.is_complete());
-        assert_eq!(h.finish(), want);
+        assert_eq!(h.finish().as_str(), want);
         // In order, a piece at a time, and an empty file.
         let mut h = PrefixHasher::open(&path, layout).unwrap();
         for idx in 0..layout.n_pieces() {
             assert_eq!(h.advance(|i| i <= idx).unwrap(), 1);
         }
-        assert_eq!(h.finish(), want);
+        assert_eq!(h.finish().as_str(), want);
         let empty = Layout { content_len_bytes: 0, piece_len_bytes: 64 };
         std::fs::write(dir.path().join("empty"), b"").unwrap();
         let mut h = PrefixHasher::open(&dir.path().join("empty"), empty).unwrap();
         h.advance(|_| true).unwrap();
         assert!(h.is_complete());
-        assert_eq!(h.finish(), format!("sha256:{}", hex::encode(Sha256::digest(b""))));
+        assert_eq!(h.finish().as_str(), format!("sha256:{}", hex::encode(Sha256::digest(b""))));
     }
 }

@@ -18,20 +18,18 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::limits::MAX_PIECE_LEN_BYTES;
+
 /// The only format version this build reads and writes.
 pub const META_VERSION: u32 = 1;
 /// Task ids are hex(sha256(...)).
 pub const TASK_ID_HEX_LEN: usize = 64;
-/// Largest piece the piece math produces (64 MiB cap).
-pub const MAX_PIECE_LEN_BYTES: u64 = 64 << 20;
 /// 2^18 pieces: 16 TiB at the 64 MiB cap, 1 TiB at 4 MiB; bounds the meta size below.
 pub const MAX_PIECES: usize = 1 << 18;
 /// An ETag or HTTP date; real ones are well under 100 bytes.
 pub const MAX_VALIDATOR_BYTES: usize = 1024;
 /// Presigned URLs can be long, but not unbounded.
 pub const MAX_URL_BYTES: usize = 64 << 10;
-/// `algo:hex`, room for sha512.
-pub const MAX_DIGEST_BYTES: usize = 16 + 1 + 128;
 /// MAX_PIECES at ~12 bytes each (one flag char, a crc of up to 10 digits, a comma) plus the URL
 /// and the fixed fields; a larger file is not ours and is refused before parsing.
 pub const MAX_META_BYTES: u64 = 4 << 20;
@@ -50,8 +48,8 @@ pub struct TaskMeta {
     pub pieces_done: Vec<bool>,
     /// CRC-32 of each piece; meaningful only where `pieces_done` is true.
     pub piece_crcs: Vec<u32>,
-    /// `"sha256:<hex>"` as the user asked for it, if any.
-    pub digest: Option<String>,
+    /// What the content must hash to, if known; on disk as its string (`"sha256:<hex>"`).
+    pub digest: Option<crate::digest::Digest>,
     pub created_unix_ms: u64,
     pub last_access_unix_ms: u64,
     pub finished_unix_ms: Option<u64>,
@@ -226,7 +224,7 @@ impl TaskMeta {
             piece_len: self.piece_len,
             pieces_done: self.pieces_done.iter().map(|&done| if done { '1' } else { '0' }).collect(),
             piece_crcs: &self.piece_crcs,
-            digest: self.digest.as_deref(),
+            digest: self.digest.as_ref().map(crate::digest::Digest::as_str),
             created_unix_ms: self.created_unix_ms,
             last_access_unix_ms: self.last_access_unix_ms,
             finished_unix_ms: self.finished_unix_ms,
@@ -330,6 +328,11 @@ fn from_wire(wire: WireIn) -> Result<TaskMeta, MetaError> {
             _ => Err(MetaError::new(MetaErrorKind::Malformed, "pieces_done holds a char other than 0/1")),
         })
         .collect::<Result<Vec<bool>, MetaError>>()?;
+    let digest = wire
+        .digest
+        .map(|d| crate::digest::Digest::parse_strict(&d))
+        .transpose()
+        .map_err(|e| MetaError::new(MetaErrorKind::Inconsistent, e))?;
     Ok(TaskMeta {
         task_id: wire.task_id,
         url: wire.url,
@@ -337,7 +340,7 @@ fn from_wire(wire: WireIn) -> Result<TaskMeta, MetaError> {
         piece_len: wire.piece_len,
         pieces_done,
         piece_crcs: wire.piece_crcs,
-        digest: wire.digest,
+        digest,
         created_unix_ms: wire.created_unix_ms,
         last_access_unix_ms: wire.last_access_unix_ms,
         finished_unix_ms: wire.finished_unix_ms,
@@ -406,7 +409,7 @@ fn validate_partial(meta: &TaskMeta) -> Result<(), String> {
     Ok(())
 }
 
-/// Ids and digests end up in file names and comparisons, so only their expected shapes pass.
+/// Ids end up in file names and comparisons, so only their expected shapes pass.
 fn validate_strings(meta: &TaskMeta) -> Result<(), String> {
     let is_lower_hex = |s: &str| s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     if meta.task_id.len() != TASK_ID_HEX_LEN || !is_lower_hex(&meta.task_id) {
@@ -422,18 +425,7 @@ fn validate_strings(meta: &TaskMeta) -> Result<(), String> {
     if insane(&meta.validator) || insane(&vs.etag) || insane(&vs.last_modified) {
         return Err(format!("validator longer than {MAX_VALIDATOR_BYTES} bytes or with control characters"));
     }
-    if let Some(digest) = &meta.digest {
-        let shape_ok = digest.len() <= MAX_DIGEST_BYTES
-            && digest.split_once(':').is_some_and(|(algo, hex)| {
-                !algo.is_empty()
-                    && algo.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-                    && !hex.is_empty()
-                    && is_lower_hex(hex)
-            });
-        if !shape_ok {
-            return Err("digest is not of the form algo:lowercasehex".to_string());
-        }
-    }
+    // The digest's shape is its type's (`Digest`), checked by `from_wire`.
     Ok(())
 }
 
@@ -547,7 +539,7 @@ mod tests {
         TaskMeta {
             pieces_done: vec![true; 3],
             piece_crcs: vec![1, 2, u32::MAX],
-            digest: Some(format!("sha256:{ID}")),
+            digest: Some(crate::digest::Digest::parse_strict(&format!("sha256:{ID}")).expect("digest")),
             finished_unix_ms: Some(1_700_000_002_000),
             ..meta()
         }
@@ -745,10 +737,6 @@ mod tests {
             ("task id uppercase", TaskMeta { task_id: ID.to_uppercase(), ..meta() }),
             ("url empty", TaskMeta { url: String::new(), ..meta() }),
             ("url too long", TaskMeta { url: "h".repeat(MAX_URL_BYTES + 1), ..meta() }),
-            ("digest without algo", TaskMeta { digest: Some(format!(":{ID}")), ..meta() }),
-            ("digest without hex", TaskMeta { digest: Some("sha256:".to_string()), ..meta() }),
-            ("digest not hex", TaskMeta { digest: Some("sha256:xyz".to_string()), ..meta() }),
-            ("digest no colon", TaskMeta { digest: Some(ID.to_string()), ..meta() }),
             (
                 "too many pieces",
                 TaskMeta {
@@ -762,6 +750,36 @@ mod tests {
         for (name, m) in cases {
             check_decode_err(name, &m.encode_unchecked(), MetaErrorKind::Inconsistent);
         }
+        // A `Digest` cannot hold these, so they are written as JSON (as a foreign or damaged file
+        // would hold them).
+        let body = String::from_utf8(meta().encode()).expect("utf-8");
+        let body = body.lines().next().expect("json line");
+        assert!(body.contains("\"digest\":null"), "{body}");
+        for (name, digest) in [
+            ("digest without algo", format!(":{ID}")),
+            ("digest without hex", "sha256:".to_string()),
+            ("digest not hex", "sha256:xyz".to_string()),
+            ("digest no colon", ID.to_string()),
+            ("digest uppercase", format!("sha256:{}", ID.to_uppercase())),
+        ] {
+            let bad = body.replace("\"digest\":null", &format!("\"digest\":\"{digest}\""));
+            check_decode_err(name, &with_trailer(&bad), MetaErrorKind::Inconsistent);
+        }
+    }
+
+    /// A finished task's meta.json byte for byte as this format has always written it (the digest
+    /// a plain string): it still loads, digest included, and encodes back to the same bytes.
+    #[test]
+    fn meta_json_written_before_the_digest_type_still_loads() {
+        let old = format!(
+            "{{\"v\":1,\"task_id\":\"{ID}\",\"url\":\"https://example.com/a.bin\",\"content_len\":10485760,\
+             \"piece_len\":4194304,\"pieces_done\":\"111\",\"piece_crcs\":[1,2,4294967295],\
+             \"digest\":\"sha256:{ID}\",\"created_unix_ms\":1700000000000,\"last_access_unix_ms\":1700000001000,\
+             \"finished_unix_ms\":1700000002000}}"
+        );
+        let bytes = with_trailer(&old);
+        assert_eq!(TaskMeta::decode(&bytes), Ok(finished()));
+        assert_eq!(finished().encode(), bytes);
     }
 
     #[test]
@@ -772,7 +790,7 @@ mod tests {
             piece_len: MAX_PIECE_LEN_BYTES,
             pieces_done: vec![true; MAX_PIECES],
             piece_crcs: vec![u32::MAX; MAX_PIECES],
-            digest: Some(format!("sha512:{}", "f".repeat(128))),
+            digest: Some(crate::digest::Digest::of(b"the longest digest we keep")),
             created_unix_ms: u64::MAX,
             last_access_unix_ms: u64::MAX,
             finished_unix_ms: Some(u64::MAX),

@@ -8,9 +8,9 @@
 //! `set_len` where the filesystem cannot preallocate), so positional writes from any core never race
 //! on the file size.
 
-pub mod export;
-pub mod hash;
-pub mod index;
+pub(crate) mod export;
+pub(crate) mod hash;
+pub(crate) mod index;
 pub mod meta;
 pub mod task_id;
 
@@ -141,25 +141,15 @@ pub fn verify_pieces(path: &Path, layout: crate::piece::Layout, crcs: &[u32]) ->
 }
 
 /// `sha256:<hex>` of a finished task file (one pass over a map of it). Blocking.
-pub fn sha256_of(path: &Path, len_bytes: u64) -> Result<String> {
-    use sha2::{Digest, Sha256};
+pub fn sha256_of(path: &Path, len_bytes: u64) -> Result<crate::digest::Digest> {
     let file = File::open(path).map_err(|e| disk_err(e, path, "open task file"))?;
-    let mut h = Sha256::new();
+    let mut h = crate::digest::Hasher::new();
     if len_bytes > 0 {
         // SAFETY: the task file is ours and no writer touches it once all pieces are recorded.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| disk_err(e, path, "map task file"))?;
         h.update(&map[..]);
     }
-    Ok(format!("sha256:{}", hex::encode(h.finalize())))
-}
-
-/// Compares a computed digest with the wanted `sha256:<hex>`.
-pub fn check_digest(got: Result<String>, want: &str) -> Result<()> {
-    let got = got?;
-    if got != want {
-        return Err(Error::origin(false, format!("digest mismatch: expected {want}, got {got}")));
-    }
-    Ok(())
+    Ok(h.finish())
 }
 
 /// Which of the recorded pieces still match their crc (a resumed task trusts only those).

@@ -84,6 +84,7 @@ fn match_rank(key: &str, registry: &str) -> Option<u8> {
 }
 
 /// [`lookup_with_notes`] without the notes.
+#[cfg(test)]
 pub fn lookup(config_json: &str, registry: &str) -> Result<Option<Credential>, OrasError> {
     lookup_with_notes(config_json, registry).map(|l| l.credential)
 }

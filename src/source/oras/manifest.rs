@@ -19,10 +19,10 @@
 use oci_spec::image::{Descriptor, ImageIndex, ImageManifest};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
-use sha2::{Digest as _, Sha256};
 
 use super::platform::Platform;
 use super::reference::{parse_digest, OrasError, OrasErrorKind};
+use crate::digest::Digest;
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -49,14 +49,13 @@ pub enum Parsed {
     /// An image manifest with its single SIF layer: fetch this blob.
     Manifest(Layer),
     /// An index or manifest list: fetch the manifest with this digest next.
-    Index { child_digest: String },
+    Index { child_digest: Digest },
 }
 
 /// The blob to download, with what it must match once downloaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Layer {
-    /// `sha256:<64 lowercase hex>`.
-    pub digest: String,
+    pub digest: Digest,
     pub size: u64,
     pub media_type: String,
 }
@@ -169,7 +168,7 @@ fn essence(content_type: &str) -> String {
 }
 
 /// The descriptor's digest, required to be sha256 (what the downloader can verify).
-fn sha256_of(descriptor: &Descriptor, what: &str) -> Result<String, OrasError> {
+fn sha256_of(descriptor: &Descriptor, what: &str) -> Result<Digest, OrasError> {
     let digest = descriptor.digest().to_string();
     parse_digest(&digest).map_err(|e| err(OrasErrorKind::BadManifest, format!("{what}: {}", e.message)))
 }
@@ -210,7 +209,7 @@ fn platform_name(descriptor: &Descriptor) -> String {
 
 /// A child naming `platform` wins; for linux/amd64, else the first child without a platform
 /// (which Apptainer treats as amd64); else an error listing what the index offers.
-fn platform_child(children: &[Descriptor], platform: &Platform) -> Result<String, OrasError> {
+fn platform_child(children: &[Descriptor], platform: &Platform) -> Result<Digest, OrasError> {
     let explicit = children.iter().find(|d| {
         d.platform().as_ref().is_some_and(|p| {
             platform.matches(&p.os().to_string(), &p.architecture().to_string(), p.variant().as_deref())
@@ -241,21 +240,11 @@ fn list(items: &[&str]) -> String {
     out
 }
 
-/// `sha256:<hex>` of `bytes`.
-pub fn sha256_digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
 /// When the reference named a digest, the manifest bytes must hash to it (registries are
 /// content-addressed; a mismatch means a broken or lying server).
 pub fn check_digest(bytes: &[u8], expected: &str) -> Result<(), OrasError> {
     let expected = parse_digest(expected)?;
-    let actual = sha256_digest(bytes);
-    if actual == expected {
-        Ok(())
-    } else {
-        Err(err(OrasErrorKind::DigestMismatch, format!("manifest digest mismatch: expected {expected}, got {actual}")))
-    }
+    expected.check(&Digest::of(bytes)).map_err(|m| err(OrasErrorKind::DigestMismatch, format!("manifest {m}")))
 }
 
 #[cfg(test)]
@@ -298,11 +287,15 @@ mod tests {
     }
 
     fn sif(digest: &str, media_type: &str) -> Want<'static> {
-        Ok(Parsed::Manifest(Layer { digest: digest.to_owned(), size: 1048576, media_type: media_type.to_owned() }))
+        Ok(Parsed::Manifest(Layer {
+            digest: Digest::parse_strict(digest).unwrap(),
+            size: 1048576,
+            media_type: media_type.to_owned(),
+        }))
     }
 
     fn child(digest: &str) -> Want<'static> {
-        Ok(Parsed::Index { child_digest: digest.to_owned() })
+        Ok(Parsed::Index { child_digest: Digest::parse_strict(digest).unwrap() })
     }
 
     /// `expected`: the parse result, or the error kind plus a substring of its message.
@@ -418,7 +411,10 @@ mod tests {
         let bare = index_json(OCI_INDEX, &[child_json(D1, None)]);
         let arm64 = Platform::parse("linux/arm64").unwrap();
         let riscv = Platform::parse("linux/riscv64").unwrap();
-        assert_eq!(parse_for(both.as_bytes(), Some(OCI_INDEX), &arm64), Ok(Parsed::Index { child_digest: D2.into() }));
+        assert_eq!(
+            parse_for(both.as_bytes(), Some(OCI_INDEX), &arm64),
+            Ok(Parsed::Index { child_digest: Digest::parse_strict(D2).unwrap() })
+        );
         // A child without a platform counts as amd64 only.
         let e = parse_for(bare.as_bytes(), Some(OCI_INDEX), &arm64).unwrap_err();
         assert_eq!(e.kind, OrasErrorKind::NoPlatform);

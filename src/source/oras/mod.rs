@@ -3,9 +3,9 @@
 //! shell that talks to the registry with our HTTP client.
 
 pub mod auth;
-pub mod creds;
+pub(crate) mod creds;
 pub mod manifest;
-pub mod platform;
-pub mod ratelimit;
+pub(crate) mod platform;
+pub(crate) mod ratelimit;
 pub mod reference;
-pub mod registry;
+pub(crate) mod registry;

@@ -9,6 +9,7 @@
 //! is a registry iff it is `localhost` or contains `.` or `:`; otherwise Docker Hub, where a
 //! single-component repository gets the `library/` prefix.
 
+use crate::digest::Digest;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -24,7 +25,6 @@ const MAX_REPOSITORY_BYTES: usize = 255;
 /// DNS limit for a host name (RFC 1035).
 const MAX_HOST_BYTES: usize = 253;
 const MAX_TAG_BYTES: usize = 128;
-const SHA256_HEX_LEN: usize = 64;
 
 /// What went wrong, so callers decide (retry, re-auth, give up) from data, not message text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,8 +73,8 @@ pub struct Reference {
     pub registry: String,
     pub repository: String,
     pub tag: Option<String>,
-    /// `sha256:<64 lowercase hex>`; wins over `tag` when both are given.
-    pub digest: Option<String>,
+    /// Wins over `tag` when both are given.
+    pub digest: Option<Digest>,
 }
 
 impl Reference {
@@ -100,7 +100,7 @@ impl Reference {
     /// What goes after `/manifests/`: the digest if any, else the tag, else `latest`.
     pub fn reference(&self) -> &str {
         match (&self.digest, &self.tag) {
-            (Some(digest), _) => digest,
+            (Some(digest), _) => digest.as_str(),
             (None, Some(tag)) => tag,
             (None, None) => "latest",
         }
@@ -124,13 +124,12 @@ impl Reference {
     }
 
     /// `/v2/<repo>/manifests/<digest>` for a child of an index.
-    pub fn manifest_path_for(&self, digest: &str) -> String {
+    pub fn manifest_path_for(&self, digest: &Digest) -> String {
         format!("/v2/{}/manifests/{}", self.repository, digest)
     }
 
-    /// `/v2/<repo>/blobs/<digest>`; the digest comes from a manifest parsed by `manifest::parse`,
-    /// which validated it.
-    pub fn blob_path(&self, digest: &str) -> String {
+    /// `/v2/<repo>/blobs/<digest>`; a `Digest` is safe to send unescaped.
+    pub fn blob_path(&self, digest: &Digest) -> String {
         format!("/v2/{}/blobs/{}", self.repository, digest)
     }
 }
@@ -153,18 +152,9 @@ fn strip_scheme(url: &str) -> Option<&str> {
     head.eq_ignore_ascii_case(SCHEME).then(|| &url[SCHEME.len()..])
 }
 
-/// Validates `sha256:<64 lowercase hex>`; the only algorithm registries and our verifier share.
-pub fn parse_digest(text: &str) -> Result<String, OrasError> {
-    let hex = text
-        .strip_prefix("sha256:")
-        .ok_or_else(|| bad(format!("digest {text:?} must start with \"sha256:\" (the only algorithm supported)")))?;
-    if hex.len() != SHA256_HEX_LEN {
-        return Err(bad(format!("digest {text:?} must have {SHA256_HEX_LEN} hex digits, has {}", hex.len())));
-    }
-    if !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
-        return Err(bad(format!("digest {text:?} must be lowercase hex")));
-    }
-    Ok(text.to_owned())
+/// A registry's digest, strictly (`Digest::parse_strict`), as a reference error.
+pub fn parse_digest(text: &str) -> Result<Digest, OrasError> {
+    Digest::parse_strict(text).map_err(bad)
 }
 
 /// The tag is after the last `:` of the last path component (a `:` earlier is a port).
@@ -326,7 +316,7 @@ mod tests {
                 assert_eq!(r.registry, registry, "{input}");
                 assert_eq!(r.repository, repo, "{input}");
                 assert_eq!(r.tag.as_deref(), tag, "{input}");
-                assert_eq!(r.digest.as_deref(), digest, "{input}");
+                assert_eq!(r.digest.as_ref().map(Digest::as_str), digest, "{input}");
                 assert_eq!(r.reference(), reference, "{input}");
                 // Display round-trips to the same reference.
                 assert_eq!(Reference::parse(&r.to_string()).as_ref(), Ok(&r), "{input}");
@@ -443,8 +433,9 @@ mod tests {
         let r = Reference::parse("oras://[::1]:5000/test/img:v1").unwrap();
         assert_eq!(r.host(), "::1");
         assert_eq!(r.manifest_path(), "/v2/test/img/manifests/v1");
-        assert_eq!(r.blob_path(D), format!("/v2/test/img/blobs/{D}"));
-        assert_eq!(r.manifest_path_for(D), format!("/v2/test/img/manifests/{D}"));
+        let d = Digest::parse_strict(D).unwrap();
+        assert_eq!(r.blob_path(&d), format!("/v2/test/img/blobs/{D}"));
+        assert_eq!(r.manifest_path_for(&d), format!("/v2/test/img/manifests/{D}"));
     }
 
     #[test]

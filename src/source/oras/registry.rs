@@ -297,7 +297,8 @@ async fn fetch_layer(
     for _ in 0..=manifest::MAX_INDEX_DEPTH {
         let (bytes, content_type) = fetch_manifest(reference, base, &path, auth, opts).await?;
         if let Some(d) = &expect_digest {
-            manifest::check_digest(&bytes, d).map_err(|e| oras_err(reference, e).with_kind(Kind::Integrity))?;
+            manifest::check_digest(&bytes, d.as_str())
+                .map_err(|e| oras_err(reference, e).with_kind(Kind::Integrity))?;
         }
         match manifest::parse_for(&bytes, content_type.as_deref(), platform).map_err(|e| oras_err(reference, e))? {
             Parsed::Manifest(layer) => return Ok(layer),
