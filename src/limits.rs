@@ -147,6 +147,14 @@ pub const SPAWNED_ALIVE_TIME: std::time::Duration = std::time::Duration::from_se
 pub const SPAWN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 pub const SPAWN_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 
+/// How long `dfget tasks`/`gc` waits for the daemon's answer to one control request: a listing
+/// or a gc pass over a large cache takes seconds, a daemon that says nothing for a minute is hung.
+pub const CONTROL_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How often the client's progress bar redraws while no event arrives (rate and eta keep moving);
+/// the daemon's `PROGRESS_INTERVAL`, so a redraw rarely goes without news.
+pub const PROGRESS_BAR_TICK: std::time::Duration = PROGRESS_INTERVAL;
+
 // ---- Callers (src/daemon/caller.rs) -----------------------------------------------------------
 
 /// Supplementary groups kept for one caller. Linux allows 65536 (NGROUPS_MAX); real users have a
@@ -190,6 +198,11 @@ const _: () = assert!(MAX_LIST_LINE_BYTES >= MAX_REQUEST_HEADER_BYTES);
 const _: () = assert!(BATCH_JOBS_PER_CORE * MAX_CORES >= MAX_BATCH_JOBS);
 
 const _: () = assert!(WRITE_CHUNK_BYTES as u64 <= crate::piece::DEFAULT_PIECE_LEN_BYTES);
+
+/// Largest piece: Dragonfly's cap in its piece-size rule (`piece::piece_len_for`), so one piece's
+/// retry cost and write buffer stay bounded. Also the most a `meta.json` may record and a parent
+/// may announce (a longer one is not from a Dragonfly peer).
+pub const MAX_PIECE_LEN_BYTES: u64 = 64 << 20;
 const _: () = assert!(MAX_ATTEMPTS >= 1);
 
 /// Runtime threads that can listen to a cross-core `wake::Signal` at once (one relay slot each):
@@ -205,8 +218,15 @@ const _: () = assert!(MAX_RELAY_SLOTS > MAX_CORES);
 pub const STOP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// File descriptors kept back from clients when the daemon says how many it can hold: task files
-/// and origin connections per core, the log, the listener, blocking-pool work.
+/// and origin connections per core, the log, the listener, blocking-pool work. The accept loop
+/// holds at most `RLIMIT_NOFILE - RESERVED_FDS` client connections (`daemon::slots`) and answers
+/// the next one 503, so clients alone can never exhaust the descriptors.
 pub const RESERVED_FDS: u64 = 256;
+
+/// Client connections allowed however low the open-file limit: a daemon under `ulimit -n 256`
+/// still serves a few clients (there `accept` failing with EMFILE, which pauses the loop, is the
+/// backstop).
+pub const MIN_CLIENT_SLOTS: usize = 16;
 
 // ---- ORAS registries (src/source/oras) ------------------------------------------------------------
 
@@ -227,9 +247,6 @@ const _: () = assert!(RATE_LIMIT_DEFAULT_WAIT.as_secs() <= MAX_RETRY_AFTER.as_se
 /// Largest Vortex packet value read into memory (piece metadata or an error message; piece bytes
 /// are streamed, never buffered whole): metadata is ~100 bytes plus a digest and a peer id.
 pub const MAX_VORTEX_VALUE_BYTES: usize = 64 * 1024;
-
-/// Largest piece a parent may announce: Dragonfly's own maximum piece length.
-pub const MAX_PIECE_BYTES: u64 = crate::piece::MAX_PIECE_LEN_BYTES;
 
 /// Uploads served at once by this daemon (Dragonfly's default `upload.server` concurrency is of
 /// this order); more connections wait in the listen backlog instead of each costing a buffer.
@@ -264,5 +281,5 @@ pub const CONTROL_QUEUE_DEPTH: usize = 4096;
 /// announcement from any parent: the swarm is stuck, and the origin is faster than waiting.
 pub const PARENT_STALL: std::time::Duration = std::time::Duration::from_secs(5);
 
-const _: () = assert!(MAX_PIECE_BYTES <= u32::MAX as u64);
+const _: () = assert!(MAX_PIECE_LEN_BYTES <= u32::MAX as u64);
 const _: () = assert!(PARENT_PIECE_TIMEOUT.as_secs() < UPLOAD_TIMEOUT.as_secs());

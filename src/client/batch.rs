@@ -186,7 +186,7 @@ fn bar(total: Option<u64>) -> indicatif::ProgressBar {
     b.set_style(
         indicatif::ProgressStyle::with_template(template).unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    b.enable_steady_tick(Duration::from_millis(200));
+    b.enable_steady_tick(limits::PROGRESS_BAR_TICK);
     b
 }
 

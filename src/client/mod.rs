@@ -4,12 +4,12 @@
 //! Invariant: the client never leaves a partial OUT: the daemon writes OUT atomically, and on any
 //! failure the client reports one line and exits non-zero.
 
-pub mod batch;
-pub mod check;
-pub mod direct;
-pub mod list;
-pub mod progress;
-pub mod socket;
+pub(crate) mod batch;
+pub(crate) mod check;
+pub(crate) mod direct;
+pub(crate) mod list;
+pub(crate) mod progress;
+pub(crate) mod socket;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -124,7 +124,7 @@ impl RequestFlags {
 
 #[derive(Debug, Args, Default)]
 pub struct DownloadArgs {
-    /// URL to download: http://, https://, or oras://registry/repo:tag (ORAS).
+    /// URL to download: http://, https://, or oras://[registry/]repo[:tag|@sha256:HEX] (a SIF image).
     #[arg(short = 'u', long = "url")]
     pub url: Option<String>,
     /// URL, as a positional argument.
@@ -391,7 +391,7 @@ impl Progress {
                 indicatif::ProgressStyle::with_template("{bytes}/{total_bytes} [{bar:40}] {bytes_per_sec} eta {eta}")
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
-            b.enable_steady_tick(Duration::from_millis(200));
+            b.enable_steady_tick(crate::limits::PROGRESS_BAR_TICK);
             b
         });
         Progress { bar }

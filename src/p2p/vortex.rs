@@ -7,7 +7,7 @@
 //! Invariant: nothing here trusts a length from the wire beyond the bounds in `limits.rs`; a task
 //! id is accepted only as 64 lowercase hex characters, so it can never name a path.
 
-use crate::limits::{MAX_PIECE_BYTES, MAX_VORTEX_VALUE_BYTES};
+use crate::limits::{MAX_PIECE_LEN_BYTES, MAX_VORTEX_VALUE_BYTES};
 use vortex_protocol::tlv::{
     download_piece::DownloadPiece, error::Code, error::Error as VortexError, piece_content::PieceContent,
     piece_metadata::PieceMetadata, Tag,
@@ -151,7 +151,7 @@ pub fn parse_answer(tag: Tag, value: &[u8]) -> Result<Answer, String> {
         Tag::PieceContent => {
             let content = PieceContent::decode(value).map_err(|e| format!("bad piece content: {e}"))?;
             let m = content.metadata;
-            if m.length > MAX_PIECE_BYTES {
+            if m.length > MAX_PIECE_LEN_BYTES {
                 return Err(format!("parent announced a {}-byte piece", m.length));
             }
             Ok(Answer::Piece(PieceHead {

@@ -4,8 +4,8 @@
 //! Invariant: pieces tile `[0, content_len)` exactly — every byte belongs to one piece, the last piece
 //! may be short, and an empty content has zero pieces.
 
-pub mod bitmap;
-pub mod cutter;
+pub(crate) mod bitmap;
+pub(crate) mod cutter;
 
 /// Piece length for files up to [`SMALL_FILE_LIMIT_BYTES`] (Dragonfly's default).
 pub const DEFAULT_PIECE_LEN_BYTES: u64 = 4 * 1024 * 1024;
@@ -13,8 +13,6 @@ pub const DEFAULT_PIECE_LEN_BYTES: u64 = 4 * 1024 * 1024;
 pub const SMALL_FILE_LIMIT_BYTES: u64 = 1024 * 1024 * 1024;
 /// Dragonfly computes `next_power_of_two(len / 500)` for large files.
 pub const TARGET_PIECES_LARGE: u64 = 500;
-/// Upper bound of a piece: keeps one piece's retry cost and its write buffer bounded.
-pub const MAX_PIECE_LEN_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Dragonfly's piece size rule: 4 MiB up to 1 GiB, then `next_power_of_two(len/500)` capped at 64 MiB.
 pub fn piece_len_for(content_len_bytes: u64) -> u64 {
@@ -22,7 +20,7 @@ pub fn piece_len_for(content_len_bytes: u64) -> u64 {
         return DEFAULT_PIECE_LEN_BYTES;
     }
     let raw = (content_len_bytes / TARGET_PIECES_LARGE).next_power_of_two();
-    raw.clamp(DEFAULT_PIECE_LEN_BYTES, MAX_PIECE_LEN_BYTES)
+    raw.clamp(DEFAULT_PIECE_LEN_BYTES, crate::limits::MAX_PIECE_LEN_BYTES)
 }
 
 /// The geometry of one task's pieces.
