@@ -1,7 +1,9 @@
 //! Many clients on one downloading URL (issue 10, finding 1): a thousand concurrent `POST
 //! /download` streams of one task on a 2-core daemon all finish with the exact bytes while every
 //! piece is fetched once; `GET /healthy` keeps answering; SIGTERM in the middle of it stops the
-//! daemon within 5 s; the daemon raises its soft open-file limit to the hard one at start.
+//! daemon within 5 s; the daemon raises its soft open-file limit to the hard one at start; a
+//! daemon holding as many client connections as its open-file limit leaves room for answers the
+//! next one 503 at once and serves again when one ends.
 //!
 //! The origin is the throttled in-process one of the storage tests (rate-limited per connection,
 //! so every client is still waiting while the task downloads); the clients are threads speaking
@@ -169,4 +171,43 @@ fn daemon_started_with_soft_nofile_1024_raises_it_to_the_hard_limit_and_logs_cap
     let line = line.unwrap_or_else(|| panic!("no `open files` line in core.log\n{}", daemon.core_log()));
     assert_eq!(line["nofile"].as_u64(), Some(hard), "{line}");
     assert!(line["max_clients"].as_u64().is_some_and(|n| n > 1024 && n < hard), "{line}");
+}
+
+/// The daemon's `RESERVED_FDS` (src/limits.rs): descriptors it keeps back from clients.
+const RESERVED_FDS: u64 = 256;
+
+#[test]
+fn client_connections_over_the_open_file_cap_get_503_and_the_daemon_serves_again_when_one_ends() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let cap = 20;
+    let daemon = Daemon::start(DaemonOpts { nofile_hard: Some(RESERVED_FDS + cap), ..DaemonOpts::default() });
+    let log = daemon.core_log_json();
+    let line = log.iter().find(|l| l["msg"].as_str().is_some_and(|m| m.contains("open files")));
+    let line = line.unwrap_or_else(|| panic!("no `open files` line in core.log\n{}", daemon.core_log()));
+    assert_eq!(line["max_clients"].as_u64(), Some(cap), "{line}");
+    // `cap` clients that connected and have not sent their request yet (the daemon waits up to
+    // 10 s for it): every slot is taken.
+    let mut held: Vec<UnixStream> =
+        (0..cap).map(|i| UnixStream::connect(daemon.socket()).unwrap_or_else(|e| panic!("connect {i}: {e}"))).collect();
+    let mut extra = UnixStream::connect(daemon.socket()).expect("the listener still accepts");
+    extra.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let _ = extra.write_all(b"GET /healthy HTTP/1.1\r\nHost: d\r\n\r\n");
+    let mut answer = String::new();
+    extra.read_to_string(&mut answer).expect("an answer and a close, not a hang");
+    assert!(answer.starts_with("HTTP/1.1 503 "), "over the cap: {answer:?}");
+    assert!(answer.contains(&format!("holds {cap} client connections")), "{answer}");
+    // `dfget` itself says why.
+    let out = out_dir();
+    let result = daemon.download("http://127.0.0.1:1/x", &out.path().join("x"));
+    let stderr = common::stderr_of(&result);
+    assert!(!result.status.success() && stderr.contains("503"), "dfget at the cap: {stderr}");
+    // One client leaves: its slot comes back and the daemon answers again.
+    held.pop();
+    assert!(
+        common::poll_until(Duration::from_secs(5), || daemon.is_healthy()),
+        "no slot came back after a client closed\n{}",
+        daemon.diagnostics()
+    );
+    drop(held);
 }

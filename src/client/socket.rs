@@ -144,12 +144,9 @@ pub fn download(
         body.len()
     );
     let deadline = timeout.map(|t| Instant::now() + t);
-    stream
-        .write_all(head.as_bytes())
-        .and_then(|_| stream.write_all(&body))
-        .map_err(|e| other(format!("sending to the daemon: {e}")))?;
+    let sent = stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(&body));
     let mut reader = BufReader::new(stream);
-    let status = read_status(&mut reader).map_err(other)?;
+    let status = answer_status(sent, &mut reader).map_err(other)?;
     if status != 200 {
         let mut rest = String::new();
         let _ = reader.take(64 * 1024).read_to_string(&mut rest);
@@ -183,6 +180,16 @@ pub fn download(
     }
 }
 
+/// The status of the daemon's answer, also when sending failed: a daemon at its connection limit
+/// answers 503 and closes without reading, which can break our write; its answer is the reason.
+pub(crate) fn answer_status(sent: std::io::Result<()>, reader: &mut impl BufRead) -> Result<u16, String> {
+    match (sent, read_status(reader)) {
+        (_, Ok(status)) => Ok(status),
+        (Err(e), Err(_)) => Err(format!("sending to the daemon: {e}")),
+        (Ok(()), Err(e)) => Err(e),
+    }
+}
+
 pub(crate) fn read_status(reader: &mut impl BufRead) -> Result<u16, String> {
     let mut status_line = String::new();
     reader.read_line(&mut status_line).map_err(|e| format!("reading from the daemon: {e}"))?;
@@ -206,11 +213,11 @@ pub fn request(sock: &Path, method: &str, path: &str) -> Result<(u16, String), S
         std::io::ErrorKind::PermissionDenied => no_access(sock, &e),
         _ => format!("no daemon is listening on {} ({e}); start one with `dfget daemon`", sock.display()),
     })?;
-    let _ = s.set_read_timeout(Some(Duration::from_secs(60)));
+    let _ = s.set_read_timeout(Some(limits::CONTROL_REQUEST_TIMEOUT));
     let req = format!("{method} {path} HTTP/1.1\r\nHost: dfdaemon\r\nContent-Length: 0\r\n\r\n");
-    s.write_all(req.as_bytes()).map_err(|e| format!("sending to the daemon: {e}"))?;
+    let sent = s.write_all(req.as_bytes());
     let mut reader = BufReader::new(s);
-    let status = read_status(&mut reader)?;
+    let status = answer_status(sent, &mut reader)?;
     let mut body = String::new();
     reader.take(16 * 1024 * 1024).read_to_string(&mut body).map_err(|e| format!("reading from the daemon: {e}"))?;
     Ok((status, body))

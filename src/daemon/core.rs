@@ -125,8 +125,15 @@ fn core_main(idx: usize, shared: Arc<Shared>, inbox: flume::Receiver<CoreMsg>, l
         }
         while let Ok(msg) = inbox.recv_async().await {
             match msg {
-                CoreMsg::Conn(s) => match compio::net::UnixStream::from_std(s) {
-                    Ok(s) => compio::runtime::spawn(api::serve(shared.clone(), s)).detach(),
+                CoreMsg::Conn(s, slot) => match compio::net::UnixStream::from_std(s) {
+                    Ok(s) => {
+                        let shared = shared.clone();
+                        compio::runtime::spawn(async move {
+                            api::serve(shared, s).await;
+                            drop(slot);
+                        })
+                        .detach();
+                    }
                     Err(e) => tracing::warn!(core = idx, "cannot adopt a client connection: {e}"),
                 },
                 CoreMsg::Work { task, n_workers } => {
@@ -156,7 +163,12 @@ async fn accept_loop(shared: Arc<Shared>, listener: StdListener) {
                 match stream.as_fd().try_clone_to_owned() {
                     Ok(fd) => {
                         let std_stream = StdStream::from(fd);
-                        let _ = shared.pick_core().send(CoreMsg::Conn(std_stream));
+                        match shared.conn_slots.try_take() {
+                            Some(slot) => {
+                                let _ = shared.pick_core().send(CoreMsg::Conn(std_stream, slot));
+                            }
+                            None => shared.conn_slots.refuse(std_stream),
+                        }
                     }
                     Err(e) => tracing::warn!("cannot hand over a client connection: {e}"),
                 }

@@ -9,23 +9,24 @@
 //! `counters`, `rate`, `log`, `serving`, `judge`, `caller` → `task` → `shared` → `first_response` →
 //! `access`, `cache` → `engine` → `batch` → `api`, `metrics` → `core`.
 
-pub mod access;
-pub mod api;
-pub mod batch;
-pub mod cache;
-pub mod caller;
-pub mod core;
-pub mod counters;
-pub mod engine;
-pub mod first_response;
-pub mod judge;
-pub mod log;
-pub mod metrics;
-pub mod ramp;
-pub mod rate;
+pub(crate) mod access;
+pub(crate) mod api;
+pub(crate) mod batch;
+pub(crate) mod cache;
+pub(crate) mod caller;
+pub(crate) mod core;
+pub(crate) mod counters;
+pub(crate) mod engine;
+pub(crate) mod first_response;
+pub(crate) mod judge;
+pub(crate) mod log;
+pub(crate) mod metrics;
+pub(crate) mod ramp;
+pub(crate) mod rate;
 pub mod serving;
-pub mod shared;
-pub mod task;
+pub(crate) mod shared;
+pub(crate) mod slots;
+pub(crate) mod task;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -96,7 +97,7 @@ pub fn run(
     for w in &warnings {
         tracing::warn!("{w}");
     }
-    raise_nofile_limit();
+    let conn_slots = slots::ConnSlots::for_open_files(raise_nofile_limit());
     let store = Store::new(&config.data_dir);
     // A new data dir is made 0700; an existing one keeps its mode (it may be shared, say /var/tmp),
     // but `tasks/` is ours alone and is made 0700 whatever an older build left.
@@ -121,25 +122,14 @@ pub fn run(
         last_request_unix_ms: std::sync::atomic::AtomicU64::new(crate::clock::now_unix_ms()),
         cores: senders,
         peer_prefix: format!("{}-{}", p2p.as_ref().map(|n| n.ip.to_string()).unwrap_or(ip), std::process::id()),
-        driver: driver.clone(),
+        driver,
         shutting_down: AtomicBool::new(false),
+        conn_slots,
         p2p,
         next_core: AtomicUsize::new(0),
         config,
     });
-    tracing::info!(
-        cores = n_cores,
-        driver = %driver,
-        socket = %shared.config.socket_path.display(),
-        data_dir = %shared.config.data_dir.display(),
-        "dfget daemon started"
-    );
-    if shared.config.storage.strategy == crate::config::Strategy::Advance {
-        tracing::info!(
-            "storage.strategy io.d7y.storage.v2.advance runs as simple: the task file lives in dataDir and OUT is \
-             hard-linked from it (reflink or copy across filesystems); see ARCHITECTURE.md"
-        );
-    }
+    log_started(&shared, n_cores);
     rate::install(shared.config.total_rate_limit_bytes_per_sec);
     cache::restore(&shared);
     core::run_cores(shared.clone(), receivers, listener)?;
@@ -157,10 +147,27 @@ pub fn run(
     Ok(())
 }
 
+/// The start-up lines: cores, driver, socket and data dir, and what `advance` means here.
+fn log_started(shared: &Shared, n_cores: usize) {
+    tracing::info!(
+        cores = n_cores,
+        driver = %shared.driver,
+        socket = %shared.config.socket_path.display(),
+        data_dir = %shared.config.data_dir.display(),
+        "dfget daemon started"
+    );
+    if shared.config.storage.strategy == crate::config::Strategy::Advance {
+        tracing::info!(
+            "storage.strategy io.d7y.storage.v2.advance runs as simple: the task file lives in dataDir and OUT is \
+             hard-linked from it (reflink or copy across filesystems); see ARCHITECTURE.md"
+        );
+    }
+}
+
 /// Raises the soft open-file limit to the hard one (as Go programs do since Go 1.19): every
 /// waiting client holds a socket, and a shell's `ulimit -n 1024` would otherwise cap the daemon at
-/// about a thousand clients. Logs how many clients that leaves room for.
-fn raise_nofile_limit() {
+/// about a thousand clients. Logs how many clients that leaves room for; returns the limit.
+fn raise_nofile_limit() -> u64 {
     use rustix::process::{getrlimit, setrlimit, Resource};
     let lim = getrlimit(Resource::Nofile);
     let before = lim.current;
@@ -180,6 +187,7 @@ fn raise_nofile_limit() {
         "open files limit {nofile} (was {}): room for about {max_clients} concurrent clients",
         before.map(|b| b.to_string()).unwrap_or_else(|| "unlimited".into())
     );
+    nofile
 }
 
 /// Binds the API socket with mode 0660. A stale socket file (no daemon answering behind it) is

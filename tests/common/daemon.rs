@@ -50,6 +50,8 @@ pub struct DaemonOpts {
     pub env_remove: Vec<String>,
     /// The daemon's soft `RLIMIT_NOFILE` at exec (as after `ulimit -n N`); None inherits ours.
     pub nofile_soft: Option<u64>,
+    /// The daemon's hard (and soft) `RLIMIT_NOFILE` at exec; None inherits ours.
+    pub nofile_hard: Option<u64>,
 }
 
 impl Default for DaemonOpts {
@@ -66,6 +68,7 @@ impl Default for DaemonOpts {
             daemon_env: Vec::new(),
             env_remove: Vec::new(),
             nofile_soft: None,
+            nofile_hard: None,
         }
     }
 }
@@ -261,14 +264,21 @@ impl Daemon {
             fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join(name)).expect("daemon output")
         };
         cmd.stdin(Stdio::null()).stdout(append("daemon.stdout")).stderr(append("daemon.stderr"));
-        if let Some(soft) = opts.nofile_soft {
+        if opts.nofile_soft.is_some() || opts.nofile_hard.is_some() {
+            let (soft, hard) = (opts.nofile_soft, opts.nofile_hard);
             use std::os::unix::process::CommandExt;
             // SAFETY: only async-signal-safe calls (getrlimit/setrlimit) between fork and exec.
             unsafe {
                 cmd.pre_exec(move || {
                     let mut lim: libc::rlimit = std::mem::zeroed();
                     libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-                    lim.rlim_cur = soft.min(lim.rlim_max);
+                    if let Some(hard) = hard {
+                        lim.rlim_max = hard.min(lim.rlim_max);
+                        lim.rlim_cur = lim.rlim_max;
+                    }
+                    if let Some(soft) = soft {
+                        lim.rlim_cur = soft.min(lim.rlim_max);
+                    }
                     libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
                     Ok(())
                 });
