@@ -7,6 +7,9 @@
 //! argument) it runs a 200-client smoke pass so the harness itself stays tested. The origin is
 //! the throttled in-process one of the tests (1 MiB/s per connection), so every client waits.
 
+#[path = "../tests/common/range.rs"]
+#[allow(dead_code)]
+mod range;
 #[path = "../tests/common/server.rs"]
 #[allow(dead_code)]
 mod server;
@@ -15,9 +18,10 @@ mod support_load;
 #[path = "../tests/support_storage/origin.rs"]
 #[allow(dead_code)]
 mod throttled;
-/// The throttled origin reaches its server plumbing as `crate::common::server`, as in the tests.
+/// The throttled origin reaches its server plumbing and Range parser as `crate::common::…`, as in
+/// the tests.
 mod common {
-    pub(crate) use super::server;
+    pub(crate) use super::{range, server};
 }
 
 use std::path::Path;

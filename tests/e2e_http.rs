@@ -30,15 +30,6 @@ fn download(daemon: &Daemon, url: &str, out: &Path, extra: &[&str]) -> Output {
     daemon.dfget(&args)
 }
 
-/// Downloads `url` to a fresh file and checks it holds exactly `expected`.
-fn download_exact(daemon: &Daemon, url: &str, dir: &Path, name: &str, expected: &[u8]) -> PathBuf {
-    let out = dir.join(name);
-    let result = download(daemon, url, &out, &[]);
-    assert_success(&result, &format!("{url} -> {name} ({} bytes)", expected.len()));
-    assert_file_is(&out, expected);
-    out
-}
-
 /// The piece ranges a 4 MiB-piece download of `len` bytes must request.
 fn piece_ranges(len: usize) -> Vec<String> {
     (0..len.div_ceil(PIECE)).map(|i| format!("bytes={}-{}", i * PIECE, ((i + 1) * PIECE).min(len) - 1)).collect()
@@ -257,20 +248,11 @@ fn origin_without_length_close_delimited_gives_exact_bytes() {
 
 /// A failed client: non-zero exit, a reason naming one of `causes`, nothing left in OUT's
 /// directory, and a daemon that still serves a correct download.
-fn assert_clean_failure(daemon: &Daemon, result: &Output, out_parent: &Path, causes: &[&str]) {
-    let stderr = stderr_of(result);
-    assert!(!result.status.success(), "dfget succeeded, expected failure; stderr: {stderr}");
-    let lower = stderr.to_ascii_lowercase();
-    assert!(causes.iter().any(|c| lower.contains(c)), "stderr does not name the cause (one of {causes:?}): {stderr:?}");
-    assert_eq!(stderr.trim().lines().count(), 1, "want a one-line reason on stderr: {stderr:?}");
-    assert_eq!(dir_entries(out_parent), Vec::<String>::new(), "OUT or temp files left behind");
-    assert!(daemon.is_healthy(), "daemon unhealthy after a failed download\n{}", daemon.diagnostics());
-
-    let origin = TestOrigin::start();
-    let body = content(PIECE + 3, 99);
-    origin.add("/after-failure.bin", body.clone());
-    let dir = out_dir();
-    download_exact(daemon, &origin.url("/after-failure.bin"), dir.path(), "after.bin", &body);
+fn assert_clean_failure(daemon: &Daemon, result: &Output, out: &Path, causes: &[&str]) {
+    let reason = assert_dfget_failed(result, out);
+    let lower = reason.to_ascii_lowercase();
+    assert!(causes.iter().any(|c| lower.contains(c)), "stderr does not name the cause (one of {causes:?}): {reason:?}");
+    assert_still_serves(daemon);
 }
 
 #[test]
@@ -278,8 +260,9 @@ fn not_found_fails_cleanly_and_daemon_stays_healthy() {
     let origin = TestOrigin::start();
     let daemon = Daemon::start_default();
     let dir = out_dir();
-    let result = download(&daemon, &origin.url("/missing.bin"), &dir.path().join("out.bin"), &[]);
-    assert_clean_failure(&daemon, &result, dir.path(), &["404"]);
+    let out = dir.path().join("out.bin");
+    let result = download(&daemon, &origin.url("/missing.bin"), &out, &[]);
+    assert_clean_failure(&daemon, &result, &out, &["404"]);
 }
 
 #[test]
@@ -289,7 +272,7 @@ fn connection_refused_fails_cleanly_and_daemon_stays_healthy() {
     let url = format!("http://127.0.0.1:{}/nothing-listens.bin", free_port());
     let out = dir.path().join("out.bin");
     let result = download(&daemon, &url, &out, &["--timeout", "30s"]);
-    assert_clean_failure(&daemon, &result, dir.path(), &["refused", "connect"]);
+    assert_clean_failure(&daemon, &result, &out, &["refused", "connect"]);
 }
 
 #[test]
@@ -302,7 +285,7 @@ fn digest_mismatch_fails_cleanly_and_daemon_stays_healthy() {
     let dir = out_dir();
     let out = dir.path().join("out.bin");
     let result = download(&daemon, &origin.url("/digest.bin"), &out, &["--digest", &wrong]);
-    assert_clean_failure(&daemon, &result, dir.path(), &["digest"]);
+    assert_clean_failure(&daemon, &result, &out, &["digest"]);
     // The error's kind travels on the wire: the client names it.
     assert!(stderr_of(&result).contains("integrity check failed"), "kind not named: {}", stderr_of(&result));
 }

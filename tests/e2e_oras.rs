@@ -44,22 +44,12 @@ fn assert_pulled(result: &Output, out: &Path, expected: &[u8], what: &str) {
     }
 }
 
-/// Asserts a failed pull: non-zero exit, a one-line reason containing every `needle`
-/// (case-insensitive), no output and nothing else in its directory, and the daemon still healthy.
+/// Asserts a failed pull: the shared ORAS check (non-zero exit, every `needle` in stderr
+/// case-insensitively, no output, the daemon still healthy) and the common failure contract
+/// (a one-line reason, nothing else in OUT's directory).
 fn assert_failed_cleanly(daemon: &OrasDaemon, result: &Output, out: &Path, needles: &[&str]) -> String {
-    let stderr = stderr_of(result);
-    // Shown with --nocapture: the exact reasons users would read.
-    eprintln!("failed as expected: {}", stderr.trim());
-    assert!(!result.status.success(), "pull should fail, but exited 0; stderr: {stderr}");
-    let lower = stderr.to_lowercase();
-    for needle in needles {
-        assert!(lower.contains(&needle.to_lowercase()), "stderr should mention {needle:?}: {stderr}");
-    }
-    assert_eq!(stderr.trim().lines().count(), 1, "the reason should be one line: {stderr:?}");
-    assert!(!out.exists(), "a failed pull left {}", out.display());
-    let parent = out.parent().expect("output has a parent");
-    assert_eq!(dir_entries(parent), Vec::<String>::new(), "a failed pull left files next to the output");
-    assert!(daemon.is_healthy(), "daemon unhealthy after a failed pull\n{}", daemon.diagnostics());
+    let stderr = support_registry::assert_failed_cleanly(daemon, result, out, needles);
+    common::assert_dfget_failed(result, out);
     stderr
 }
 

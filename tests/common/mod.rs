@@ -9,9 +9,11 @@
 // Each test binary uses a different subset of the harness.
 #![allow(dead_code, unused_imports)]
 
+pub mod checks;
 pub mod daemon;
 pub mod nginx;
 pub mod origin;
+pub mod range;
 pub mod scheduler;
 pub mod server;
 pub mod tools;
@@ -24,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+pub use checks::{assert_dfget_failed, assert_download_fails, assert_still_serves, download_exact};
 pub use daemon::{Daemon, DaemonOpts};
 pub use nginx::{AccessEntry, Nginx};
 pub use origin::{Mode, Request, Serve, TestOrigin};

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::range::{answer, Answer};
 use super::server::{header_in, serve_keep_alive, write_response_head as write_head, RequestHead, Server};
 
 const WRITE_CHUNK_BYTES: usize = 64 * 1024;
@@ -229,12 +230,12 @@ fn respond_ranged(
     shared: &Shared,
 ) -> io::Result<bool> {
     let len = body.len() as u64;
-    let (code, slice, mut headers) = match range.map(|r| parse_range(r, len)) {
-        None | Some(RangeAnswer::Full) => (200, body, vec![]),
-        Some(RangeAnswer::Partial(first, last)) => {
+    let (code, slice, mut headers) = match range.map(|r| answer(r, len)) {
+        None | Some(Answer::Full) => (200, body, vec![]),
+        Some(Answer::Partial(first, last)) => {
             (206, &body[first as usize..=last as usize], vec![("Content-Range", format!("bytes {first}-{last}/{len}"))])
         }
-        Some(RangeAnswer::Unsatisfiable) => (416, &body[..0], vec![("Content-Range", format!("bytes */{len}"))]),
+        Some(Answer::Unsatisfiable) => (416, &body[..0], vec![("Content-Range", format!("bytes */{len}"))]),
     };
     headers.push(("Accept-Ranges", "bytes".to_string()));
     headers.push(("Content-Length", slice.len().to_string()));
@@ -243,51 +244,6 @@ fn respond_ranged(
         write_counted(w, slice, shared)?;
     }
     Ok(keep)
-}
-
-#[derive(Debug, PartialEq, Eq)]
-enum RangeAnswer {
-    Full,
-    /// First and last byte, inclusive.
-    Partial(u64, u64),
-    Unsatisfiable,
-}
-
-/// One `bytes=` range against a body of `len` bytes; anything unparseable or multi-range is
-/// ignored (RFC 9110 lets a server ignore Range), as most servers do.
-fn parse_range(value: &str, len: u64) -> RangeAnswer {
-    let Some(spec) = value.trim().strip_prefix("bytes=") else {
-        return RangeAnswer::Full;
-    };
-    if spec.contains(',') {
-        return RangeAnswer::Full;
-    }
-    let Some((first, last)) = spec.trim().split_once('-') else {
-        return RangeAnswer::Full;
-    };
-    match (first.trim(), last.trim()) {
-        ("", suffix) => match suffix.parse::<u64>() {
-            Ok(0) | Err(_) => RangeAnswer::Unsatisfiable,
-            Ok(_) if len == 0 => RangeAnswer::Unsatisfiable,
-            Ok(n) => RangeAnswer::Partial(len.saturating_sub(n), len - 1),
-        },
-        (first, last) => {
-            let Ok(first) = first.parse::<u64>() else {
-                return RangeAnswer::Full;
-            };
-            let last = if last.is_empty() { Ok(u64::MAX) } else { last.parse::<u64>() };
-            let Ok(last) = last else {
-                return RangeAnswer::Full;
-            };
-            if first > last {
-                RangeAnswer::Full
-            } else if first >= len {
-                RangeAnswer::Unsatisfiable
-            } else {
-                RangeAnswer::Partial(first, last.min(len - 1))
-            }
-        }
-    }
 }
 
 fn write_counted(w: &mut TcpStream, bytes: &[u8], shared: &Shared) -> io::Result<()> {
@@ -305,28 +261,4 @@ fn write_chunked(w: &mut TcpStream, bytes: &[u8], shared: &Shared) -> io::Result
         w.write_all(b"\r\n")?;
     }
     w.write_all(b"0\r\n\r\n")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn check(value: &str, len: u64, expected: RangeAnswer) {
-        assert_eq!(parse_range(value, len), expected, "Range {value:?} on {len} bytes");
-    }
-
-    #[test]
-    fn range_parsing() {
-        check("bytes=0-9", 100, RangeAnswer::Partial(0, 9));
-        check("bytes=90-200", 100, RangeAnswer::Partial(90, 99));
-        check("bytes=10-", 100, RangeAnswer::Partial(10, 99));
-        check("bytes=-10", 100, RangeAnswer::Partial(90, 99));
-        check("bytes=-200", 100, RangeAnswer::Partial(0, 99));
-        check("bytes=100-", 100, RangeAnswer::Unsatisfiable);
-        check("bytes=0-0", 0, RangeAnswer::Unsatisfiable);
-        check("bytes=-0", 100, RangeAnswer::Unsatisfiable);
-        check("bytes=5-1", 100, RangeAnswer::Full);
-        check("bytes=0-1,5-6", 100, RangeAnswer::Full);
-        check("items=0-1", 100, RangeAnswer::Full);
-    }
 }

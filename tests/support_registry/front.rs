@@ -281,7 +281,8 @@ fn store_answer(state: &State, head: &RequestHead, w: &mut TcpStream) -> io::Res
 
 /// `bytes=a-b` (closed, within the file), as the daemon sends.
 fn parse_range(value: &str, len: u64) -> Option<(u64, u64)> {
-    let (a, b) = value.strip_prefix("bytes=")?.split_once('-')?;
-    let (a, b): (u64, u64) = (a.parse().ok()?, b.parse().ok()?);
-    (a <= b && b < len).then_some((a, b))
+    match crate::common::range::parse(value)? {
+        crate::common::range::Spec::From { first: a, last: Some(b) } => (a <= b && b < len).then_some((a, b)),
+        _ => None,
+    }
 }

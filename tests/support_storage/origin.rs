@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common::range;
 use crate::common::server::{serve_keep_alive, write_response_head as write_head, RequestHead, Server};
 
 /// Small enough that a throttled piece advances smoothly (32 KiB at 1 MiB/s = one write per 31 ms).
@@ -150,19 +151,17 @@ fn serve_connection(stream: TcpStream, shared: &Shared, stop: &AtomicBool) -> io
 }
 
 /// `bytes=a-b` or `bytes=a-` against `len`: Some((first, last)) inclusive, Err(()) when
-/// unsatisfiable, None (serve the whole body) for anything else.
+/// unsatisfiable, None (serve the whole body) for anything else — suffix ranges included: this
+/// origin, like some real ones, does not support them.
 fn parse_range(value: &str, len: u64) -> Option<Result<(u64, u64), ()>> {
-    let spec = value.trim().strip_prefix("bytes=")?;
-    let (first, last) = spec.split_once('-')?;
-    let first: u64 = first.trim().parse().ok()?;
-    let last: u64 = if last.trim().is_empty() { u64::MAX } else { last.trim().parse().ok()? };
-    if first > last {
-        return None;
+    match range::parse(value)? {
+        range::Spec::Suffix(_) => None,
+        range::Spec::From { .. } => match range::answer(value, len) {
+            range::Answer::Full => None,
+            range::Answer::Partial(first, last) => Some(Ok((first, last))),
+            range::Answer::Unsatisfiable => Some(Err(())),
+        },
     }
-    if first >= len {
-        return Some(Err(()));
-    }
-    Some(Ok((first, last.min(len - 1))))
 }
 
 fn respond_file(w: &mut TcpStream, head: &RequestHead, file: &File, idx: usize, stop: &AtomicBool) -> io::Result<()> {

@@ -14,12 +14,12 @@ pub mod tinyproxy;
 pub mod tls_site;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use crate::common::{assert_file_is, content, dir_entries, stderr_of, Daemon, DaemonOpts, TestOrigin, PIECE};
+use crate::common::{Daemon, DaemonOpts};
 
-pub use crate::common::out_dir;
+pub use crate::common::{assert_download_fails, assert_still_serves, download_exact, out_dir};
 #[allow(unused_imports)]
 pub use script_origin::{Ctx, Next, Req, ScriptOrigin};
 pub use tinyproxy::Tinyproxy;
@@ -74,59 +74,12 @@ pub fn yaml_path(p: &Path) -> String {
     format!("'{}'", p.display())
 }
 
-/// Downloads `url` into `dir/name` and checks the file holds exactly `expected`.
-pub fn download_exact(daemon: &Daemon, url: &str, dir: &Path, name: &str, expected: &[u8]) -> PathBuf {
-    let out = dir.join(name);
-    let result = daemon.download(url, &out);
-    assert!(
-        result.status.success(),
-        "{url} -> {name}: dfget failed ({})\nstderr: {}\n{}",
-        result.status,
-        stderr_of(&result),
-        daemon.diagnostics()
-    );
-    assert_file_is(&out, expected);
-    out
-}
-
-/// Downloads `url` into an empty dir and checks the failure contract: non-zero exit, exactly one
-/// line on stderr, no output file and nothing else left in the output dir. Returns that line.
-pub fn assert_download_fails(daemon: &Daemon, url: &str) -> String {
-    let dir = out_dir();
-    let out = dir.path().join("out.bin");
-    let result = daemon.download(url, &out);
-    let stderr = stderr_of(&result);
-    assert!(
-        !result.status.success(),
-        "{url}: dfget succeeded but must fail\nstderr: {stderr}\n{}",
-        daemon.diagnostics()
-    );
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{url}: want a one-line reason on stderr, got {stderr:?}");
-    assert!(!out.exists(), "{url}: failed download left its output file");
-    let left = dir_entries(dir.path());
-    assert!(left.is_empty(), "{url}: failed download left files in the output dir: {left:?}");
-    // Shown with --nocapture: the reasons are what a user reads.
-    eprintln!("{url}: {}", lines[0]);
-    lines[0].to_string()
-}
-
 /// Asserts `haystack` contains `needle` (case-insensitively), showing both on failure.
 pub fn assert_mentions(haystack: &str, needle: &str, what: &str) {
     assert!(
         haystack.to_ascii_lowercase().contains(&needle.to_ascii_lowercase()),
         "{what}: expected the message to mention {needle:?}, got: {haystack}"
     );
-}
-
-/// After a failure: the daemon still answers `/healthy` and serves a fresh two-piece download.
-pub fn assert_still_serves(daemon: &Daemon) {
-    assert!(daemon.is_healthy(), "daemon unhealthy after a failed download\n{}", daemon.diagnostics());
-    let origin = TestOrigin::start();
-    let body = content(PIECE + 4099, 0x5EED);
-    origin.add("/after-failure.bin", body.clone());
-    let dir = out_dir();
-    download_exact(daemon, &origin.url("/after-failure.bin"), dir.path(), "after.bin", &body);
 }
 
 /// A 127.0.0.1 listener that never accepts and whose accept queue is full, so a new connect gets

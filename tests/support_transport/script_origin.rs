@@ -251,7 +251,10 @@ fn read_request<R: BufRead>(reader: &mut R, conn_id: u64) -> io::Result<Option<R
     Ok(Some(Req { conn_id, method: head.method, target: head.target, headers: head.headers, range }))
 }
 
+/// `bytes=a-b` only (what the daemon sends); the script judges it against its body.
 fn parse_closed_range(v: &str) -> Option<(u64, u64)> {
-    let (first, last) = v.trim().strip_prefix("bytes=")?.split_once('-')?;
-    Some((first.trim().parse().ok()?, last.trim().parse().ok()?))
+    match crate::common::range::parse(v)? {
+        crate::common::range::Spec::From { first, last: Some(last) } => Some((first, last)),
+        _ => None,
+    }
 }
