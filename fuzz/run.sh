@@ -18,7 +18,7 @@ else
 fi
 
 failed=()
-for target in ${FUZZ_TARGETS:-response_head chunked content_range oras_reference oras_manifest}; do
+for target in ${FUZZ_TARGETS:-response_head chunked content_range oras_reference oras_manifest api_request config}; do
     echo "== $target: ${seconds}s, sanitizer=$sanitizer"
     mkdir -p "$here/corpus/$target"
     dict=()

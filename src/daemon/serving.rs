@@ -31,28 +31,49 @@ pub async fn read_request_within(stream: &mut (impl AsyncRead + AsyncWrite)) -> 
     }
 }
 
+/// A complete request head, with what reading the rest of the request needs.
+#[derive(Debug)]
+pub struct Head {
+    pub method: String,
+    pub path: String,
+    /// Bytes of the head in the buffer; the body starts there.
+    pub head_len: usize,
+    /// `Transfer-Encoding: chunked` (its route reads the body itself).
+    pub chunked: bool,
+    /// `Content-Length` (at most `MAX_API_BODY_BYTES`); 0 when chunked or absent.
+    pub content_len: usize,
+}
+
+/// The head at the start of `buf`: Some when complete, None when more bytes are needed, or the
+/// client error (malformed, too large, a bad or too large `Content-Length`). Pure (fuzzed).
+pub fn parse_head(buf: &[u8]) -> Result<Option<Head>> {
+    let mut headers = [httparse::EMPTY_HEADER; limits::MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Complete(head_len)) => {
+            let chunked = is_chunked(req.headers);
+            let content_len = if chunked { 0 } else { content_length(req.headers)? };
+            let method = req.method.unwrap_or("").to_string();
+            let path = req.path.unwrap_or("").to_string();
+            Ok(Some(Head { method, path, head_len, chunked, content_len }))
+        }
+        Ok(httparse::Status::Partial) if buf.len() >= limits::MAX_HEAD_BYTES => {
+            Err(Error::client("request head too large"))
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(Error::client(format!("malformed request: {e}"))),
+    }
+}
+
 async fn read_request(stream: &mut (impl AsyncRead + AsyncWrite)) -> Result<HttpReq> {
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; limits::MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf) {
-            Ok(httparse::Status::Complete(head_len)) => {
-                let method = req.method.unwrap_or("").to_string();
-                let path = req.path.unwrap_or("").to_string();
-                let mut body = buf[head_len..].to_vec();
-                if is_chunked(req.headers) {
-                    return Ok(HttpReq { method, path, body, chunked: true });
-                }
-                let len = content_length(req.headers)?;
-                read_body(stream, &mut body, len).await?;
-                return Ok(HttpReq { method, path, body, chunked: false });
+        if let Some(head) = parse_head(&buf)? {
+            let mut body = buf[head.head_len..].to_vec();
+            if !head.chunked {
+                read_body(stream, &mut body, head.content_len).await?;
             }
-            Ok(httparse::Status::Partial) => {}
-            Err(e) => return Err(Error::client(format!("malformed request: {e}"))),
-        }
-        if buf.len() >= limits::MAX_HEAD_BYTES {
-            return Err(Error::client("request head too large"));
+            return Ok(HttpReq { method: head.method, path: head.path, body, chunked: head.chunked });
         }
         buf.reserve(4096);
         let BufResult(res, b) = stream.read(buf.uninit()).await;
@@ -139,4 +160,43 @@ pub async fn write(stream: &mut (impl AsyncRead + AsyncWrite), bytes: Vec<u8>) -
 /// Runs blocking work (hashing, fsync) on compio's blocking pool so the core keeps serving IO.
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     compio::runtime::spawn_blocking(f).await.unwrap_or_else(|_| Err(Error::internal("blocking job panicked")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ok(Some((method, path, head_len, chunked, content_len))), Ok(None) = read more, or an error
+    /// containing the text.
+    type Want<'a> = std::result::Result<Option<(&'a str, &'a str, usize, bool, usize)>, &'a str>;
+
+    fn check(input: &[u8], want: Want) {
+        let got = parse_head(input);
+        match (got, want) {
+            (Ok(None), Ok(None)) => {}
+            (Ok(Some(h)), Ok(Some(w))) => {
+                assert_eq!((h.method.as_str(), h.path.as_str(), h.head_len, h.chunked, h.content_len), w)
+            }
+            (Err(e), Err(w)) => assert!(e.message.contains(w), "{:?}: {}", String::from_utf8_lossy(input), e.message),
+            (g, w) => panic!("{:?}: got {g:?}, want {w:?}", String::from_utf8_lossy(input)),
+        }
+    }
+
+    #[test]
+    fn request_heads() {
+        let get = b"GET /healthy HTTP/1.1\r\nHost: d\r\n\r\n";
+        check(get, Ok(Some(("GET", "/healthy", get.len(), false, 0))));
+        check(&get[..get.len() - 1], Ok(None));
+        check(b"", Ok(None));
+        let post = b"POST /download HTTP/1.1\r\nContent-Length: 5\r\n\r\n{\"a\"";
+        check(post, Ok(Some(("POST", "/download", post.len() - 4, false, 5))));
+        let batch = b"POST /batch?jobs=2 HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: x\r\n\r\n";
+        check(batch, Ok(Some(("POST", "/batch?jobs=2", batch.len(), true, 0))));
+        check(b"POST /download HTTP/1.1\r\nContent-Length: x\r\n\r\n", Err("bad Content-Length"));
+        let huge = format!("POST /download HTTP/1.1\r\nContent-Length: {}\r\n\r\n", limits::MAX_API_BODY_BYTES + 1);
+        check(huge.as_bytes(), Err("request body over"));
+        check(b"GET /\x01 HTTP/1.1\r\n\r\n", Err("malformed request"));
+        let long = format!("GET /{} HTTP/1.1\r\n", "a".repeat(limits::MAX_HEAD_BYTES));
+        check(long.as_bytes(), Err("request head too large"));
+    }
 }
