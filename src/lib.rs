@@ -5,14 +5,19 @@
 //! the lock-free index), `gc` (the pure eviction planner), `proto` (the socket wire both sides
 //! speak), `daemon` (cores, socket API, engine, cache lifecycle, logs) and `client` (the `dfget`
 //! side). See ARCHITECTURE.md for a URL's trip through them.
+//!
+//! Invariant: a module is `pub` only where `main.rs`, `benches/`, `fuzz/` or `tests/` use it (the
+//! binary's entry points, the sans-IO parsers the benches and fuzz targets drive, the task-id
+//! rules and the metadata format the tests and benches check); everything else is `pub(crate)`,
+//! so the compiler reports what nothing uses.
 
 pub mod client;
-pub mod clock;
+pub(crate) mod clock;
 pub mod config;
 pub mod daemon;
-pub mod digest;
-pub mod error;
-pub mod gc;
+pub(crate) mod digest;
+pub(crate) mod error;
+pub(crate) mod gc;
 pub mod http;
 pub mod limits;
 pub mod p2p;
@@ -20,4 +25,4 @@ pub mod piece;
 pub mod proto;
 pub mod source;
 pub mod storage;
-pub mod wake;
+pub(crate) mod wake;

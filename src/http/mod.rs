@@ -5,15 +5,15 @@
 //! end with nothing left over, so the next request on it starts on a clean byte stream.
 
 pub mod body;
-pub mod client;
+pub(crate) mod client;
 pub mod codec;
-pub mod conn;
-pub mod limit;
-pub mod pool;
+pub(crate) mod conn;
+pub(crate) mod limit;
+pub(crate) mod pool;
 pub mod range;
-pub mod redact;
-pub mod status;
-pub mod tls;
+pub(crate) mod redact;
+pub(crate) mod status;
+pub(crate) mod tls;
 
 pub use client::{get, Response};
 

@@ -50,14 +50,37 @@ pub async fn run(
             return;
         }
     };
+    let Some(back_to_source) = first_answer(&sched, &peer, &tx, &mut stream, &reply, &wrap).await else {
+        return;
+    };
+    converse(&sched, &peer, &tx, &mut stream, &mut reports, back_to_source, &wrap).await;
+    // Half-close and let the scheduler take the last messages before the stream is dropped.
+    drop(tx);
+    let _ = tokio::time::timeout(limits::SCHEDULER_CONNECT_TIMEOUT, async {
+        while let Ok(Some(_)) = stream.message().await {}
+    })
+    .await;
+}
+
+/// The scheduler's first answer on `stream`, acted on (mode set, started message sent) and
+/// delivered through `reply`: Some(back_to_source) for a scheduling answer, None (after an
+/// `Unreachable`) for anything else.
+async fn first_answer(
+    sched: &Arc<Sched>,
+    peer: &Arc<PeerTask>,
+    tx: &mpsc::Sender<s::AnnouncePeerRequest>,
+    stream: &mut tonic::Streaming<s::AnnouncePeerResponse>,
+    reply: &flume::Sender<Outcome>,
+    wrap: &impl Fn(Req) -> s::AnnouncePeerRequest,
+) -> Option<bool> {
     let first = tokio::time::timeout(limits::SCHEDULER_REGISTER_TIMEOUT, stream.message()).await;
-    let back_to_source = match first {
+    match first {
         Ok(Ok(Some(s::AnnouncePeerResponse { response: Some(Resp::NormalTaskResponse(n)) }))) => {
-            let added = adopt_parents(&sched, &peer, &n.candidate_parents);
+            let added = adopt_parents(sched, peer, &n.candidate_parents);
             peer.set_mode(Mode::Parents);
             let _ = tx.send(wrap(Req::DownloadPeerStartedRequest(s::DownloadPeerStartedRequest {}))).await;
             let _ = reply.send(Outcome::Parents(added));
-            false
+            Some(false)
         }
         Ok(Ok(Some(s::AnnouncePeerResponse { response: Some(other) }))) => {
             let why = match other {
@@ -68,28 +91,21 @@ pub async fn run(
             let started = s::DownloadPeerBackToSourceStartedRequest { description: Some(why.clone()) };
             let _ = tx.send(wrap(Req::DownloadPeerBackToSourceStartedRequest(started))).await;
             let _ = reply.send(Outcome::BackToSource(why));
-            true
+            Some(true)
         }
         Ok(Ok(_)) => {
             let _ = reply.send(Outcome::Unreachable("the scheduler closed the stream without an answer".into()));
-            return;
+            None
         }
         Ok(Err(e)) => {
             let _ = reply.send(Outcome::Unreachable(format!("AnnouncePeer: {} ({:?})", e.message(), e.code())));
-            return;
+            None
         }
         Err(_) => {
             let _ = reply.send(Outcome::Unreachable("no scheduling answer in time".into()));
-            return;
+            None
         }
-    };
-    converse(&sched, &peer, &tx, &mut stream, &mut reports, back_to_source, &wrap).await;
-    // Half-close and let the scheduler take the last messages before the stream is dropped.
-    drop(tx);
-    let _ = tokio::time::timeout(limits::SCHEDULER_CONNECT_TIMEOUT, async {
-        while let Ok(Some(_)) = stream.message().await {}
-    })
-    .await;
+    }
 }
 
 /// Forwards the cores' reports and applies the scheduler's later answers until the task ends.

@@ -4,14 +4,16 @@
 //! compio cores. With no scheduler configured nothing here starts, and the daemon behaves as a
 //! standalone one.
 
-pub mod conversation;
-pub mod fetch;
-pub mod grpc;
-pub mod node;
-pub mod pb;
-pub mod peer;
+pub(crate) mod conversation;
+pub(crate) mod fetch;
+pub(crate) mod grpc;
+pub(crate) mod node;
+// Generated: the subset of the API this daemon speaks, with the stubs it does not call.
+#[allow(dead_code, unused_imports)]
+pub(crate) mod pb;
+pub(crate) mod peer;
 pub mod task_id;
-pub mod upload;
-pub mod vortex;
+pub(crate) mod upload;
+pub(crate) mod vortex;
 
 pub use node::Node;

@@ -18,14 +18,6 @@ impl AtomicBitmap {
         AtomicBitmap { words: (0..n_words).map(|_| AtomicU64::new(0)).collect(), n_bits }
     }
 
-    pub fn len(&self) -> u64 {
-        self.n_bits
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.n_bits == 0
-    }
-
     /// Sets bit `idx`; returns true when this call set it (false when it was already set).
     pub fn set(&self, idx: u64) -> bool {
         assert!(idx < self.n_bits, "piece index {idx} out of range {}", self.n_bits);

@@ -13,6 +13,7 @@ pub struct Cutter {
 }
 
 impl Cutter {
+    #[cfg(test)]
     pub fn new(first_piece: u64, piece_len_bytes: u64) -> Cutter {
         Cutter::resume(first_piece, piece_len_bytes, (0, 0))
     }

@@ -10,7 +10,6 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::storage::disk_err;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Method {
@@ -30,9 +29,10 @@ impl Method {
 }
 
 /// Blocking: run off the IO path. Opens `src` and exports it ([`export_file`]), with copies made
-/// 0644 (tests, and callers that are the daemon itself).
+/// 0644 (tests; the daemon exports as the caller, through `export_file`).
+#[cfg(test)]
 pub fn export(src: &Path, out: &Path, allow_link: bool) -> Result<Method> {
-    let from = File::open(src).map_err(|e| disk_err(e, src, "open task file"))?;
+    let from = File::open(src).map_err(|e| crate::storage::disk_err(e, src, "open task file"))?;
     export_file(&from, out, allow_link, 0o644)
 }
 

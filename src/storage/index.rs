@@ -52,6 +52,7 @@ impl<T: Send + Sync + 'static> Index<T> {
         self.map.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
