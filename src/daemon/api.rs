@@ -1,9 +1,12 @@
 //! The socket API: HTTP/1.1 + JSON over the daemon's Unix socket, one request per connection,
 //! read by `serving` on the core that owns the connection and routed by `proto::ApiRequest::parse`.
 //!
-//! Routes: `GET /healthy`, `POST /download` (NDJSON progress stream: `started`, `progress`*, then one
-//! `done` or `error`), `POST /batch` (a list: `daemon::batch`), `GET /tasks`, `GET /tasks/ID`,
-//! `DELETE /tasks/ID[?force=true]`, `POST /gc`.
+//! Routes (`route`, one `match` on `proto::ApiRequest`): `GET /healthy`, `POST /download` (NDJSON
+//! progress stream: `started`, `progress`*, then one `done` or `error`), `POST /batch[?jobs=N]`
+//! (a list as a chunked NDJSON body: `daemon::batch`, served in `serve`), `GET /tasks`,
+//! `GET /tasks/ID`, `DELETE /tasks/ID[?force=true|1]`, `POST /gc`. Refusals: 400 (malformed
+//! request, bad body or `jobs`), 404 (no route, no such task), 403 (`gc` or another user's task),
+//! 409 (a task in use); a connection over the daemon's cap never gets here (`slots`: 503).
 //! Invariant: a bad request gets a 4xx with a JSON error and touches no task; a failing download
 //! ends its own stream and nothing else.
 
