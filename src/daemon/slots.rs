@@ -11,6 +11,11 @@ use std::os::unix::net::UnixStream as StdStream;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+/// Reads of what a refused client already sent (its request: a few hundred bytes, a download's
+/// JSON at most `MAX_API_BODY_BYTES`), so the close is no reset; past this the reset is the
+/// client's to handle (it reads the answer first).
+const DRAIN_READS: usize = 16;
+
 pub struct ConnSlots {
     /// Shared with every slot, which may be dropped on any core.
     in_use: Arc<AtomicUsize>,
@@ -46,7 +51,9 @@ impl ConnSlots {
 
     /// Answers a connection that found no slot: `503` with the reason, written without blocking
     /// (a fresh socket's send buffer is empty, so it fits; if not, the client just sees the close),
-    /// then the caller drops (closes) it. Logged on the 1st, 2nd, 4th, 8th… refusal, so a flood
+    /// then reads (without waiting) what the client already sent, since closing a Unix socket
+    /// with unread data resets it and the client's read would fail after the answer; then the
+    /// caller drops (closes) it. Logged on the 1st, 2nd, 4th, 8th… refusal, so a flood
     /// of clients does not also flood the log.
     pub fn refuse(&self, stream: StdStream) {
         let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
@@ -72,6 +79,13 @@ impl ConnSlots {
         let mut stream = stream;
         if stream.set_nonblocking(true).is_ok() {
             let _ = stream.write_all(answer.as_bytes());
+            let mut sink = [0u8; 4096];
+            for _ in 0..DRAIN_READS {
+                match std::io::Read::read(&mut stream, &mut sink) {
+                    Ok(n) if n > 0 => {}
+                    _ => break,
+                }
+            }
         }
     }
 }
