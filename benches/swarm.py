@@ -288,6 +288,12 @@ class Bench:
             for p, _ in daemons:
                 p.stop()
             sched.stop()
+            if self.args.keep_logs:
+                # Logs and configs stay for a look; the data and outputs (N file copies) go.
+                for k in range(1, n + 1):
+                    for sub in ("data", "out"):
+                        shutil.rmtree(os.path.join(run_dir, "h%d" % k, sub), ignore_errors=True)
+                shutil.copytree(run_dir, os.path.join(self.args.keep_logs, tag))
             shutil.rmtree(run_dir, ignore_errors=True)
             os.unlink(os.path.join(self.work, "www", uri[1:]))
 
@@ -412,6 +418,7 @@ def main():
     ap.add_argument("--scheduler", default=os.path.join(tools, "scheduler-" + SCHEDULER_VERSION, "scheduler"))
     ap.add_argument("--work", default="/dev/shm" if os.path.isdir("/dev/shm") else None)
     ap.add_argument("--json", help="append every run's raw result here (JSON lines)")
+    ap.add_argument("--keep-logs", help="copy each run's logs and configs (not its data) into this directory")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: the bench makes network namespaces and tc qdiscs")
