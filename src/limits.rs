@@ -122,6 +122,23 @@ pub const FAILED_TASK_CLEANUP_WAIT: std::time::Duration = std::time::Duration::f
 /// Time a client has to send one complete API (or metrics) request after connecting.
 pub const API_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The front door (`daemon/front.rs`): how long it waits for a new connection's first bytes (or
+/// the rest of a health request's head) before handing it to a core undecided. Clients write
+/// their request right after connecting; this only bounds what a silent one costs the front.
+pub const FRONT_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+/// Connections the front waits on at once; past it the oldest goes to a core undecided.
+pub const FRONT_PENDING: usize = 512;
+/// Connections accepted per turn before the waiting ones get a look.
+pub const FRONT_ACCEPT_BATCH: usize = 256;
+/// The longest the front sleeps in `poll` before looking at the shutdown flag.
+pub const FRONT_TICK: std::time::Duration = std::time::Duration::from_millis(100);
+/// Pause after a failed accept (out of fds): the listener stays readable, so no spinning.
+pub const FRONT_ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+/// Bytes the front peeks at: a health request's head is ~50; a longer head is a core's.
+pub const FRONT_PEEK_BYTES: usize = 512;
+const _: () = assert!(FRONT_WAIT.as_millis() < API_REQUEST_TIMEOUT.as_millis());
+const _: () = assert!(FRONT_PEEK_BYTES <= MAX_HEAD_BYTES);
+
 /// Body of one socket API request (a download request is a URL, a path and a few headers).
 pub const MAX_API_BODY_BYTES: usize = 1024 * 1024;
 

@@ -21,10 +21,10 @@ use crate::daemon::caller::{self, Caller};
 use crate::daemon::serving::{blocking, read_request_within, respond_json, send_line, write};
 use crate::daemon::shared::{BatchJob, Shared};
 use crate::daemon::task::{ReaderPin, Spec, State, Task};
-use crate::daemon::{access, batch, cache, counters, engine};
+use crate::daemon::{access, batch, cache, counters, engine, front};
 use crate::error::{Error, Result};
 use crate::limits;
-use crate::proto::{ApiError, ApiRequest, BatchEvent, DownloadRequest, Event, Evicted, Health, Removed};
+use crate::proto::{ApiError, ApiRequest, BatchEvent, DownloadRequest, Event, Evicted, Removed};
 use crate::source::Fetch;
 
 fn refusal(message: impl Into<String>) -> ApiError {
@@ -69,15 +69,8 @@ pub async fn serve(shared: Arc<Shared>, mut stream: UnixStream) {
 
 async fn route(shared: &Arc<Shared>, stream: &mut UnixStream, req: ApiRequest, caller: &Caller) -> Result<()> {
     match req {
-        ApiRequest::Healthy => {
-            let body = Health {
-                ok: true,
-                driver: shared.driver.clone(),
-                cores: shared.cores.len(),
-                tasks: shared.index.len(),
-            };
-            respond_json(stream, 200, &body).await
-        }
+        // Usually answered by the front door; here when its head came too slowly for the front.
+        ApiRequest::Healthy => respond_json(stream, 200, &front::health(shared)).await,
         ApiRequest::Download(req) => download(shared, stream, &req, caller).await,
         // Served in `serve`, where the chunked body is at hand.
         ApiRequest::Batch { .. } => Ok(()),

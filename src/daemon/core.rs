@@ -2,11 +2,11 @@
 //! driver where io_uring is unavailable), fed through its own inbox. No work-stealing: a future
 //! spawned on a core stays there, so per-core state (connection pool, file handles) needs no lock.
 //!
-//! Invariant: core 0 owns the listening socket and hands each accepted connection to one core,
-//! round-robin; shutdown reaches every core through its inbox.
+//! Invariant: the front thread (`daemon/front.rs`) owns the listening socket, answers health
+//! probes and hands each other accepted connection to one core, round-robin; shutdown reaches
+//! every core through its inbox and the front through `Shared::shutting_down`.
 
-use std::os::fd::AsFd;
-use std::os::unix::net::{UnixListener as StdListener, UnixStream as StdStream};
+use std::os::unix::net::UnixListener as StdListener;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -15,7 +15,7 @@ use compio::driver::{DriverType, ProactorBuilder};
 use compio::runtime::Runtime;
 
 use crate::daemon::shared::{CoreMsg, Shared};
-use crate::daemon::{api, cache, engine, metrics};
+use crate::daemon::{api, cache, engine, front, metrics};
 
 /// `DFGET_DRIVER=polling|io_uring` forces a driver (tests run both paths); default: io_uring when the
 /// kernel allows it, else polling.
@@ -63,16 +63,15 @@ pub fn run_cores(
     listener: StdListener,
 ) -> anyhow::Result<()> {
     let mut threads = Vec::new();
-    let mut listener = Some(listener);
     for (idx, inbox) in inboxes.into_iter().enumerate() {
         let shared = shared.clone();
-        let listener = if idx == 0 { listener.take() } else { None };
         let t = std::thread::Builder::new()
             .name(format!("core-{idx}"))
-            .spawn(move || core_main(idx, shared, inbox, listener))
+            .spawn(move || core_main(idx, shared, inbox))
             .context("cannot start a core thread")?;
         threads.push(t);
     }
+    threads.push(front::start(shared.clone(), listener).context("cannot start the front thread")?);
     wait_for_stop_signal();
     tracing::info!("stop signal received, shutting down");
     shared.shutting_down.store(true, Ordering::Release);
@@ -104,7 +103,7 @@ fn stop_watchdog(socket: std::path::PathBuf) {
     }
 }
 
-fn core_main(idx: usize, shared: Arc<Shared>, inbox: flume::Receiver<CoreMsg>, listener: Option<StdListener>) {
+fn core_main(idx: usize, shared: Arc<Shared>, inbox: flume::Receiver<CoreMsg>) {
     let rt = match Runtime::builder().with_proactor(proactor()).build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -116,8 +115,7 @@ fn core_main(idx: usize, shared: Arc<Shared>, inbox: flume::Receiver<CoreMsg>, l
         if let Some(node) = &shared.p2p {
             compio::runtime::spawn(crate::p2p::upload::accept_loop(node.clone())).detach();
         }
-        if let Some(l) = listener {
-            compio::runtime::spawn(accept_loop(shared.clone(), l)).detach();
+        if idx == 0 {
             compio::runtime::spawn(cache::run_loop(shared.clone())).detach();
             if let Some(addr) = shared.config.metrics.as_deref().and_then(metrics::parse_listen) {
                 compio::runtime::spawn(metrics::serve(shared.clone(), addr)).detach();
@@ -146,39 +144,6 @@ fn core_main(idx: usize, shared: Arc<Shared>, inbox: flume::Receiver<CoreMsg>, l
             }
         }
     });
-}
-
-async fn accept_loop(shared: Arc<Shared>, listener: StdListener) {
-    let listener = match compio::net::UnixListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!("cannot adopt the API socket: {e}");
-            return;
-        }
-    };
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                // The fd moves to another core's runtime: hand it over as a plain std socket.
-                match stream.as_fd().try_clone_to_owned() {
-                    Ok(fd) => {
-                        let std_stream = StdStream::from(fd);
-                        match shared.conn_slots.try_take() {
-                            Some(slot) => {
-                                let _ = shared.pick_core().send(CoreMsg::Conn(std_stream, slot));
-                            }
-                            None => shared.conn_slots.refuse(std_stream),
-                        }
-                    }
-                    Err(e) => tracing::warn!("cannot hand over a client connection: {e}"),
-                }
-            }
-            Err(e) => {
-                tracing::warn!("accept failed: {e}");
-                compio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
 }
 
 /// SIGTERM/SIGINT are blocked in every thread and taken synchronously by `sigwait` on the main

@@ -18,6 +18,7 @@ pub(crate) mod core;
 pub(crate) mod counters;
 pub(crate) mod engine;
 pub(crate) mod first_response;
+pub(crate) mod front;
 pub(crate) mod judge;
 pub(crate) mod log;
 pub(crate) mod metrics;

@@ -124,6 +124,11 @@ pub async fn respond_json(
     status: u16,
     body: &impl Serialize,
 ) -> Result<()> {
+    write(stream, json_response(status, body)?).await
+}
+
+/// A whole `Connection: close` response with a JSON body. Pure; the front door sends it too.
+pub fn json_response(status: u16, body: &impl Serialize) -> Result<Vec<u8>> {
     let body = serde_json::to_vec(body).map_err(|e| Error::internal(e.to_string()))?;
     let reason = match status {
         200 => "OK",
@@ -138,7 +143,7 @@ pub async fn respond_json(
     )
     .into_bytes();
     out.extend_from_slice(&body);
-    write(stream, out).await
+    Ok(out)
 }
 
 /// One NDJSON line. Bounded in time: a client that stops reading (suspended, say) must not hold

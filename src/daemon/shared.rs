@@ -17,7 +17,8 @@ use crate::storage::Store;
 
 /// One message in a core's inbox.
 pub enum CoreMsg {
-    /// A client connection accepted by core 0, with the slot it holds until it ends.
+    /// A client connection accepted by the front thread (`daemon/front.rs`), not read yet, with
+    /// the slot it holds until it ends.
     Conn(StdStream, crate::daemon::slots::ConnSlot),
     /// Start `n_workers` piece workers for this task.
     Work {
@@ -54,7 +55,7 @@ pub struct Shared {
     pub peer_prefix: String,
     pub driver: String,
     pub shutting_down: AtomicBool,
-    /// The cap on client connections held at once (taken by core 0's accept loop).
+    /// The cap on client connections held at once (taken by the front thread at accept).
     pub conn_slots: crate::daemon::slots::ConnSlots,
     /// Membership of a Dragonfly cluster; None = standalone (no scheduler configured).
     pub p2p: Option<Arc<crate::p2p::Node>>,

@@ -1,8 +1,8 @@
 //! The cap on client connections the daemon holds at once, so the accept loop cannot use up the
-//! open-file limit that task files, origin connections and the log need too: core 0 takes a
+//! open-file limit that task files, origin connections and the log need too: the front thread takes a
 //! `ConnSlot` for each accepted connection before handing it to a core, and the slot goes back
 //! when the connection's future ends. With none free the connection is answered `503` at once and
-//! closed (`refuse`), on core 0, without waiting for anything.
+//! closed (`refuse`), on the front thread, without waiting for anything.
 //!
 //! Invariant: at most `cap` slots are out at any time; a slot is returned exactly once (its drop).
 
