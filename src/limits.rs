@@ -194,6 +194,11 @@ pub const CALLER_THREAD_POLL: std::time::Duration = std::time::Duration::from_mi
 /// bounding what one line can make the client buffer.
 pub const MAX_LIST_LINE_BYTES: usize = 64 * 1024;
 
+/// Stripes of the locks that serialise one id's move between the live index and the resting
+/// map (`Shared::rest_locks`): moves of different ids rarely share a stripe, and each holds it for
+/// a few map operations only.
+pub const REST_LOCK_STRIPES: usize = 64;
+
 /// Upper bound of `-j`: entries in flight hold a task, a pin and a file each; beyond a few
 /// hundred the origin, not the daemon, is the limit.
 pub const MAX_BATCH_JOBS: usize = 1024;

@@ -481,3 +481,156 @@ fn sigterm_mid_download_removes_socket_parks_task_and_next_request_resumes() {
     let refetched = pieces_requested(&origin.ranges("/parked")[n_requests_first..], PIECE as u64, len as u64);
     assert!(refetched.iter().all(|p| *p >= 2), "parked pieces fetched again: {refetched:?}");
 }
+
+/// `dfget_cache_bytes` from the metrics endpoint: the cache's running total (issue 11).
+fn cache_bytes_gauge(port: u16) -> Option<u64> {
+    gauge(port, "dfget_cache_bytes")
+}
+
+/// One gauge's value from the daemon's metrics endpoint on 127.0.0.1:`port`.
+fn gauge(port: u16, name: &str) -> Option<u64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let prefix = format!("{name} ");
+    text.lines().find_map(|l| l.strip_prefix(prefix.as_str())).and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn cache_bytes_total_stays_right_across_finish_failure_evict_rm_park_and_restart() {
+    // The admission check reads a running total instead of summing the index per entry; this
+    // proves the total equals what the cache holds (every listed task's length) after each way a
+    // task enters or leaves it.
+    let origin = ThrottledOrigin::start();
+    let port = common::free_port();
+    let mut daemon = StorageDaemon::start(&format!(
+        "metrics: 127.0.0.1:{port}\ngcInterval: 1h\nstorage:\n  multiplex: true\n  diskGCThreshold: 10Mi\n"
+    ));
+    let bodies: Vec<Vec<u8>> = (0..4).map(|i| content(PIECE, 900 + i)).collect();
+    for (i, body) in bodies.iter().enumerate() {
+        origin.add(&format!("/c{i}"), body.clone());
+    }
+    let urls: Vec<String> = (0..4).map(|i| origin.url(&format!("/c{i}"))).collect();
+    let ids: Vec<String> = urls.iter().map(|u| task_id_of(u)).collect();
+    let parked_body = content(2 * PIECE, 990);
+    origin.add("/p", parked_body.clone());
+    origin.throttle("/p", PIECE as u64, 256 * 1024);
+    let (p_url, p_id) = (origin.url("/p"), task_id_of(&origin.url("/p")));
+    let piece = PIECE as u64;
+    let settles = |daemon: &StorageDaemon, bytes: u64, kept: &[&str], step: &str| {
+        let want: BTreeSet<String> = kept.iter().map(|s| s.to_string()).collect();
+        let settled = poll_until(Duration::from_secs(10), || {
+            let listed = daemon.ls();
+            let listed_bytes: u64 = listed.iter().map(|t| t["len_bytes"].as_u64().unwrap_or(0)).sum();
+            cache_bytes_gauge(port) == Some(bytes) && listed_bytes == bytes && ids_of(&listed) == want
+        });
+        assert!(
+            settled,
+            "{step}: dfget_cache_bytes {:?}, want {bytes}; listed {:#?}\n{}",
+            cache_bytes_gauge(port),
+            daemon.ls(),
+            daemon.diagnostics()
+        );
+    };
+    let fetch = |daemon: &StorageDaemon, i: usize, name: &str| {
+        daemon.assert_ok(&daemon.download(&urls[i], &daemon.out(name)), name);
+    };
+
+    settles(&daemon, 0, &[], "empty cache");
+    fetch(&daemon, 0, "c0");
+    settles(&daemon, piece, &[&ids[0]], "after c0 finished");
+    fetch(&daemon, 1, "c1");
+    fetch(&daemon, 0, "c0-hit");
+    settles(&daemon, 2 * piece, &[&ids[0], &ids[1]], "after c1 and a cache hit of c0");
+    // A digest mismatch: laid out and admitted (12 MiB > 10 MiB evicts c1, the least recently
+    // used), then failed and removed: it leaves the total too.
+    let bad = daemon
+        .download_command(&urls[2], &daemon.out("c2-bad"))
+        .args(["--digest", &format!("sha256:{}", "0".repeat(64))])
+        .output()
+        .expect("run dfget");
+    assert!(!bad.status.success(), "a wrong digest succeeded");
+    settles(&daemon, piece, &[&ids[0]], "after the failed c2 (c1 evicted to admit it)");
+    fetch(&daemon, 2, "c2");
+    fetch(&daemon, 3, "c3");
+    settles(&daemon, 2 * piece, &[&ids[2], &ids[3]], "after c2, c3 (c0 evicted)");
+    daemon.assert_ok(&daemon.tasks(&["rm", &ids[2]]), "tasks rm c2");
+    settles(&daemon, piece, &[&ids[3]], "after rm c2");
+
+    // Parked at a clean stop, counted once after the restart, and still once when resumed.
+    let client = daemon.spawn_download(&p_url, &daemon.out("p"));
+    let half = poll_until(Duration::from_secs(20), || {
+        daemon.listed(&p_id).is_some_and(|t| t["completed_bytes"].as_u64().unwrap_or(0) >= piece)
+    });
+    assert!(half, "the fast half of /p never completed\n{}", daemon.diagnostics());
+    settles(&daemon, 2 * piece, &[&p_id], "while /p runs (c3 evicted to admit it)");
+    assert!(daemon.sigterm(Duration::from_secs(10)).success(), "clean stop");
+    let _ = client.wait(Duration::from_secs(20));
+    origin.unthrottle_new_requests("/p");
+    daemon.restart();
+    settles(&daemon, 2 * piece, &[&p_id], "after restart with /p parked");
+    daemon.assert_ok(&daemon.download(&p_url, &daemon.out("p")), "resume /p");
+    assert_file_is(&daemon.out("p"), &parked_body);
+    settles(&daemon, 2 * piece, &[&p_id], "after /p resumed and finished");
+    assert!(daemon.sigterm(Duration::from_secs(10)).success(), "clean stop");
+    daemon.restart();
+    settles(&daemon, 2 * piece, &[&p_id], "after restart with /p restored finished");
+    daemon.assert_ok(&daemon.tasks(&["rm", &p_id]), "tasks rm /p");
+    settles(&daemon, 0, &[], "after rm /p");
+}
+
+#[test]
+fn finished_task_rests_compactly_and_stays_a_cache_hit_listed_removable_and_restored() {
+    // A finished task nobody reads leaves the live index for its compact resting state (issue 11:
+    // a 100,000-file cache in bounded memory); everything a cached task does must still work.
+    let origin = ThrottledOrigin::start();
+    let port = common::free_port();
+    let mut daemon =
+        StorageDaemon::start(&format!("metrics: 127.0.0.1:{port}\ngcInterval: 1h\nstorage:\n  multiplex: true\n"));
+    let (a, b) = (content(PIECE + 17, 801), content(3 * MIB, 802));
+    origin.add("/a", a.clone());
+    origin.add("/b", b.clone());
+    let (url_a, url_b) = (origin.url("/a"), origin.url("/b"));
+    let (id_a, id_b) = (task_id_of(&url_a), task_id_of(&url_b));
+    let resting = |n: u64| poll_until(Duration::from_secs(10), || gauge(port, "dfget_tasks_resting") == Some(n));
+
+    daemon.assert_ok(&daemon.download(&url_a, &daemon.out("a1")), "download a");
+    assert!(
+        resting(1),
+        "finished task not at rest: {:?}\n{}",
+        gauge(port, "dfget_tasks_resting"),
+        daemon.diagnostics()
+    );
+    let listed = daemon.listed(&id_a).expect("resting task listed");
+    assert_eq!(listed["state"], "done", "{listed}");
+    assert_eq!(listed["len_bytes"], (PIECE + 17) as u64, "{listed}");
+    assert_eq!(listed["url"], url_a.as_str(), "{listed}");
+    let n_before = origin.n_requests("/a");
+    daemon.assert_ok(&daemon.download(&url_a, &daemon.out("a2")), "cache hit of a resting task");
+    assert_file_is(&daemon.out("a2"), &a);
+    assert_eq!(origin.n_requests("/a"), n_before, "a resting task's hit asked the origin");
+    assert!(resting(1), "task not back at rest after its hit\n{}", daemon.diagnostics());
+    assert_eq!(gauge(port, "dfget_tasks"), Some(1), "one task, live or resting");
+
+    daemon.assert_ok(&daemon.tasks(&["rm", &id_a]), "tasks rm of a resting task");
+    assert!(daemon.listed(&id_a).is_none(), "removed resting task still listed");
+    assert!(!daemon.task_dir(&id_a).exists(), "removed resting task's files still on disk");
+    assert!(resting(0), "removed task still at rest");
+    assert_file_is(&daemon.out("a1"), &a);
+
+    daemon.assert_ok(&daemon.download(&url_b, &daemon.out("b1")), "download b");
+    assert!(resting(1), "b not at rest\n{}", daemon.diagnostics());
+    assert!(daemon.sigterm(Duration::from_secs(10)).success(), "clean stop");
+    daemon.restart();
+    assert!(resting(1), "restored task not at rest\n{}", daemon.diagnostics());
+    assert_eq!(daemon.listed(&id_b).expect("restored task listed")["state"], "done");
+    let n_before = origin.n_requests("/b");
+    daemon.assert_ok(&daemon.download(&url_b, &daemon.out("b2")), "hit after restart");
+    assert_file_is(&daemon.out("b2"), &b);
+    assert_eq!(origin.n_requests("/b"), n_before, "a restored resting task's hit asked the origin");
+    let gc = daemon.tasks(&["gc"]);
+    daemon.assert_ok(&gc, "tasks gc");
+    assert!(daemon.listed(&id_b).is_some(), "gc under a 6h expiry evicted a fresh resting task");
+}

@@ -149,8 +149,8 @@ async fn download_to(
         private = spec.private,
         "download requested"
     );
-    // The pin keeps the task's file from eviction until OUT is in place (dropped at return).
-    let (task, reused, _pin) = obtain_task(shared, &id, spec).await?;
+    // The pin keeps the task's file from eviction until OUT is in place.
+    let (task, reused, pin) = obtain_task(shared, &id, spec).await?;
     task.note_requester(caller.uid);
     if let Some(stream) = stream.as_deref_mut() {
         send_event(stream, &Event::Started { task: task.id.clone(), peer: task.peer_id.clone() }).await?;
@@ -166,6 +166,10 @@ async fn download_to(
     let t = task.clone();
     let _ = blocking(move || Ok(keep_identity_if_unchanged(&t))).await;
     let len_bytes = task.geometry().map(|g| g.layout.content_len_bytes).unwrap_or(0);
+    // The last reader of a finished task puts it to rest (`cache::rest`): the live task's memory
+    // goes back, the cache entry stays.
+    drop(pin);
+    cache::rest(shared, &task);
     let cost_ms = started.elapsed().as_millis() as u64;
     if reused {
         counters::bump(&counters::CACHE_HITS, 1);
@@ -197,7 +201,7 @@ async fn obtain_task(shared: &Arc<Shared>, id: &str, spec: Spec) -> Result<(Arc<
     // while (a large export); give up only after a deadline, not after a number of wake-ups.
     let deadline = Instant::now() + limits::TASK_RESOLVE_TIMEOUT;
     while Instant::now() < deadline {
-        let (task, created) = shared.index.get_or_create(id, || {
+        let (task, created) = cache::live_task(shared, id, &spec, || {
             Arc::new(Task::new(id.to_string(), shared.new_peer_id(), spec.clone(), shared.store.data_path(id)))
         });
         // Pinned before anything else: a task being checked for reuse must not look idle to the GC.

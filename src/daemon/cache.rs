@@ -1,10 +1,14 @@
 //! The cache's lifecycle on the daemon side: restoring tasks at start, admitting a new task against
 //! the quota, the GC loop that executes the pure planner's (`crate::gc::plan`) evictions every
 //! `gcInterval`, eviction and removal of one task, parking running tasks at stop, and listing.
+//! A finished task nobody reads rests in its compact `Resting` state outside the live index
+//! (`rest`), and comes back as a full `Task` when a request wants it (`live_task`).
 //!
 //! Invariant: a task with readers (an export in progress) or still running is never evicted; an
 //! evicted task leaves the index before its files are removed, so no new request can be handed a
-//! task whose file is disappearing.
+//! task whose file is disappearing. An id is live, resting or parked (live and resting both only
+//! for the instant of a move, inside its rest lock), and
+//! `Shared::cache_bytes` is the sum of the lengths of all three: every way in or out updates it.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,7 +19,7 @@ use crate::daemon::access;
 use crate::daemon::caller::Caller;
 use crate::daemon::serving::blocking;
 use crate::daemon::shared::Shared;
-use crate::daemon::task::{Spec, State, Task};
+use crate::daemon::task::{Resting, Spec, State, Task};
 use crate::gc::plan::{self, Policy, TaskView, Usage};
 use crate::piece::Layout;
 use crate::proto::{TaskInfo, TaskState};
@@ -34,6 +38,18 @@ pub fn list_tasks(shared: &Shared) -> Vec<TaskInfo> {
         }
     });
     let mut all: Vec<TaskInfo> = parked.collect();
+    all.extend(shared.rested.iter().map(|e| {
+        let r = e.value();
+        TaskInfo {
+            id: e.key().clone(),
+            url: r.url.to_string(),
+            len_bytes: Some(r.layout.content_len_bytes),
+            completed_bytes: r.layout.content_len_bytes,
+            state: TaskState::Done,
+            last_access_unix_ms: r.last_access_unix_ms,
+            readers: 0,
+        }
+    }));
     all.extend(shared.index.values().iter().map(|t| TaskInfo {
         id: t.id.clone(),
         url: t.spec.display_url.clone(),
@@ -97,7 +113,7 @@ fn restore_one(shared: &Arc<Shared>, id: &str) -> bool {
     }
     if !meta.is_finished() {
         // Resumed by the next request for this id (engine::resume), expired by the GC otherwise.
-        shared.partial.insert(id.to_string(), meta);
+        park(shared, meta);
         return true;
     }
     let layout = Layout { content_len_bytes: len, piece_len_bytes: meta.piece_len };
@@ -113,7 +129,16 @@ fn restore_one(shared: &Arc<Shared>, id: &str) -> bool {
     };
     let task = Task::finished(id.to_string(), shared.new_peer_id(), spec, data_path, layout, &meta.piece_crcs);
     task.last_access_unix_ms.store(meta.last_access_unix_ms, Ordering::Release);
-    shared.index.get_or_create(id, || Arc::new(task));
+    // Public tasks start at rest (nobody reads them yet); private ones stay live with their flag.
+    if let Some(resting) = task.to_resting() {
+        shared.cache_bytes.fetch_add(len, Ordering::AcqRel);
+        shared.rested.insert(id.to_string(), resting);
+        return true;
+    }
+    let (task, created) = shared.index.get_or_create(id, || Arc::new(task));
+    if created {
+        account(shared, &task);
+    }
     true
 }
 
@@ -148,6 +173,16 @@ fn view(t: &Task) -> TaskView {
     }
 }
 
+fn resting_view(id: &str, r: &Resting) -> TaskView {
+    TaskView {
+        id: id.to_string(),
+        len_bytes: r.layout.content_len_bytes,
+        last_access: UNIX_EPOCH + Duration::from_millis(r.last_access_unix_ms),
+        finished: true,
+        in_use: false,
+    }
+}
+
 fn partial_view(m: &crate::storage::meta::TaskMeta) -> TaskView {
     TaskView {
         id: m.task_id.clone(),
@@ -158,17 +193,27 @@ fn partial_view(m: &crate::storage::meta::TaskMeta) -> TaskView {
     }
 }
 
-/// One GC pass: plan, then evict. Returns the number of evicted tasks.
+/// One GC pass: finished tasks nobody reads go to rest, then plan, then evict. Returns the number
+/// of evicted tasks.
 pub fn collect(shared: &Shared) -> usize {
+    for t in shared.index.values() {
+        rest(shared, &t);
+    }
     let tasks = shared.index.values();
     let mut views: Vec<TaskView> = tasks.iter().map(|t| view(t)).collect();
     views.extend(shared.partial.iter().map(|e| partial_view(e.value())));
+    views.extend(shared.rested.iter().map(|e| resting_view(e.key(), e.value())));
     let plan = plan::plan(&views, usage(shared), SystemTime::now(), &policy(shared));
     let mut n = 0;
     for ev in &plan.evictions {
-        if shared.partial.remove(&ev.id).is_some() {
+        if unpark(shared, &ev.id).is_some() {
             let _ = shared.store.remove_task(&ev.id);
             tracing::info!(task = %ev.id, reason = ?ev.reason, "gc evicted unfinished task");
+            n += 1;
+            continue;
+        }
+        if evict_rested(shared, &ev.id) {
+            tracing::info!(task = %ev.id, reason = ?ev.reason, len_bytes = ev.len_bytes, "gc evicted task");
             n += 1;
             continue;
         }
@@ -229,19 +274,54 @@ fn alive_time(shared: &Shared) -> Option<Duration> {
     std::env::var_os("DFGET_SPAWNED").map(|_| crate::limits::SPAWNED_ALIVE_TIME)
 }
 
-/// Admission of a new task of `len_bytes`: refused outright when larger than the quota; otherwise,
-/// if it would push the cache over the quota, a GC pass runs first to make room.
-pub async fn admit(shared: &Arc<Shared>, len_bytes: u64) -> crate::error::Result<()> {
+/// Admission of a laid-out task: refused outright when larger than the quota; otherwise it joins
+/// the cache's running total, and if that crosses the quota a GC pass runs first to make room.
+/// O(1): the total is kept by `account`/`unaccount`, never summed over the index.
+pub async fn admit(shared: &Arc<Shared>, task: &Task) -> crate::error::Result<()> {
+    let Some(g) = task.geometry() else { return Ok(()) };
     let pol = policy(shared);
-    plan::admit(len_bytes, &pol).map_err(|e| crate::error::Error::disk(e.to_string()))?;
-    if pol.disk_gc_threshold_bytes > 0 {
-        let used: u64 =
-            shared.index.values().iter().filter_map(|t| t.geometry()).map(|g| g.layout.content_len_bytes).sum();
-        if used.saturating_add(len_bytes) > pol.disk_gc_threshold_bytes {
-            collect_off_core(shared).await;
-        }
+    plan::admit(g.layout.content_len_bytes, &pol).map_err(|e| crate::error::Error::disk(e.to_string()))?;
+    account(shared, task);
+    if pol.disk_gc_threshold_bytes > 0 && shared.cache_bytes.load(Ordering::Acquire) > pol.disk_gc_threshold_bytes {
+        collect_off_core(shared).await;
     }
     Ok(())
+}
+
+/// Counts a laid-out task's length in `Shared::cache_bytes`. Idempotent: the task remembers what
+/// it added, so a second call (a streamed task whose length became known late) moves nothing.
+pub fn account(shared: &Shared, task: &Task) {
+    let len = task.geometry().map(|g| g.layout.content_len_bytes).unwrap_or(0);
+    let before = task.accounted_bytes.swap(len, Ordering::AcqRel);
+    if len >= before {
+        shared.cache_bytes.fetch_add(len - before, Ordering::AcqRel);
+    } else {
+        shared.cache_bytes.fetch_sub(before - len, Ordering::AcqRel);
+    }
+}
+
+/// Takes a task that left the index (evicted, removed, failed) out of the total; a second call
+/// moves nothing.
+pub fn unaccount(shared: &Shared, task: &Task) {
+    let before = task.accounted_bytes.swap(0, Ordering::AcqRel);
+    shared.cache_bytes.fetch_sub(before, Ordering::AcqRel);
+}
+
+/// Parks an unfinished task found at start (its file's bytes count until it is resumed or removed).
+fn park(shared: &Shared, meta: crate::storage::meta::TaskMeta) {
+    let len = meta.content_len.unwrap_or(0);
+    let id = meta.task_id.clone();
+    // A task dir is listed once; should an entry exist anyway, its bytes leave with it.
+    let _ = unpark(shared, &id);
+    shared.partial.insert(id, meta);
+    shared.cache_bytes.fetch_add(len, Ordering::AcqRel);
+}
+
+/// Removes a parked task's entry (to resume it, evict it or remove it), taking it out of the total.
+pub fn unpark(shared: &Shared, id: &str) -> Option<crate::storage::meta::TaskMeta> {
+    let meta = shared.partial.remove(id).map(|e| e.value().clone())?;
+    shared.cache_bytes.fetch_sub(meta.content_len.unwrap_or(0), Ordering::AcqRel);
+    Some(meta)
 }
 
 /// A GC pass on the blocking pool: directory removals must not stall a core's IO.
@@ -279,6 +359,7 @@ pub fn evict(shared: &Shared, task: &Arc<Task>) -> bool {
     }
     let _ = shared.store.remove_task(&task.id);
     shared.index.remove_if_same(&task.id, task);
+    unaccount(shared, task);
     task.event.notify();
     true
 }
@@ -291,10 +372,18 @@ pub fn remove(shared: &Shared, id: &str, force: bool, caller: &Caller) -> crate:
     if shared.partial.contains_key(id) {
         // Left by an earlier run: nobody asked for it since, so only root may remove it.
         access::may_remove(caller, None)?;
-        if shared.partial.remove(id).is_some() {
+        if unpark(shared, id).is_some() {
             shared.store.remove_task(id)?;
         }
         return Ok(true);
+    }
+    if let Some(e) = shared.rested.get(id) {
+        access::may_remove(caller, e.value().sole_requester())?;
+        drop(e);
+        if evict_rested(shared, id) {
+            return Ok(true);
+        }
+        // Revived meanwhile: remove the live task below.
     }
     let Some(task) = shared.index.get(id) else { return Ok(false) };
     access::may_remove(caller, task.sole_requester())?;
@@ -314,4 +403,73 @@ pub fn remove(shared: &Shared, id: &str, force: bool, caller: &Caller) -> crate:
         return Err(Error::client(format!("task {id} is being read or exported right now; try again")));
     }
     Ok(true)
+}
+
+fn rest_lock<'a>(shared: &'a Shared, id: &str) -> std::sync::MutexGuard<'a, ()> {
+    // FNV-1a over the id: task ids are hex digests, any of their bytes spread well.
+    let h = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let lock = &shared.rest_locks[(h % shared.rest_locks.len() as u64) as usize];
+    // The lock guards no data of its own (only the order of map operations): a poisoned one is
+    // as good as a clean one.
+    lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The live task for `id`: found in the index, or revived from its resting state (finished, not
+/// to be driven), or made by `make` and inserted (the bool is true: the caller starts its drive).
+/// A miss in the index re-checks both maps under the id's rest lock, so of two racing requests
+/// for a resting task both get the one revived task, and no request ever misses a task that is
+/// moving between the maps.
+pub fn live_task(shared: &Shared, id: &str, spec: &Spec, make: impl FnOnce() -> Arc<Task>) -> (Arc<Task>, bool) {
+    if let Some(t) = shared.index.get(id) {
+        return (t, false);
+    }
+    let _moving = rest_lock(shared, id);
+    if let Some(e) = shared.rested.get(id) {
+        let revived =
+            Task::revived(id.to_string(), shared.new_peer_id(), spec.clone(), shared.store.data_path(id), e.value());
+        // Still counted in `cache_bytes` from its rest: the live task takes that share over.
+        revived.accounted_bytes.store(e.value().layout.content_len_bytes, Ordering::Release);
+        let (task, _) = shared.index.get_or_create(id, || Arc::new(revived));
+        e.remove();
+        return (task, false);
+    }
+    shared.index.get_or_create(id, make)
+}
+
+/// Moves a finished task nobody reads to its resting state. Claimed first, like an eviction, so
+/// a request still holding the live task can no longer pin it: it looks again and revives the
+/// resting one. False (and nothing changes) while it is read, not done, or must stay live.
+pub fn rest(shared: &Shared, task: &Arc<Task>) -> bool {
+    if task.state() != State::Done || task.n_readers() > 0 {
+        return false;
+    }
+    let Some(resting) = task.to_resting() else { return false };
+    {
+        let _moving = rest_lock(shared, &task.id);
+        if !shared.index.get(&task.id).is_some_and(|t| Arc::ptr_eq(&t, task)) || !task.claim_eviction() {
+            return false;
+        }
+        // Into the resting map before out of the index: a lookup finds it in one or the other.
+        shared.rested.insert(task.id.clone(), resting);
+        shared.index.remove_if_same(&task.id, task);
+    }
+    // Its bytes stay in the cache, now on the resting entry.
+    task.accounted_bytes.store(0, Ordering::Release);
+    task.event.notify();
+    true
+}
+
+/// Evicts a resting task (nobody reads one): out of the resting map under its rest lock (so it
+/// cannot be revived meanwhile), then its files. False when it is not at rest.
+pub fn evict_rested(shared: &Shared, id: &str) -> bool {
+    let len = {
+        let _moving = rest_lock(shared, id);
+        match shared.rested.remove(id) {
+            Some(e) => e.value().layout.content_len_bytes,
+            None => return false,
+        }
+    };
+    shared.cache_bytes.fetch_sub(len, Ordering::AcqRel);
+    let _ = shared.store.remove_task(id);
+    true
 }

@@ -87,20 +87,20 @@ pub async fn drive(shared: Arc<Shared>, task: Arc<Task>) {
     })
     .await;
     shared.index.remove_if_same(&task.id, &task);
+    cache::unaccount(&shared, &task);
     task.event.notify();
 }
 
 /// Fills the task file. Returns the digest check running alongside, if any (see `Hashing`).
 async fn download(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<Option<Hashing>> {
     if resume(shared, task).await? {
+        cache::account(shared, task);
         let hashing = Hashing::start(task);
         wait_all_pieces(shared, task).await?;
         return Ok(hashing);
     }
     let first = with_retries(|| first_response::first_request(task)).await?;
-    if let Some(g) = task.geometry() {
-        cache::admit(shared, g.layout.content_len_bytes).await?;
-    }
+    cache::admit(shared, task).await?;
     let mut hashing = None;
     match first {
         FirstResponse::Empty => {
@@ -138,6 +138,8 @@ async fn download(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<Option<Hashi
             // Known length: the geometry is set and pieces are recorded as the stream is cut.
             hashing = Hashing::start(task);
             stream_whole(task, &mut resp, len_bytes).await?;
+            // An unknown length is known now: the task joins the total (a known one already did).
+            cache::account(shared, task);
         }
     }
     wait_all_pieces(shared, task).await?;
@@ -164,7 +166,7 @@ fn report_origin_piece(task: &Task, layout: Layout, piece_idx: u64, t0: std::tim
 /// recorded pieces are re-checked against their crcs (a piece that fails is fetched again), then
 /// every core fetches only what is missing. Returns false when there is nothing to resume.
 async fn resume(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<bool> {
-    let Some(meta) = shared.partial.remove(&task.id).map(|e| e.value().clone()) else { return Ok(false) };
+    let Some(meta) = cache::unpark(shared, &task.id) else { return Ok(false) };
     let Some(len) = meta.content_len else { return Ok(false) };
     let layout = Layout::for_len(len);
     let len_ok = task.spec.expected_len.is_none_or(|want| want == len);
@@ -276,21 +278,22 @@ fn ramp_step(
 /// Writes the metadata that records the task's pieces (a checkpoint: nothing is synced, see
 /// `storage::persist_meta`).
 pub async fn persist(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
+    let (meta_path, task) = (shared.store.meta_path(&task.id), task.clone());
+    blocking(move || save_meta(&task, &meta_path)).await
+}
+
+/// Writes the task's metadata (blocking). Skipped once the task failed: its files may be gone.
+fn save_meta(task: &Task, meta_path: &std::path::Path) -> Result<()> {
     let meta = task.to_meta();
-    let meta_path = shared.store.meta_path(&task.id);
-    let task = task.clone();
-    blocking(move || {
-        let _files = task.files.lock().map_err(|_| Error::internal("task files lock poisoned"))?;
-        // The task may have failed (and its files been removed) while this job waited.
-        if task.state() == State::Failed {
-            return Ok(());
-        }
-        let t = std::time::Instant::now();
-        let saved = crate::storage::persist_meta(&meta_path, &meta);
-        tracing::debug!(task = %task.id, cost_ms = t.elapsed().as_millis() as u64, "progress saved");
-        saved
-    })
-    .await
+    let _files = task.files.lock().map_err(|_| Error::internal("task files lock poisoned"))?;
+    // The task may have failed (and its files been removed) while this job waited.
+    if task.state() == State::Failed {
+        return Ok(());
+    }
+    let t = std::time::Instant::now();
+    let saved = crate::storage::persist_meta(meta_path, &meta);
+    tracing::debug!(task = %task.id, cost_ms = t.elapsed().as_millis() as u64, "progress saved");
+    saved
 }
 
 /// The digest check of a task with a known digest, running beside the download on a thread of
@@ -344,9 +347,14 @@ async fn finalize(shared: &Arc<Shared>, task: &Arc<Task>, hashing: Option<Hashin
         }?;
         want.check(&got).map_err(|m| Error::from(m).context(&task.spec.display_url))?;
     }
-    persist(shared, task).await?;
-    let path = task.data_path.clone();
-    let identity = blocking(move || Ok(crate::storage::FileIdentity::of(&path).ok())).await?;
+    // Metadata and the file's identity in one trip to the blocking pool: for a small file each
+    // trip is a sizeable part of what the whole task costs.
+    let (meta_path, t) = (shared.store.meta_path(&task.id), task.clone());
+    let identity = blocking(move || {
+        save_meta(&t, &meta_path)?;
+        Ok(crate::storage::FileIdentity::of(&t.data_path).ok())
+    })
+    .await?;
     task.set_identity(identity);
     Ok(())
 }
@@ -439,7 +447,12 @@ pub async fn write_body(
     let mut cutter = Cutter::resume(first_piece, piece_len_bytes, already);
     let mut unrecorded = Vec::new();
     let mut written = 0u64;
-    let mut buf: Vec<u8> = Vec::with_capacity(crate::limits::WRITE_CHUNK_BYTES);
+    // A small body gets a buffer of its size, not `WRITE_CHUNK_BYTES`: a list of small files has
+    // `jobs` of them in flight at once (it grows if the origin sends more).
+    let first_cap = expect_bytes.map_or(crate::limits::WRITE_CHUNK_BYTES, |n| {
+        usize::try_from(n).unwrap_or(usize::MAX).clamp(1, crate::limits::WRITE_CHUNK_BYTES)
+    });
+    let mut buf: Vec<u8> = Vec::with_capacity(first_cap);
     let mut want_bytes = crate::limits::WRITE_CHUNK_BYTES;
     loop {
         if task.state() == State::Failed {

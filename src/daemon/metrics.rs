@@ -2,7 +2,9 @@
 //! `GET /metrics` in the Prometheus text format on that TCP address, from the counters of
 //! `daemon::counters`.
 //!
-//! Invariant: counters only grow; gauges (`tasks`) are read from the index at scrape time.
+//! Invariant: counters only grow; gauges (`tasks`) are read from the index at scrape time,
+//! `cache_bytes` from the cache's running total (`Shared::cache_bytes`), `tasks_resting` from
+//! the resting map (finished tasks nobody reads, in their compact state).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,7 +37,9 @@ pub fn render(shared: &Shared) -> String {
          # TYPE dfget_upload_bytes_total counter\n\
          dfget_upload_bytes_total{{path=\"splice\"}} {}\ndfget_upload_bytes_total{{path=\"copy\"}} {}\n\
          # TYPE dfget_tasks gauge\ndfget_tasks {}\n\
-         # TYPE dfget_tasks_running gauge\ndfget_tasks_running {}\n",
+         # TYPE dfget_tasks_running gauge\ndfget_tasks_running {}\n\
+         # TYPE dfget_cache_bytes gauge\ndfget_cache_bytes {}\n\
+         # TYPE dfget_tasks_resting gauge\ndfget_tasks_resting {}\n",
         c(&DOWNLOADS_DONE),
         c(&DOWNLOADS_FAILED),
         c(&CACHE_HITS),
@@ -43,8 +47,10 @@ pub fn render(shared: &Shared) -> String {
         c(&BYTES_FETCHED),
         c(&UPLOAD_BYTES_SPLICED),
         c(&UPLOAD_BYTES_COPIED),
-        tasks.len(),
-        running
+        tasks.len() + shared.rested.len(),
+        running,
+        shared.cache_bytes.load(Ordering::Acquire),
+        shared.rested.len()
     )
 }
 

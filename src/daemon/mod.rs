@@ -119,6 +119,8 @@ pub fn run(
         oras_opts: Options::from_transport(&config.oras).map_err(|e| anyhow::anyhow!("oras transport: {e}"))?,
         store,
         index: Index::default(),
+        rested: crossbeam_skiplist::SkipMap::new(),
+        rest_locks: (0..crate::limits::REST_LOCK_STRIPES).map(|_| std::sync::Mutex::new(())).collect(),
         partial: crossbeam_skiplist::SkipMap::new(),
         last_request_unix_ms: std::sync::atomic::AtomicU64::new(crate::clock::now_unix_ms()),
         cores: senders,
@@ -128,6 +130,7 @@ pub fn run(
         conn_slots,
         p2p,
         next_core: AtomicUsize::new(0),
+        cache_bytes: std::sync::atomic::AtomicU64::new(0),
         config,
     });
     log_started(&shared, n_cores);

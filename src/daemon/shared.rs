@@ -42,7 +42,15 @@ pub struct BatchJob {
 pub struct Shared {
     pub config: Config,
     pub store: Store,
+    /// Live tasks: running, failed until cleaned up, or finished and still read.
     pub index: Index<Task>,
+    /// Finished tasks nobody reads, in their compact resting state (`cache::rest`): the bulk of
+    /// a large cache. An id is in at most one of `index` and `rested`.
+    pub rested: crossbeam_skiplist::SkipMap<String, crate::daemon::task::Resting>,
+    /// Striped locks that make an id's move between `index` and `rested` (rest, revive, evict
+    /// at rest) one step, so a lookup that misses both can never race a move. Held for a few map
+    /// operations only, never across IO or an await.
+    pub rest_locks: Box<[std::sync::Mutex<()>]>,
     /// Unfinished tasks found at start, waiting for a request to resume them (id → metadata).
     pub partial: crossbeam_skiplist::SkipMap<String, crate::storage::meta::TaskMeta>,
     /// Last time a client request arrived (unix ms): the idle clock of `aliveTime`.
@@ -60,6 +68,10 @@ pub struct Shared {
     /// Membership of a Dragonfly cluster; None = standalone (no scheduler configured).
     pub p2p: Option<Arc<crate::p2p::Node>>,
     pub(crate) next_core: AtomicUsize,
+    /// Bytes of every laid-out task the cache holds (in the index or parked), kept by
+    /// `cache::account`/`unaccount` so admission against `diskGCThreshold` is O(1), not a sum
+    /// over the index per entry.
+    pub cache_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {

@@ -105,6 +105,9 @@ pub struct Task {
     /// The finished task file's identity, known only to this run of the daemon: set when the task
     /// finishes here, or after a restored task's first full check. None = check fully.
     identity: std::sync::Mutex<Option<crate::storage::FileIdentity>>,
+    /// What this task adds to `Shared::cache_bytes` (0 until laid out and admitted): swapped,
+    /// so accounting a task twice or removing it twice never moves the total twice.
+    pub(crate) accounted_bytes: AtomicU64,
 }
 
 const SEVERAL: u64 = u64::MAX;
@@ -139,6 +142,7 @@ impl Task {
             peer: OnceLock::new(),
             workers: crate::daemon::ramp::Workers::default(),
             identity: std::sync::Mutex::new(None),
+            accounted_bytes: AtomicU64::new(0),
         }
     }
 
@@ -420,6 +424,68 @@ impl Task {
 
     pub fn n_pieces_done(&self) -> u64 {
         self.bitmap.get().map(|b| b.count()).unwrap_or(0)
+    }
+}
+
+/// A finished task at rest: what a cache hit, a listing, the GC and `tasks rm` need of it, and
+/// nothing of its download (transport options, headers, bitmap, partial prefixes, wake state,
+/// worker counters). The index keeps only live tasks; a finished one nobody reads moves here
+/// (`cache::rest`) and a request for it rebuilds the full `Task` (`Task::revived`), so a cache of
+/// 100,000 small files costs a few hundred bytes each instead of ~1.8 KiB.
+pub struct Resting {
+    pub url: Box<str>,
+    pub digest: Option<Box<str>>,
+    pub layout: Layout,
+    pub crcs: Box<[u32]>,
+    /// The file's identity as this run last checked it (None: check fully on the next hit).
+    pub identity: Option<crate::storage::FileIdentity>,
+    pub last_access_unix_ms: u64,
+    /// `Task::requesters`, carried over so `tasks rm` keeps its rule.
+    pub requesters: u64,
+}
+
+impl Resting {
+    pub fn sole_requester(&self) -> Option<u32> {
+        match self.requesters {
+            0 | SEVERAL => None,
+            r => u32::try_from(r - 1).ok(),
+        }
+    }
+}
+
+impl Task {
+    /// The resting state of a finished task, or None when it must stay live: not done, private
+    /// (its validator and revalidation stay with it) or known to a cluster (peers read it).
+    pub fn to_resting(&self) -> Option<Resting> {
+        let g = self.geometry()?;
+        if self.state() != State::Done || self.spec.private || self.peer.get().is_some() {
+            return None;
+        }
+        Some(Resting {
+            url: self.spec.display_url.as_str().into(),
+            digest: self.spec.digest.as_deref().map(Into::into),
+            layout: g.layout,
+            crcs: self.crcs().into_boxed_slice(),
+            identity: self.identity(),
+            last_access_unix_ms: self.last_access_unix_ms.load(Ordering::Acquire),
+            requesters: self.requesters.load(Ordering::Acquire),
+        })
+    }
+
+    /// The full task again, from its resting state: finished, with the crcs, identity, access
+    /// time and requesters it rested with. `spec` is the request that revives it (its transport);
+    /// what the task is (URL shown, digest, length, public) comes from the resting state.
+    pub fn revived(id: String, peer_id: String, mut spec: Spec, data_path: PathBuf, rest: &Resting) -> Task {
+        spec.display_url = rest.url.to_string();
+        spec.digest = rest.digest.as_deref().map(str::to_string);
+        spec.expected_len = Some(rest.layout.content_len_bytes);
+        spec.private = false;
+        spec.cluster_id = None;
+        let t = Task::finished(id, peer_id, spec, data_path, rest.layout, &rest.crcs);
+        t.set_identity(rest.identity);
+        t.last_access_unix_ms.store(rest.last_access_unix_ms, Ordering::Release);
+        t.requesters.store(rest.requesters, Ordering::Release);
+        t
     }
 }
 
