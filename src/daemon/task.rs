@@ -184,8 +184,13 @@ impl Task {
     pub fn finished(id: String, peer_id: String, spec: Spec, data_path: PathBuf, layout: Layout, crcs: &[u32]) -> Task {
         let t = Task::new(id, peer_id, spec, data_path);
         t.set_geometry(Geometry { layout, ranged: true });
-        for (i, c) in crcs.iter().enumerate() {
-            t.record_piece(i as u64, *c, 0);
+        // Set directly, not through `record_piece`: these pieces were fetched before (or by an
+        // earlier run), and the fetch counters must not count them again on every revival.
+        if let (Some(slots), Some(bitmap)) = (t.crcs.get(), t.bitmap.get()) {
+            for (i, c) in crcs.iter().enumerate().take(slots.len()) {
+                slots[i].store(*c, Ordering::Release);
+                bitmap.set(i as u64);
+            }
         }
         t.completed_bytes.store(layout.content_len_bytes, Ordering::Release);
         t.state.store(State::Done as u8, Ordering::Release);
