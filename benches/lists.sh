@@ -5,7 +5,7 @@
 # daemon and of the client for a 100,000-line list.
 #
 #   benches/lists.sh [RUNS] [JOBS...]     (defaults: 5 runs; dfget -j: the daemon's default)
-#   SCENARIOS="small large huge" (default) picks what runs.
+#   SCENARIOS="small large huge" (default) picks what runs; NO_BUILD=1 skips the release build.
 #
 # Scenarios: small = 1000 files x 64 KiB, large = 100 files x 16 MiB. Every run starts from a
 # cold cache (the daemon is restarted on an empty data dir, untimed) and an empty output dir, and
@@ -29,7 +29,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cargo build --release --quiet --manifest-path "$root/Cargo.toml"
+# NO_BUILD=1 measures target/release/dfget as it is (the harness's --no-build).
+[ -n "${NO_BUILD:-}" ] || cargo build --release --quiet --manifest-path "$root/Cargo.toml"
 dfget="$root/target/release/dfget"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2}'; }
