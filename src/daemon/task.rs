@@ -439,7 +439,7 @@ impl Task {
 /// 100,000 small files costs a few hundred bytes each instead of ~1.8 KiB.
 pub struct Resting {
     pub url: Box<str>,
-    pub digest: Option<Box<str>>,
+    pub digest: Option<crate::digest::Digest>,
     pub layout: Layout,
     pub crcs: Box<[u32]>,
     /// The file's identity as this run last checked it (None: check fully on the next hit).
@@ -468,7 +468,7 @@ impl Task {
         }
         Some(Resting {
             url: self.spec.display_url.as_str().into(),
-            digest: self.spec.digest.as_deref().map(Into::into),
+            digest: self.spec.digest.clone(),
             layout: g.layout,
             crcs: self.crcs().into_boxed_slice(),
             identity: self.identity(),
@@ -482,7 +482,7 @@ impl Task {
     /// what the task is (URL shown, digest, length, public) comes from the resting state.
     pub fn revived(id: String, peer_id: String, mut spec: Spec, data_path: PathBuf, rest: &Resting) -> Task {
         spec.display_url = rest.url.to_string();
-        spec.digest = rest.digest.as_deref().map(str::to_string);
+        spec.digest = rest.digest.clone();
         spec.expected_len = Some(rest.layout.content_len_bytes);
         spec.private = false;
         spec.cluster_id = None;
