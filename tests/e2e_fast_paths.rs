@@ -85,6 +85,31 @@ fn out_edited_in_place_through_its_hard_link_is_detected_and_downloaded_again() 
     assert_eq!(origin.n_requests("/edit"), n_second, "the re-downloaded task was not reused");
 }
 
+/// The warm repeat of one command (`dfget -u URL -O OUT` again, OUT already the cache's hard
+/// link): a cache hit that leaves OUT the same file and nothing else in its directory (renaming a
+/// temp link over a link of the same inode would be a no-op that leaves the temp name behind).
+#[test]
+fn repeating_a_download_onto_its_own_out_is_a_hit_that_leaves_no_temp_file() {
+    let origin = ThrottledOrigin::start();
+    let daemon = StorageDaemon::start(MULTIPLEX);
+    let body = content(2 * PIECE + 11, 905);
+    origin.add("/again", body.clone());
+    let url = origin.url("/again");
+    let out = daemon.out("again");
+    let out_dir = out.parent().expect("out dir").to_path_buf();
+    daemon.assert_ok(&daemon.download(&url, &out), "first download");
+    let n_first = origin.n_requests("/again");
+    let ino = fs::metadata(&out).expect("stat OUT").ino();
+    for round in 0..3 {
+        daemon.assert_ok(&daemon.download(&url, &out), &format!("repeat {round}"));
+        assert_file_is(&out, &body);
+        assert_eq!(fs::metadata(&out).expect("stat OUT").ino(), ino, "repeat {round}: OUT is another file");
+        assert_eq!(dir_entries(&out_dir), vec!["again".to_string()], "repeat {round}: OUT's directory");
+    }
+    assert_eq!(origin.n_requests("/again"), n_first, "a repeat went to the origin");
+    assert_eq!(daemon.core_log().matches("reuse file peer task done").count(), 3, "{}", daemon.diagnostics());
+}
+
 /// A download stopped (by `stop`: SIGKILL or SIGTERM) once meta.json records `min_recorded`
 /// pieces: `n_pieces` 4 MiB pieces, the first half at full speed and the rest at 256 KiB/s per
 /// connection, so the stop lands after the fast pieces are recorded and while slow ones are in

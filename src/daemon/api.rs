@@ -159,12 +159,17 @@ async fn download_to(
         follow(&task, stream).await?;
     }
     let method = match &req.output {
-        Some(out) => export_as(caller, &task, out).await?.as_str(),
+        Some(out) => {
+            let (method, after) = export_as(caller, &task, out).await?;
+            // A link moved the file's ctime and link count: that is no edit, remember the new state
+            // (taken by the export job itself: one thread round trip for the whole export).
+            if let Ok(now) = after {
+                keep_identity_if_same(&task, now);
+            }
+            method.as_str()
+        }
         None => "none",
     };
-    // A link moved the file's ctime and link count: that is no edit, remember the new state.
-    let t = task.clone();
-    let _ = blocking(move || Ok(keep_identity_if_unchanged(&t))).await;
     let len_bytes = task.geometry().map(|g| g.layout.content_len_bytes).unwrap_or(0);
     // The last reader of a finished task puts it to rest (`cache::rest`): the live task's memory
     // goes back, the cache entry stays.
@@ -186,12 +191,21 @@ async fn download_to(
 }
 
 /// Puts the task's file at `output` with the caller's rights (`caller::as_caller`): the task file
-/// is opened as the daemon, everything on OUT's side is done as the caller.
-async fn export_as(caller: &Caller, task: &Task, output: &str) -> Result<crate::storage::export::Method> {
+/// is opened as the daemon, everything on OUT's side is done as the caller. Returns how, and the
+/// task file's state after it (`fstat` of the file the job held: it needs no rights on the data dir).
+async fn export_as(
+    caller: &Caller,
+    task: &Task,
+    output: &str,
+) -> Result<(crate::storage::export::Method, std::io::Result<crate::storage::FileIdentity>)> {
     let (src, out) = (task.data_path.clone(), std::path::PathBuf::from(output));
     let copy_mode = 0o666 & !caller.umask;
     let open = move || std::fs::File::open(&src).map_err(|e| crate::storage::disk_err(e, &src, "open task file"));
-    caller::as_caller(caller, open, move |file| crate::storage::export::export_file(&file, &out, true, copy_mode)).await
+    caller::as_caller(caller, open, move |file| {
+        let method = crate::storage::export::export_file(&file, &out, true, copy_mode)?;
+        Ok((method, crate::storage::FileIdentity::of_file(&file)))
+    })
+    .await
 }
 
 /// Finds or creates the task for `id`. Returns the task, whether it is a cache hit (a finished task
@@ -290,10 +304,13 @@ async fn reusable(task: &Arc<Task>) -> bool {
 /// True (and the current state remembered) when the task file is as this run last saw it.
 /// Blocking (one stat).
 fn keep_identity_if_unchanged(task: &Task) -> bool {
-    let (Some(known), Ok(now)) = (task.identity(), crate::storage::FileIdentity::of(&task.data_path)) else {
-        return false;
-    };
-    let same = known.unchanged_in(&now);
+    crate::storage::FileIdentity::of(&task.data_path).is_ok_and(|now| keep_identity_if_same(task, now))
+}
+
+/// True (and `now` remembered) when `now` is the state this run last saw; else the identity is
+/// forgotten, so the next hit reads the file. Pure.
+fn keep_identity_if_same(task: &Task, now: crate::storage::FileIdentity) -> bool {
+    let same = task.identity().is_some_and(|known| known.unchanged_in(&now));
     task.set_identity(same.then_some(now));
     same
 }

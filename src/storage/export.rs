@@ -54,15 +54,30 @@ pub fn export_file(src: &File, out: &Path, allow_link: bool, copy_mode: u32) -> 
         }
         Err(e) => return Err(out_err(e, &dir, "output directory")),
     }
+    // OUT already is this very file (the same download asked again): there is nothing to place.
+    if allow_link && is_same_file(src, out) {
+        return Ok(Method::HardLink);
+    }
     let tmp = temp_name(&dir, out);
     let result = place(src, &tmp, allow_link, copy_mode).and_then(|method| {
         fs::rename(&tmp, out).map_err(|e| out_err(e, out, "rename into place"))?;
         Ok(method)
     });
-    if result.is_err() {
+    // On failure, and when OUT became a link of the same file meanwhile: renaming one hard link
+    // over another of the same inode does nothing and leaves the temp name (rename(2)).
+    if result.is_err() || fs::symlink_metadata(&tmp).is_ok() {
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Whether `out` is a name of the open file `src` (same device and inode).
+fn is_same_file(src: &File, out: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (src.metadata(), fs::symlink_metadata(out)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 /// An error on OUT's side: a full or read-only filesystem, or no permission, is the output's,
@@ -160,6 +175,20 @@ mod tests {
         assert_eq!(fs::metadata(&out).unwrap().ino(), fs::metadata(&src).unwrap().ino());
         let leftovers: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(leftovers.len(), 2, "no temp file left");
+    }
+
+    #[test]
+    fn exporting_again_over_the_same_link_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::write(&src, b"content").unwrap();
+        let out = dir.path().join("out");
+        assert_eq!(export(&src, &out, true).unwrap(), Method::HardLink);
+        assert_eq!(export(&src, &out, true).unwrap(), Method::HardLink);
+        assert_eq!(fs::metadata(&out).unwrap().ino(), fs::metadata(&src).unwrap().ino());
+        let mut names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        assert_eq!(names, vec!["out", "src"], "no temp file left by the second export");
     }
 
     #[test]

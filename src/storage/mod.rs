@@ -222,16 +222,25 @@ pub struct FileIdentity {
 
 impl FileIdentity {
     pub fn of(path: &Path) -> io::Result<FileIdentity> {
+        Ok(FileIdentity::of_metadata(&fs::metadata(path)?))
+    }
+
+    /// Of an open file (`fstat`): no path lookup, and no rights needed beyond holding it, so a
+    /// job acting as the caller can take it of the task file it was handed.
+    pub fn of_file(file: &fs::File) -> io::Result<FileIdentity> {
+        Ok(FileIdentity::of_metadata(&file.metadata()?))
+    }
+
+    fn of_metadata(m: &fs::Metadata) -> FileIdentity {
         use std::os::unix::fs::MetadataExt;
-        let m = fs::metadata(path)?;
-        Ok(FileIdentity {
+        FileIdentity {
             dev: m.dev(),
             ino: m.ino(),
             len: m.len(),
             nlink: m.nlink(),
             mtime: (m.mtime(), m.mtime_nsec()),
             ctime: (m.ctime(), m.ctime_nsec()),
-        })
+        }
     }
 
     /// Whether `now` is the same content as `self` was. Every write moves mtime (and ctime); a
