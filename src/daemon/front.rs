@@ -44,7 +44,12 @@ pub enum Verdict {
 
 /// The health answer, the same wherever it is given.
 pub fn health(shared: &Shared) -> Health {
-    Health { ok: true, driver: shared.driver.clone(), cores: shared.cores.len(), tasks: shared.index.len() + shared.rested.len() }
+    Health {
+        ok: true,
+        driver: shared.driver.clone(),
+        cores: shared.cores.len(),
+        tasks: shared.index.len() + shared.rested.len(),
+    }
 }
 
 /// Judges the first bytes a client sent. A head that is not complete in what arrived goes to a
