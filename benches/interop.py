@@ -40,6 +40,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peers import Proc, sha256_file, wait_for  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.environ.get("DFGET_TOOLS", os.path.expanduser("~/.cache/dfget-tools"))
 RUST_VERSION = "1.5.10"
@@ -65,15 +68,6 @@ def port_open(ip, port):
         return False
 
 
-def wait_for(pred, limit_s, what):
-    deadline = time.time() + limit_s
-    while time.time() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise RuntimeError("timed out after %d s waiting for %s" % (limit_s, what))
-
-
 def read(path):
     try:
         with open(path, errors="replace") as f:
@@ -88,38 +82,6 @@ def logs_under(d):
         for f in sorted(files):
             out.append(read(os.path.join(dirpath, f)))
     return "\n".join(out)
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(8 << 20)
-            if not b:
-                return h.hexdigest()
-            h.update(b)
-
-
-class Proc:
-    """A child process with its log file, stopped with SIGTERM then SIGKILL."""
-
-    def __init__(self, cmd, log_path):
-        self.log = open(log_path, "wb")
-        self.p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
-                                  start_new_session=True)
-
-    def alive(self):
-        return self.p.poll() is None
-
-    def stop(self, grace_s=8):
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
-        self.log.close()
 
 
 class Interop:

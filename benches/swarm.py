@@ -48,6 +48,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peers import Proc, sha256_file, wait_for  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PREFIX = "dfsw%d-" % (os.getpid() % 10000)
 SWITCH = PREFIX + "sw"
@@ -129,35 +132,6 @@ class Net:
         for ns in reversed(self.made):
             subprocess.run(["ip", "netns", "del", ns], stderr=subprocess.DEVNULL)
         self.made = []
-
-
-class Proc:
-    """A child process with its log file, stopped with SIGTERM then SIGKILL."""
-
-    def __init__(self, cmd, log_path):
-        self.log_path = log_path
-        self.log = open(log_path, "wb")
-        self.p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
-                                  start_new_session=True)
-
-    def stop(self, grace_s=6):
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
-        self.log.close()
-
-
-def wait_for(pred, limit_s, what):
-    deadline = time.time() + limit_s
-    while time.time() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise RuntimeError("timed out waiting for " + what)
 
 
 def tcp_open(ns, ip, port):
@@ -357,16 +331,6 @@ def cpu_seconds(pid):
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (FileNotFoundError, IndexError, ValueError):
         return float("nan")
-
-
-def sha256_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(8 << 20)
-            if not b:
-                return h.hexdigest()
-            h.update(b)
 
 
 def median(xs):
