@@ -109,10 +109,13 @@ async fn download(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<Option<Hashi
         FirstResponse::Ranged { mut resp, piece0 } => {
             let g = task.geometry().ok_or_else(|| Error::internal("ranged response without geometry"))?;
             shared.store.create_task_file(&task.id, Some(g.layout.content_len_bytes))?;
-            join_cluster(shared, task, g.layout).await;
+            let trading = join_cluster(shared, task, g.layout).await;
             hashing = Hashing::start(task);
             if g.layout.n_pieces() > 1 || !piece0 {
-                shared.grow_workers(task, 1);
+                // Trading: every worker from the start (the ramp then holds), since requests in
+                // flight are what spreads a child over its parents, and the ramp measures an
+                // origin's per-connection cap, which parents do not have.
+                shared.grow_workers(task, if trading { shared.max_workers() } else { 1 });
             }
             if piece0 {
                 let file = open_task_file(task).await?;
@@ -147,12 +150,18 @@ async fn download(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<Option<Hashi
 }
 
 /// With a cluster configured, registers the laid-out task with the scheduler before the piece
-/// workers start, so they know whether to ask parents first. Never fails the download.
-async fn join_cluster(shared: &Arc<Shared>, task: &Arc<Task>, layout: Layout) {
-    let Some(node) = &shared.p2p else { return };
-    if let Some(peer) = node.register(task, layout).await {
-        let _ = task.peer.set(peer);
+/// workers start, so they know whether to ask parents first. Given parents, the task trades:
+/// its workers pick pieces by `p2p::pick` instead of the cursor (returns true). Back-to-source,
+/// or no cluster, keeps the cursor. Never fails the download.
+async fn join_cluster(shared: &Arc<Shared>, task: &Arc<Task>, layout: Layout) -> bool {
+    let Some(node) = &shared.p2p else { return false };
+    let Some(peer) = node.register(task, layout).await else { return false };
+    let trading = peer.mode() == crate::p2p::peer::Mode::Parents;
+    if trading {
+        peer.start_trading(task.cursor());
     }
+    let _ = task.peer.set(peer);
+    trading
 }
 
 fn report_origin_piece(task: &Task, layout: Layout, piece_idx: u64, t0: std::time::Instant) {
@@ -360,7 +369,8 @@ async fn finalize(shared: &Arc<Shared>, task: &Arc<Task>, hashing: Option<Hashin
 }
 
 /// Piece worker: one of several per core per task. Takes piece indexes from the task's shared
-/// cursor until none remain, or the task failed.
+/// cursor (or, trading with parents, as `p2p::fetch::next_pick` chooses) until none remain, or
+/// the task failed.
 pub async fn piece_worker(task: Arc<Task>) {
     let Some(Geometry { layout, .. }) = task.geometry() else {
         return;
@@ -378,13 +388,47 @@ pub async fn piece_worker(task: Arc<Task>) {
         if task.workers.retire_if_over() {
             return;
         }
-        let Some(piece_idx) = task.take_piece() else { break };
-        if let Err(e) = fetch_piece_with_retries(&task, &file, layout, piece_idx).await {
-            let _ = task.fail(e);
-            break;
+        let more = match task.peer.get().filter(|p| p.trading()) {
+            Some(peer) => trade_one(&task, peer, &file, layout).await,
+            None => match task.take_piece() {
+                Some(piece_idx) => fetch_piece_with_retries(&task, &file, layout, piece_idx).await.map(|()| true),
+                None => Ok(false),
+            },
+        };
+        match more {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) => {
+                let _ = task.fail(e);
+                break;
+            }
         }
     }
     task.workers.leave();
+}
+
+/// One piece of a task trading with parents: from its holders (given back for another try when
+/// they all fail), or from the origin. Ok(false) = nothing left for this worker.
+async fn trade_one(
+    task: &Task,
+    peer: &crate::p2p::peer::PeerTask,
+    file: &compio::fs::File,
+    layout: Layout,
+) -> Result<bool> {
+    use crate::p2p::fetch::{self, Pick};
+    match fetch::next_pick(task, peer).await {
+        None => Ok(false),
+        Some(Pick::Parents(piece_idx)) => {
+            if !fetch::from_holders(task, peer, file, layout, piece_idx).await {
+                peer.release(piece_idx);
+            }
+            Ok(true)
+        }
+        Some(Pick::Origin(piece_idx)) => with_retries(|| origin_piece(task, file, layout, piece_idx))
+            .await
+            .map(|()| true)
+            .map_err(|e| e.context(format_args!("piece {piece_idx}"))),
+    }
 }
 
 async fn fetch_piece_with_retries(task: &Task, file: &compio::fs::File, layout: Layout, piece_idx: u64) -> Result<()> {
@@ -397,18 +441,26 @@ async fn fetch_piece(task: &Task, file: &compio::fs::File, layout: Layout, piece
     if task.state() != State::Running {
         return Ok(());
     }
+    // Parents only for a piece with nothing on disk: a parent's bytes that failed their crc may
+    // have overwritten part of it, and a resumed origin range would trust that part.
+    if let (Some(peer), (0, _)) = (task.peer.get(), task.partial_of(piece_idx)) {
+        if crate::p2p::fetch::from_parents(task, peer, file, layout, piece_idx).await? {
+            return Ok(());
+        }
+    }
+    origin_piece(task, file, layout, piece_idx).await
+}
+
+/// Fetches piece `piece_idx` (or what of it is not on disk yet) from the origin.
+async fn origin_piece(task: &Task, file: &compio::fs::File, layout: Layout, piece_idx: u64) -> Result<()> {
+    if task.state() != State::Running {
+        return Ok(());
+    }
     let (piece_start, end) =
         layout.piece_range(piece_idx).ok_or_else(|| Error::internal("piece index past the end"))?;
     // What an earlier attempt (or a previous run) already put on disk is not asked for again.
     let already = task.partial_of(piece_idx);
     let start = piece_start + already.0;
-    // Parents only for a piece with nothing on disk: a parent's bytes that failed their crc may
-    // have overwritten part of it, and a resumed origin range would trust that part.
-    if let (Some(peer), (0, _)) = (task.peer.get(), already) {
-        if crate::p2p::fetch::from_parents(task, peer, file, layout, piece_idx).await? {
-            return Ok(());
-        }
-    }
     let t0 = std::time::Instant::now();
     let if_range = task.validator.get().map(String::as_str);
     let mut resp = task.spec.fetch.get(Some((start, end - 1)), if_range).await?;

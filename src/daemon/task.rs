@@ -381,6 +381,11 @@ impl Task {
         self.next_piece.store(piece_idx, Ordering::Release);
     }
 
+    /// Where the cursor stands: pieces below it are taken (a trading task starts above them).
+    pub(crate) fn cursor(&self) -> u64 {
+        self.next_piece.load(Ordering::Acquire)
+    }
+
     pub fn take_piece(&self) -> Option<u64> {
         let g = self.geometry()?;
         if !g.ranged || self.state() != State::Running {

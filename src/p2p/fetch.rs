@@ -1,7 +1,9 @@
 //! Child side of the data path, on the compio cores: a piece worker asks the task's parents for
 //! its piece over Vortex, writes the bytes at the piece's offset like an origin piece, and checks
-//! them against the parent's `crc32` before the piece is recorded. A piece no live parent has
-//! yet is waited for while parents keep announcing; then it comes from the origin.
+//! them against the parent's `crc32` before the piece is recorded. A task trading with parents
+//! picks which piece to fetch (`next_pick`, by `p2p::pick`); pieces no live parent has are waited
+//! for while parents keep announcing, and come from the origin only when nothing a parent holds
+//! is left to take and the parents stall.
 //!
 //! Invariant: a piece is recorded only when its whole length arrived and its crc equals the
 //! parent's digest; a parent that fails (unreachable, refused, short, bad crc) is reported and
@@ -21,7 +23,45 @@ use crate::p2p::peer::{Mode, PeerTask, PieceReport, Report};
 use crate::p2p::vortex::{self, Answer, HEADER_SIZE};
 use crate::piece::Layout;
 
-/// Fills `piece_idx` from a parent. Ok(true) = done (recorded); Ok(false) = take it from the origin.
+/// What a trading peer's worker does next (`next_pick`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    /// Ask the piece's holders (`from_holders`); give it back if they all fail.
+    Parents(u64),
+    /// Fetch it from the origin: no parent can give it.
+    Origin(u64),
+}
+
+/// The next piece for a worker of a task that trades with parents: one some live parent holds
+/// (`PeerTask::take_held`); while none is left but pieces are, it waits for parents to announce
+/// more, and takes one from the origin only when they stall (`PARENT_STALL` without news), are
+/// all gone, or the scheduler said back-to-source. None = nothing left to take, or the task ended.
+pub async fn next_pick(task: &Task, peer: &PeerTask) -> Option<Pick> {
+    let done = |idx| task.piece_done(idx);
+    loop {
+        if task.state() != State::Running {
+            return None;
+        }
+        let listener = peer.event.listen();
+        let with_parents = peer.mode() != Mode::BackToSource;
+        if with_parents {
+            if let Some(idx) = peer.take_held(done) {
+                return Some(Pick::Parents(idx));
+            }
+        }
+        let stalled = peer.parents_exhausted() || peer.ms_since_news() >= limits::PARENT_STALL.as_millis() as u64;
+        if !with_parents || stalled {
+            return peer.take_any(done).map(Pick::Origin);
+        }
+        if !peer.any_untaken(done) {
+            return None;
+        }
+        let _ = compio::time::timeout(Duration::from_millis(500), listener).await;
+    }
+}
+
+/// Fills `piece_idx` from a parent, waiting while parents keep announcing (the cursor's path: a
+/// task that did not start trading). Ok(true) = done (recorded); Ok(false) = take it from the origin.
 pub async fn from_parents(
     task: &Task,
     peer: &PeerTask,
@@ -29,7 +69,6 @@ pub async fn from_parents(
     layout: Layout,
     piece_idx: u64,
 ) -> Result<bool> {
-    let Some((start, end)) = layout.piece_range(piece_idx) else { return Ok(false) };
     loop {
         if task.state() != State::Running {
             return Ok(true);
@@ -39,39 +78,61 @@ pub async fn from_parents(
             Mode::Registering | Mode::Parents => {}
         }
         let listener = peer.event.listen();
-        for slot in peer.holders(piece_idx) {
-            let Some(parent) = peer.parent(slot) else { continue };
-            let Some(addr) = parent.vortex_addr.get().copied() else { continue };
-            let t0 = Instant::now();
-            match fetch_one(task, peer, file, addr, piece_idx, start, end).await {
-                Ok(crc) => {
-                    task.record_fetched_piece(piece_idx, crc, end - start);
-                    if !peer.got_from_parent.swap(true, std::sync::atomic::Ordering::AcqRel) {
-                        tracing::info!(task = %task.id, parent = %parent.peer_id, "first piece from a parent arrived");
-                    }
-                    peer.report(Report::Piece(PieceReport {
-                        number: piece_idx as u32,
-                        offset: start,
-                        length: end - start,
-                        crc,
-                        parent_id: Some(parent.peer_id.clone()),
-                        cost_ms: t0.elapsed().as_millis() as u64,
-                        created_at_unix_ms: now_unix_ms(),
-                    }));
-                    return Ok(true);
-                }
-                Err(e) => {
-                    tracing::warn!(task = %task.id, piece = piece_idx, parent = %parent.peer_id, "piece from parent failed: {e}");
-                    peer.give_up_on(slot);
-                    peer.report(Report::PieceFailed { number: piece_idx as u32, parent_id: parent.peer_id.clone() });
-                }
-            }
+        if from_holders(task, peer, file, layout, piece_idx).await {
+            return Ok(true);
         }
         if peer.parents_exhausted() || peer.ms_since_news() >= limits::PARENT_STALL.as_millis() as u64 {
             return Ok(false);
         }
         let _ = compio::time::timeout(Duration::from_millis(500), listener).await;
     }
+}
+
+/// Asks each live parent that holds `piece_idx` once, the least busy first, until one gives the
+/// whole piece with the right crc: true = recorded. A parent that fails is reported and given up on.
+pub async fn from_holders(
+    task: &Task,
+    peer: &PeerTask,
+    file: &compio::fs::File,
+    layout: Layout,
+    piece_idx: u64,
+) -> bool {
+    let Some((start, end)) = layout.piece_range(piece_idx) else { return false };
+    for slot in peer.holders(piece_idx) {
+        let Some(parent) = peer.parent(slot) else { continue };
+        let Some(addr) = parent.vortex_addr.get().copied() else { continue };
+        let t0 = Instant::now();
+        let fetched = {
+            let _counted = peer.begin_fetch(slot);
+            fetch_one(task, peer, file, addr, piece_idx, start, end).await
+        };
+        match fetched {
+            Ok(crc) => {
+                task.record_fetched_piece(piece_idx, crc, end - start);
+                if !peer.got_from_parent.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    tracing::info!(task = %task.id, parent = %parent.peer_id, "first piece from a parent arrived");
+                }
+                peer.report(Report::Piece(PieceReport {
+                    number: piece_idx as u32,
+                    offset: start,
+                    length: end - start,
+                    crc,
+                    parent_id: Some(parent.peer_id.clone()),
+                    cost_ms: t0.elapsed().as_millis() as u64,
+                    created_at_unix_ms: now_unix_ms(),
+                }));
+                return true;
+            }
+            // The task failed or finished meanwhile: not the parent's fault.
+            Err(_) if task.state() != State::Running => return false,
+            Err(e) => {
+                tracing::warn!(task = %task.id, piece = piece_idx, parent = %parent.peer_id, "piece from parent failed: {e}");
+                peer.give_up_on(slot);
+                peer.report(Report::PieceFailed { number: piece_idx as u32, parent_id: parent.peer_id.clone() });
+            }
+        }
+    }
+    false
 }
 
 /// One Vortex exchange: ask `addr` for the piece, stream its bytes into the task file at the
@@ -157,6 +218,8 @@ async fn copy_into(
         res.map_err(|e| crate::storage::disk_err(e, &task.data_path, "write task file").to_string())?;
         buf = b;
         written += n as u64;
+        // Counted like origin bytes, so the progress saver sees parents' pieces land too.
+        task.add_written(n as u64);
     }
     Ok(crc.finalize())
 }

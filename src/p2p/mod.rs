@@ -12,6 +12,7 @@ pub(crate) mod node;
 #[allow(dead_code, unused_imports)]
 pub(crate) mod pb;
 pub(crate) mod peer;
+pub(crate) mod pick;
 pub mod task_id;
 pub(crate) mod upload;
 pub(crate) mod vortex;

@@ -1,16 +1,21 @@
 //! One task's place in the cluster, shared by the compio cores (piece workers read which parent
 //! has which piece) and the control-plane thread (SyncPieces streams write it, the AnnouncePeer
 //! conversation reads the reports). Lock-free: a fixed table of parent slots, one atomic bitmask
-//! of holders per piece, atomics for the mode and the parents given up on.
+//! of holders per piece, atomics for the mode and the parents given up on, and — once the task
+//! trades pieces with parents — an atomic bitmap of the pieces this peer's workers have taken and
+//! a count of fetches in flight per parent, from which `pick` chooses each worker's next piece.
 //!
 //! Invariant: a slot's bit is published in `has` only after the slot's address is set, so a
-//! worker that sees a bit can always read the parent it names.
+//! worker that sees a bit can always read the parent it names. A piece is taken by one worker at
+//! a time (its bit in `taken` set by that worker's `fetch_or`), and given back only by it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 use crate::clock::now_unix_ms;
+use crate::p2p::pick::{self, Piece};
+use crate::piece::bitmap::AtomicBitmap;
 
 /// Parents one task may ever use (3 per scheduling round, up to 5 reschedules, with room to
 /// spare); each is one bit of a `u32` mask.
@@ -92,6 +97,25 @@ pub struct PeerTask {
     /// the control-plane thread. A `wake::Signal`: one relay wake per core, whatever the waiters.
     pub event: crate::wake::Signal,
     reports: tokio::sync::mpsc::Sender<Report>,
+    /// Workers take pieces through `take_held`/`take_any` instead of the task's cursor: set once,
+    /// when the scheduler's first answer gave parents (`start_trading`).
+    trading: AtomicBool,
+    /// Pieces this peer's workers have taken (trading only); a failed parent fetch gives its
+    /// piece back (`release`).
+    taken: AtomicBitmap,
+    /// Vortex fetches in flight from this peer to each parent slot (`InFlight`).
+    in_flight: Box<[AtomicU32]>,
+    /// This peer's order of the pieces (`pick::seed_of` its peer id).
+    seed: u64,
+}
+
+/// One fetch from a parent slot, counted in `PeerTask::in_flight` while it lives.
+pub struct InFlight<'a>(&'a AtomicU32);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl PeerTask {
@@ -104,7 +128,6 @@ impl PeerTask {
         let n_pieces = layout.n_pieces();
         PeerTask {
             cluster_id,
-            peer_id,
             n_pieces,
             layout,
             mode: AtomicU8::new(Mode::Registering as u8),
@@ -118,6 +141,11 @@ impl PeerTask {
             got_from_parent: std::sync::atomic::AtomicBool::new(false),
             event: crate::wake::Signal::new(),
             reports,
+            trading: AtomicBool::new(false),
+            taken: AtomicBitmap::new(n_pieces),
+            in_flight: (0..MAX_PARENTS).map(|_| AtomicU32::new(0)).collect(),
+            seed: pick::seed_of(&peer_id),
+            peer_id,
         }
     }
 
@@ -171,17 +199,86 @@ impl PeerTask {
         self.event.notify();
     }
 
-    /// Live parents that have `piece`, best first: spread over parents by piece number so that
-    /// several children of one parent set do not all hit the same parent.
+    /// Live parents that have `piece`, best first: the fewest of our fetches in flight first,
+    /// ties spread over parents by piece number so that several children of one parent set do
+    /// not all hit the same parent.
     pub fn holders(&self, piece: u64) -> Vec<usize> {
-        let mask = self.has.get(piece as usize).map(|h| h.load(Ordering::Acquire)).unwrap_or(0)
-            & !self.dead.load(Ordering::Acquire);
+        let mask = self.live_holders(piece);
         let mut slots: Vec<usize> = (0..MAX_PARENTS).filter(|s| mask & (1 << s) != 0).collect();
         if !slots.is_empty() {
             let k = piece as usize % slots.len();
             slots.rotate_left(k);
+            slots.sort_by_key(|s| self.in_flight[*s].load(Ordering::Acquire));
         }
         slots
+    }
+
+    fn live_holders(&self, piece: u64) -> u32 {
+        self.has.get(piece as usize).map(|h| h.load(Ordering::Acquire)).unwrap_or(0)
+            & !self.dead.load(Ordering::Acquire)
+    }
+
+    /// Counts a fetch from `slot` until the guard drops.
+    pub fn begin_fetch(&self, slot: usize) -> InFlight<'_> {
+        let c = &self.in_flight[slot.min(MAX_PARENTS - 1)];
+        c.fetch_add(1, Ordering::AcqRel);
+        InFlight(c)
+    }
+
+    /// From now on workers pick pieces (`take_held`, `take_any`); pieces below `first_untaken`
+    /// (the first response's piece 0) are already someone's. Called once, before any worker runs.
+    pub fn start_trading(&self, first_untaken: u64) {
+        for idx in 0..first_untaken.min(self.n_pieces) {
+            self.taken.set(idx);
+        }
+        self.trading.store(true, Ordering::Release);
+    }
+
+    pub fn trading(&self) -> bool {
+        self.trading.load(Ordering::Acquire)
+    }
+
+    fn piece_state(&self, idx: u64, done: &impl Fn(u64) -> bool) -> Piece {
+        if self.taken.get(idx) || done(idx) {
+            Piece::Gone
+        } else {
+            Piece::Open(self.live_holders(idx))
+        }
+    }
+
+    /// Takes the piece `pick::choose` prefers among the untaken ones a live parent holds.
+    pub fn take_held(&self, done: impl Fn(u64) -> bool) -> Option<u64> {
+        loop {
+            let in_flight: Vec<u32> = self.in_flight.iter().map(|c| c.load(Ordering::Acquire)).collect();
+            let idx = pick::choose(self.n_pieces, self.seed, &in_flight, |i| self.piece_state(i, &done))?;
+            // Another worker may have taken it since the look: choose again.
+            if self.taken.set(idx) {
+                return Some(idx);
+            }
+        }
+    }
+
+    /// Takes any untaken piece (for the origin), from this peer's place in the task on.
+    pub fn take_any(&self, done: impl Fn(u64) -> bool) -> Option<u64> {
+        loop {
+            let idx = pick::first_open(self.n_pieces, self.seed, |i| self.piece_state(i, &done))?;
+            if self.taken.set(idx) {
+                return Some(idx);
+            }
+        }
+    }
+
+    /// Whether any piece is neither done nor taken.
+    pub fn any_untaken(&self, done: impl Fn(u64) -> bool) -> bool {
+        pick::first_open(self.n_pieces, 0, |i| self.piece_state(i, &done)).is_some()
+    }
+
+    /// Gives a taken piece back (its parents failed it) so any worker may take it again.
+    pub fn release(&self, idx: u64) {
+        if idx < self.n_pieces {
+            self.taken.clear(idx);
+        }
+        self.event.notify();
     }
 
     pub fn give_up_on(&self, slot: usize) {
@@ -246,6 +343,36 @@ mod tests {
         assert!(!t.parents_exhausted());
         t.give_up_on(a);
         assert!(t.parents_exhausted(), "every parent is dead");
+    }
+
+    #[test]
+    fn trading_workers_take_each_piece_once_least_busy_holder_first_and_a_released_one_again() {
+        let (tx, _rx) = tokio::sync::mpsc::channel(4);
+        let t = PeerTask::new("t".into(), "p".into(), crate::piece::Layout::for_len(20 << 20), tx); // 5 pieces
+        let a = t.add_parent(parent("a")).unwrap();
+        let b = t.add_parent(parent("b")).unwrap();
+        assert!(!t.trading());
+        t.start_trading(1); // piece 0 came with the first response
+        assert!(t.trading());
+        let done = |i: u64| i == 4; // piece 4 is on disk already
+        assert_eq!(t.take_held(done), None, "nothing announced yet");
+        for piece in [0, 1, 2, 4] {
+            t.announce(a, piece);
+        }
+        t.announce(b, 2);
+        {
+            let _busy = t.begin_fetch(a);
+            assert_eq!(t.holders(2), vec![b, a], "the idle holder first");
+            assert_eq!(t.take_held(done), Some(2), "b holds piece 2 and is idle; a is busy");
+        }
+        assert_eq!(t.holders(2).len(), 2);
+        assert_eq!(t.take_held(done), Some(1), "piece 0 was taken before trading, 4 is done");
+        assert_eq!(t.take_held(done), None, "every held piece is taken");
+        t.give_up_on(b);
+        t.release(2);
+        assert_eq!(t.take_held(done), Some(2), "a released piece is taken again (a still holds it)");
+        assert_eq!(t.take_any(done), Some(3), "the origin gets the piece nobody holds");
+        assert_eq!(t.take_any(done), None, "and nothing twice");
     }
 
     #[test]

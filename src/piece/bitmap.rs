@@ -26,6 +26,15 @@ impl AtomicBitmap {
         old & mask == 0
     }
 
+    /// Clears bit `idx` (a taken piece given back, `p2p::peer::PeerTask::release`); returns true
+    /// when it was set.
+    pub fn clear(&self, idx: u64) -> bool {
+        assert!(idx < self.n_bits, "piece index {idx} out of range {}", self.n_bits);
+        let mask = 1u64 << (idx % 64);
+        let old = self.words[(idx / 64) as usize].fetch_and(!mask, Ordering::AcqRel);
+        old & mask != 0
+    }
+
     pub fn get(&self, idx: u64) -> bool {
         if idx >= self.n_bits {
             return false;
@@ -64,6 +73,12 @@ mod tests {
             }
             assert_eq!(b.count(), n.div_ceil(3));
             assert!(!b.get(n), "out of range reads false");
+            if n > 0 {
+                assert!(b.clear(0), "clearing a set bit reports it was set");
+                assert!(!b.clear(0), "clearing it again reports it was clear");
+                assert!(!b.get(0));
+                assert_eq!(b.count(), n.div_ceil(3) - 1);
+            }
         }
     }
 }
