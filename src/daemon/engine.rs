@@ -158,7 +158,7 @@ async fn join_cluster(shared: &Arc<Shared>, task: &Arc<Task>, layout: Layout) ->
     let Some(peer) = node.register(task, layout).await else { return false };
     let trading = peer.mode() == crate::p2p::peer::Mode::Parents;
     if trading {
-        peer.start_trading(task.cursor());
+        peer.start_trading(task.cursor(), shared.max_workers());
     }
     let _ = task.peer.set(peer);
     trading

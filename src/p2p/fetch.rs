@@ -88,7 +88,7 @@ pub async fn from_parents(
     }
 }
 
-/// Asks each live parent that holds `piece_idx` once, the least busy first, until one gives the
+/// Asks each live parent that holds `piece_idx` once, the cheapest first, until one gives the
 /// whole piece with the right crc: true = recorded. A parent that fails is reported and given up on.
 pub async fn from_holders(
     task: &Task,
@@ -108,6 +108,7 @@ pub async fn from_holders(
         };
         match fetched {
             Ok(crc) => {
+                peer.note_rate(slot, end - start, t0.elapsed());
                 task.record_fetched_piece(piece_idx, crc, end - start);
                 if !peer.got_from_parent.swap(true, std::sync::atomic::Ordering::AcqRel) {
                     tracing::info!(task = %task.id, parent = %parent.peer_id, "first piece from a parent arrived");

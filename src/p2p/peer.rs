@@ -105,8 +105,13 @@ pub struct PeerTask {
     taken: AtomicBitmap,
     /// Vortex fetches in flight from this peer to each parent slot (`InFlight`).
     in_flight: Box<[AtomicU32]>,
+    /// Per parent slot, the rate its last pieces came at (KiB/s, a moving average; 0 = none yet).
+    rate_kib_s: Box<[AtomicU32]>,
     /// This peer's order of the pieces (`pick::seed_of` its peer id).
     seed: u64,
+    /// The task's piece workers when trading (set by `start_trading`), split over the parents
+    /// by `pick::full_slots`.
+    n_workers: AtomicU32,
 }
 
 /// One fetch from a parent slot, counted in `PeerTask::in_flight` while it lives.
@@ -144,7 +149,9 @@ impl PeerTask {
             trading: AtomicBool::new(false),
             taken: AtomicBitmap::new(n_pieces),
             in_flight: (0..MAX_PARENTS).map(|_| AtomicU32::new(0)).collect(),
+            rate_kib_s: (0..MAX_PARENTS).map(|_| AtomicU32::new(0)).collect(),
             seed: pick::seed_of(&peer_id),
+            n_workers: AtomicU32::new(1),
             peer_id,
         }
     }
@@ -199,18 +206,42 @@ impl PeerTask {
         self.event.notify();
     }
 
-    /// Live parents that have `piece`, best first: the fewest of our fetches in flight first,
-    /// ties spread over parents by piece number so that several children of one parent set do
-    /// not all hit the same parent.
+    /// Live parents that have `piece`, best first: the cheapest one more fetch (`pick::costs`)
+    /// first, ties spread over parents by piece number so that several children of one parent set
+    /// do not all hit the same parent.
     pub fn holders(&self, piece: u64) -> Vec<usize> {
         let mask = self.live_holders(piece);
         let mut slots: Vec<usize> = (0..MAX_PARENTS).filter(|s| mask & (1 << s) != 0).collect();
         if !slots.is_empty() {
             let k = piece as usize % slots.len();
             slots.rotate_left(k);
-            slots.sort_by_key(|s| self.in_flight[*s].load(Ordering::Acquire));
+            let cost = self.costs();
+            slots.sort_by_key(|s| cost[*s]);
         }
         slots
+    }
+
+    fn costs(&self) -> Vec<u32> {
+        let load = |v: &[AtomicU32]| v.iter().map(|c| c.load(Ordering::Acquire)).collect::<Vec<u32>>();
+        pick::costs(&load(&self.in_flight), &load(&self.rate_kib_s))
+    }
+
+    /// A whole piece of `len_bytes` came from `slot` in `took`: feeds the slot's rate (a moving
+    /// average, the last piece weighing a quarter, so a parent that slows down is seen soon).
+    pub fn note_rate(&self, slot: usize, len_bytes: u64, took: std::time::Duration) {
+        let sample = (len_bytes as u128 * 1000 / 1024 / took.as_millis().max(1)).clamp(1, u32::MAX as u128) as u32;
+        if let Some(r) = self.rate_kib_s.get(slot) {
+            let _ = r.fetch_update(Ordering::AcqRel, Ordering::Acquire, |old| {
+                Some(if old == 0 { sample } else { ((u64::from(old) * 3 + u64::from(sample)) / 4) as u32 })
+            });
+        }
+    }
+
+    /// The parent slots added and not given up on.
+    fn live_mask(&self) -> u32 {
+        let n = self.n_slots.load(Ordering::Acquire).min(MAX_PARENTS);
+        let added = if n == MAX_PARENTS { u32::MAX } else { (1u32 << n) - 1 };
+        added & !self.dead.load(Ordering::Acquire)
     }
 
     fn live_holders(&self, piece: u64) -> u32 {
@@ -225,12 +256,14 @@ impl PeerTask {
         InFlight(c)
     }
 
-    /// From now on workers pick pieces (`take_held`, `take_any`); pieces below `first_untaken`
-    /// (the first response's piece 0) are already someone's. Called once, before any worker runs.
-    pub fn start_trading(&self, first_untaken: u64) {
+    /// From now on `n_workers` workers pick pieces (`take_held`, `take_any`); pieces below
+    /// `first_untaken` (the first response's piece 0) are already someone's. Called once, before
+    /// any worker runs.
+    pub fn start_trading(&self, first_untaken: u64, n_workers: usize) {
         for idx in 0..first_untaken.min(self.n_pieces) {
             self.taken.set(idx);
         }
+        self.n_workers.store(u32::try_from(n_workers).unwrap_or(u32::MAX), Ordering::Release);
         self.trading.store(true, Ordering::Release);
     }
 
@@ -238,19 +271,23 @@ impl PeerTask {
         self.trading.load(Ordering::Acquire)
     }
 
-    fn piece_state(&self, idx: u64, done: &impl Fn(u64) -> bool) -> Piece {
+    /// Piece `idx` as a picker sees it, holders in `skip` left out.
+    fn piece_state(&self, idx: u64, done: &impl Fn(u64) -> bool, skip: u32) -> Piece {
         if self.taken.get(idx) || done(idx) {
             Piece::Gone
         } else {
-            Piece::Open(self.live_holders(idx))
+            Piece::Open(self.live_holders(idx) & !skip)
         }
     }
 
-    /// Takes the piece `pick::choose` prefers among the untaken ones a live parent holds.
+    /// Takes the piece `pick::choose` prefers among the untaken ones a live parent holds, leaving
+    /// out parents that have their share of our workers already (`pick::full_slots`).
     pub fn take_held(&self, done: impl Fn(u64) -> bool) -> Option<u64> {
         loop {
             let in_flight: Vec<u32> = self.in_flight.iter().map(|c| c.load(Ordering::Acquire)).collect();
-            let idx = pick::choose(self.n_pieces, self.seed, &in_flight, |i| self.piece_state(i, &done))?;
+            let live = self.live_mask();
+            let full = pick::full_slots(&in_flight, live, self.n_workers.load(Ordering::Acquire));
+            let idx = pick::choose(self.n_pieces, self.seed, &self.costs(), |i| self.piece_state(i, &done, full))?;
             // Another worker may have taken it since the look: choose again.
             if self.taken.set(idx) {
                 return Some(idx);
@@ -261,7 +298,7 @@ impl PeerTask {
     /// Takes any untaken piece (for the origin), from this peer's place in the task on.
     pub fn take_any(&self, done: impl Fn(u64) -> bool) -> Option<u64> {
         loop {
-            let idx = pick::first_open(self.n_pieces, self.seed, |i| self.piece_state(i, &done))?;
+            let idx = pick::first_open(self.n_pieces, self.seed, |i| self.piece_state(i, &done, 0))?;
             if self.taken.set(idx) {
                 return Some(idx);
             }
@@ -270,7 +307,7 @@ impl PeerTask {
 
     /// Whether any piece is neither done nor taken.
     pub fn any_untaken(&self, done: impl Fn(u64) -> bool) -> bool {
-        pick::first_open(self.n_pieces, 0, |i| self.piece_state(i, &done)).is_some()
+        pick::first_open(self.n_pieces, 0, |i| self.piece_state(i, &done, 0)).is_some()
     }
 
     /// Gives a taken piece back (its parents failed it) so any worker may take it again.
@@ -352,7 +389,7 @@ mod tests {
         let a = t.add_parent(parent("a")).unwrap();
         let b = t.add_parent(parent("b")).unwrap();
         assert!(!t.trading());
-        t.start_trading(1); // piece 0 came with the first response
+        t.start_trading(1, 8); // piece 0 came with the first response
         assert!(t.trading());
         let done = |i: u64| i == 4; // piece 4 is on disk already
         assert_eq!(t.take_held(done), None, "nothing announced yet");
@@ -373,6 +410,47 @@ mod tests {
         assert_eq!(t.take_held(done), Some(2), "a released piece is taken again (a still holds it)");
         assert_eq!(t.take_any(done), Some(3), "the origin gets the piece nobody holds");
         assert_eq!(t.take_any(done), None, "and nothing twice");
+    }
+
+    #[test]
+    fn a_parent_with_its_share_of_the_workers_in_flight_is_not_asked_for_more() {
+        let (tx, _rx) = tokio::sync::mpsc::channel(4);
+        let t = PeerTask::new("t".into(), "p".into(), crate::piece::Layout::for_len(16 << 20), tx);
+        let a = t.add_parent(parent("a")).unwrap();
+        let b = t.add_parent(parent("b")).unwrap();
+        t.start_trading(1, 2); // two workers, two parents: one each
+        t.announce(a, 1);
+        t.announce(a, 2);
+        let _busy = t.begin_fetch(a);
+        assert_eq!(t.take_held(|_| false), None, "a has its one worker; b holds nothing");
+        t.announce(b, 3);
+        assert_eq!(t.take_held(|_| false), Some(3));
+        t.give_up_on(b);
+        let again = t.take_held(|_| false);
+        assert!(matches!(again, Some(1 | 2)), "a alone is live: its share is both workers, one is free: {again:?}");
+    }
+
+    #[test]
+    fn a_parent_whose_pieces_come_slowly_is_asked_last_even_when_idle() {
+        let (tx, _rx) = tokio::sync::mpsc::channel(4);
+        let t = PeerTask::new("t".into(), "p".into(), crate::piece::Layout::for_len(16 << 20), tx);
+        let fast = t.add_parent(parent("fast")).unwrap();
+        let slow = t.add_parent(parent("slow")).unwrap();
+        t.start_trading(1, 8);
+        for piece in [1, 2] {
+            t.announce(fast, piece);
+            t.announce(slow, piece);
+        }
+        let ms = std::time::Duration::from_millis;
+        t.note_rate(fast, 4 << 20, ms(40)); // 100 MiB/s
+        t.note_rate(slow, 4 << 20, ms(2000)); // 2 MiB/s: every sibling asks it
+        assert_eq!(t.rate_kib_s[slow].load(Ordering::Acquire), 2048);
+        let _busy = t.begin_fetch(fast);
+        let mut h = t.holders(1);
+        h.extend(t.holders(2));
+        assert_eq!(h, vec![fast, slow, fast, slow], "the fast parent first, though one fetch is in flight there");
+        t.note_rate(slow, 4 << 20, ms(40));
+        assert_eq!(t.rate_kib_s[slow].load(Ordering::Acquire), (2048 * 3 + 102_400) / 4, "a moving average");
     }
 
     #[test]

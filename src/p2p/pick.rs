@@ -1,13 +1,14 @@
 //! Which piece a trading peer's worker takes next: pure functions of what the worker sees (each
-//! piece gone or open with its live holders, the fetches in flight to each parent, this peer's
-//! order), table-tested. `PeerTask::take_held` and `take_any` apply them to the atomics.
+//! piece gone or open with its live holders, what one more fetch from each parent costs, this
+//! peer's order), table-tested. `PeerTask::take_held` and `take_any` apply them to the atomics.
 //!
 //! Why not the task's cursor: with every child walking 0, 1, 2, … at the same pace, the only
 //! holder of the piece a child wants is the peer that went back to source, which then uploads
-//! every copy (PERF.md, swarm). So a child spreads its requests: the piece whose least busy
-//! holder has the fewest of our fetches in flight, then the rarest among its parents, then the
-//! first in an order of its own (a per-peer permutation, so siblings that see the same holders
-//! still take different pieces and then serve them to each other).
+//! every copy (PERF.md, swarm). So a child spreads its requests: the piece whose cheapest holder
+//! costs least (`costs`: our fetches in flight to it, over the rate its last pieces came at, so a
+//! parent every sibling hammers is left to the children that have no other), then the rarest
+//! among its parents, then the first in an order of its own (a per-peer permutation, so siblings
+//! that see the same holders still take different pieces and then serve them to each other).
 //!
 //! Invariant: `choose` returns only an open piece with at least one live holder, `first_open`
 //! only an open piece; both are deterministic for one `seed`.
@@ -21,14 +22,14 @@ pub enum Piece {
     Open(u32),
 }
 
-/// The piece to ask parents for, or None when no open piece is held by a live parent. Least
-/// loaded first (the smallest count in `in_flight` among the piece's holders), then rarest (fewest
+/// The piece to ask parents for, or None when no open piece is held by a live parent. Cheapest
+/// first (the smallest `cost` among the piece's holders, see `costs`), then rarest (fewest
 /// holders), then first in this peer's order (`order_key`).
-pub fn choose(n_pieces: u64, seed: u64, in_flight: &[u32], piece: impl Fn(u64) -> Piece) -> Option<u64> {
+pub fn choose(n_pieces: u64, seed: u64, cost: &[u32], piece: impl Fn(u64) -> Piece) -> Option<u64> {
     let mut best: Option<((u32, u32, u64), u64)> = None;
     for idx in 0..n_pieces {
         let Piece::Open(holders @ 1..) = piece(idx) else { continue };
-        let key = (least_load(holders, in_flight), holders.count_ones(), order_key(seed, idx));
+        let key = (cheapest(holders, cost), holders.count_ones(), order_key(seed, idx));
         if best.is_none_or(|(b, _)| key < b) {
             best = Some((key, idx));
         }
@@ -57,11 +58,39 @@ pub fn order_key(seed: u64, idx: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The fewest fetches in flight to any parent in `holders` (a slot with no count has none).
-fn least_load(holders: u32, in_flight: &[u32]) -> u32 {
+/// What one more fetch from each parent slot costs: (our fetches in flight to it + 1) ÷ the rate
+/// its pieces came at lately (`rate_kib_s`, 0 = none fetched yet). A parent never measured is
+/// taken at the best rate measured (so a new parent gets tried); with none measured, the count
+/// alone decides. In units of 2^-20 s per KiB; only the order matters.
+pub fn costs(in_flight: &[u32], rate_kib_s: &[u32]) -> Vec<u32> {
+    let best = rate_kib_s.iter().copied().max().unwrap_or(0).max(1);
+    in_flight
+        .iter()
+        .zip(rate_kib_s.iter().chain(std::iter::repeat(&0)))
+        .map(|(n, rate)| {
+            let rate = if *rate == 0 { best } else { *rate };
+            let c = (u64::from(*n) + 1) * (1 << 20) / u64::from(rate);
+            u32::try_from(c).unwrap_or(u32::MAX)
+        })
+        .collect()
+}
+
+/// The parent slots a worker must not ask now: those with their share of this peer's workers in
+/// flight already, the share being the workers split evenly over the live parents (rounded up).
+/// A child with several parents thus keeps asking the others while one (the peer every sibling
+/// has as a parent, say) is slow, instead of filling every worker with it.
+pub fn full_slots(in_flight: &[u32], live: u32, n_workers: u32) -> u32 {
+    let share = n_workers.div_ceil(live.count_ones().max(1)).max(1);
+    (0..in_flight.len().min(u32::BITS as usize))
+        .filter(|s| live & (1 << s) != 0 && in_flight[*s] >= share)
+        .fold(0, |m, s| m | 1 << s)
+}
+
+/// The smallest cost of any parent in `holders` (a slot with no cost is free).
+fn cheapest(holders: u32, cost: &[u32]) -> u32 {
     (0..u32::BITS as usize)
         .filter(|s| holders & (1 << s) != 0)
-        .map(|s| in_flight.get(s).copied().unwrap_or(0))
+        .map(|s| cost.get(s).copied().unwrap_or(0))
         .min()
         .unwrap_or(u32::MAX)
 }
@@ -75,9 +104,9 @@ mod tests {
     const B: u32 = 2;
     const C: u32 = 4;
 
-    fn check(pieces: &[Piece], in_flight: &[u32], seed: u64, want: Option<u64>) {
-        let got = choose(pieces.len() as u64, seed, in_flight, |i| pieces[i as usize]);
-        assert_eq!(got, want, "pieces {pieces:?}, in flight {in_flight:?}, seed {seed}");
+    fn check(pieces: &[Piece], cost: &[u32], seed: u64, want: Option<u64>) {
+        let got = choose(pieces.len() as u64, seed, cost, |i| pieces[i as usize]);
+        assert_eq!(got, want, "pieces {pieces:?}, cost {cost:?}, seed {seed}");
     }
 
     /// Of the open pieces in `among`, the one first in `seed`'s order.
@@ -102,14 +131,44 @@ mod tests {
     }
 
     #[test]
-    fn a_less_busy_holder_beats_rarity() {
-        // A (the one back-to-source peer, say) has 2 of our fetches in flight, B none: the piece
-        // B also holds is taken from B, even though piece 0 (only A) is rarer.
-        check(&[Open(A), Open(A | B)], &[2, 0], 7, Some(1));
-        // Every holder equally busy again: rarity decides.
-        check(&[Open(A), Open(A | B)], &[1, 1], 7, Some(0));
-        // A slot beyond the counts has nothing in flight.
+    fn a_cheaper_holder_beats_rarity() {
+        // A (the one back-to-source peer, say) costs 3, B 1: the piece B also holds is taken
+        // from B, even though piece 0 (only A) is rarer.
+        check(&[Open(A), Open(A | B)], &[3, 1], 7, Some(1));
+        // Every holder costs the same again: rarity decides.
+        check(&[Open(A), Open(A | B)], &[2, 2], 7, Some(0));
+        // A slot beyond the costs is free.
         check(&[Open(A), Open(C)], &[1, 1], 7, Some(1));
+    }
+
+    #[test]
+    fn a_fetch_costs_the_fetches_in_flight_over_the_parents_rate() {
+        let u = 1 << 20;
+        // Nothing measured yet: the count alone (each slot at the same unit rate).
+        assert_eq!(costs(&[0, 2, 1], &[0, 0, 0]), vec![u, 3 * u, 2 * u]);
+        // A at 1000 KiB/s with 3 in flight is cheaper than B at 100 KiB/s with none: B is the
+        // parent every sibling hammers.
+        let c = costs(&[3, 0], &[1000, 100]);
+        assert!(c[0] < c[1], "{c:?}");
+        assert_eq!(c, vec![4 * u / 1000, u / 100]);
+        // A parent never measured is taken at the best rate measured, so it gets tried.
+        assert_eq!(costs(&[0, 0], &[0, 500]), vec![u / 500, u / 500]);
+        // Rates missing for some slots count as unmeasured.
+        assert_eq!(costs(&[1, 1], &[200]), vec![2 * u / 200, 2 * u / 200]);
+        assert!(costs(&[], &[]).is_empty());
+    }
+
+    #[test]
+    fn a_parent_is_full_with_its_share_of_the_workers_in_flight() {
+        // 8 workers, 3 live parents: at most 3 in flight to each.
+        assert_eq!(full_slots(&[3, 2, 0], A | B | C, 8), A);
+        assert_eq!(full_slots(&[2, 2, 2], A | B | C, 8), 0);
+        // One parent: every worker may ask it.
+        assert_eq!(full_slots(&[7, 0, 0], A, 8), 0);
+        assert_eq!(full_slots(&[8, 0, 0], A, 8), A);
+        // Dead parents (not live) take no share and are never "full".
+        assert_eq!(full_slots(&[4, 9, 0], A | C, 8), A);
+        assert_eq!(full_slots(&[1, 0], 0, 8), 0);
     }
 
     #[test]
