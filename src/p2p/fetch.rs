@@ -50,7 +50,9 @@ pub async fn next_pick(task: &Task, peer: &PeerTask) -> Option<Pick> {
             }
         }
         let stalled = peer.parents_exhausted() || peer.ms_since_news() >= limits::PARENT_STALL.as_millis() as u64;
-        if !with_parents || stalled {
+        // Held, but every holder has its share of our workers: wait for one to finish.
+        let held = with_parents && peer.any_held_untaken(done);
+        if !with_parents || (stalled && !held) {
             return peer.take_any(done).map(Pick::Origin);
         }
         if !peer.any_untaken(done) {

@@ -114,12 +114,14 @@ pub struct PeerTask {
     n_workers: AtomicU32,
 }
 
-/// One fetch from a parent slot, counted in `PeerTask::in_flight` while it lives.
-pub struct InFlight<'a>(&'a AtomicU32);
+/// One fetch from a parent slot, counted in `PeerTask::in_flight` while it lives; its end wakes
+/// workers waiting for a parent to have room (`fetch::next_pick`).
+pub struct InFlight<'a>(&'a PeerTask, usize);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.in_flight[self.1].fetch_sub(1, Ordering::AcqRel);
+        self.0.event.notify();
     }
 }
 
@@ -251,9 +253,9 @@ impl PeerTask {
 
     /// Counts a fetch from `slot` until the guard drops.
     pub fn begin_fetch(&self, slot: usize) -> InFlight<'_> {
-        let c = &self.in_flight[slot.min(MAX_PARENTS - 1)];
-        c.fetch_add(1, Ordering::AcqRel);
-        InFlight(c)
+        let slot = slot.min(MAX_PARENTS - 1);
+        self.in_flight[slot].fetch_add(1, Ordering::AcqRel);
+        InFlight(self, slot)
     }
 
     /// From now on `n_workers` workers pick pieces (`take_held`, `take_any`); pieces below
@@ -303,6 +305,12 @@ impl PeerTask {
                 return Some(idx);
             }
         }
+    }
+
+    /// Whether a live parent holds a piece that is neither done nor taken (it may have its
+    /// share of our workers in flight: then a worker waits for one of them, not for the origin).
+    pub fn any_held_untaken(&self, done: impl Fn(u64) -> bool) -> bool {
+        (0..self.n_pieces).any(|i| matches!(self.piece_state(i, &done, 0), Piece::Open(1..)))
     }
 
     /// Whether any piece is neither done nor taken.
@@ -421,13 +429,15 @@ mod tests {
         t.start_trading(1, 2); // two workers, two parents: one each
         t.announce(a, 1);
         t.announce(a, 2);
-        let _busy = t.begin_fetch(a);
+        let busy = t.begin_fetch(a);
         assert_eq!(t.take_held(|_| false), None, "a has its one worker; b holds nothing");
+        assert!(t.any_held_untaken(|_| false), "but a holds pieces: wait for it, not for the origin");
         t.announce(b, 3);
         assert_eq!(t.take_held(|_| false), Some(3));
         t.give_up_on(b);
+        drop(busy);
         let again = t.take_held(|_| false);
-        assert!(matches!(again, Some(1 | 2)), "a alone is live: its share is both workers, one is free: {again:?}");
+        assert!(matches!(again, Some(1 | 2)), "a alone is live and free again: {again:?}");
     }
 
     #[test]
