@@ -68,18 +68,32 @@ pub const WRITE_CHUNK_MAX_AGE: std::time::Duration = std::time::Duration::from_m
 pub const MIN_WRITE_CHUNK_BYTES: usize = 64 * 1024;
 const _: () = assert!(MIN_WRITE_CHUNK_BYTES <= WRITE_CHUNK_BYTES);
 
-/// Concurrent piece workers per core per task. Each owns one connection, so a task uses at most
-/// cores × this many origin connections; 4 hides origin latency without hammering small origins.
-pub const PIECE_WORKERS_PER_CORE: usize = 4;
+/// Concurrent piece workers per core per task, the bound of the connection ramp (`daemon::ramp`).
+/// Each owns one connection; the ramp only gets there while every doubling raised the measured
+/// throughput by `RAMP_GAIN` (an origin capping each connection), so an uncapped origin still keeps
+/// one or two. 16 per core (32 on 2 cores) lets a 25 MiB/s-per-flow origin fill 800 MiB/s, past the
+/// page-cache write rate of a small host, i.e. twice what an 8-connection client can get.
+pub const PIECE_WORKERS_PER_CORE: usize = 16;
+/// The most piece workers (origin connections) of one task whatever the core count: past 64 one
+/// task's connections look like abuse to an origin, and every worker holds up to
+/// `WRITE_CHUNK_BYTES` + `READ_BUF_BYTES` of buffers (64 × 1.25 MiB = 80 MiB at worst).
+pub const MAX_PIECE_WORKERS_PER_TASK: usize = 64;
 
 /// Throughput a doubling of a task's ranged connections must add (×) to be kept
 /// (`daemon::ramp`). Below 1.25 the measurement noise of a busy host decides; above it, an origin
 /// that caps each connection (where a doubling gives ×2) still passes every step.
 pub const RAMP_GAIN: f64 = 1.25;
 
+/// Two ramp steps in a row whose gain was at least this share of their factor (×2 gave ≥ 1.6×:
+/// each new connection brought nearly a whole connection's rate, as under a per-connection cap)
+/// make the next steps ×`RAMP_MAX_FACTOR`. Loopback and LAN origins do not scale like that twice.
+pub const RAMP_LINEAR: f64 = 0.8;
+pub const RAMP_MAX_FACTOR: usize = 4;
+
 /// Length of one throughput measurement of the ramp. 200 ms is ~200 MB on loopback and 5 MiB per
 /// connection at a 25 MiB/s cap: long enough that a busy 2-core host's scheduling noise does not
-/// decide, short enough that a capped download reaches 8 connections within a second.
+/// decide, short enough that a capped download reaches 32 connections (1 → 2 → 4 → 16 → 32)
+/// within about 0.8 s.
 pub const RAMP_WINDOW: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Windows the ramp rests at a count after a doubling did not pay, before it probes again: one

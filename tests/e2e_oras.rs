@@ -219,8 +219,8 @@ fn expired_bearer_token_is_refreshed_during_a_long_pull() {
     push(&registry.host(), PushAuth::Token(USER, PASSWORD), &[PushSpec::sif("public/long:v1", &body)]);
     // Tokens that the registry accepts for about 3 s (see set_token_exp_offset).
     tokens.set_token_exp_offset(-57);
-    // 17 pieces at 8 MiB/s: the first 8 are requested at once (2 cores × 4 workers) and take about
-    // 4 s, so the later piece requests carry an expired token.
+    // 17 pieces at 8 MiB/s (a total limit, so the ramp adds no workers that would not pay): the
+    // pull takes about 8 s, so the later piece requests carry an expired token.
     let daemon =
         OrasDaemon::start(DaemonOpts { extra_yaml: "download:\n  totalRateLimit: 8Mi\n", ..DaemonOpts::default() });
     let dir = out_dir();

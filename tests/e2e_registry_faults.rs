@@ -63,8 +63,8 @@ fn redirected_blob_pieces_are_ranged_at_the_store_and_never_carry_the_registry_a
 
 #[test]
 fn expired_presigned_url_is_re_resolved_through_the_registry() {
-    // 12 pieces at 8 MiB/s: the first 8 (2 cores × 4 workers) start at once, the later ones after
-    // about 4 s, when the URL remembered from the first redirects (valid 2 s) has expired.
+    // 12 pieces at 8 MiB/s (a total limit: the ramp stays at one or two workers, each doubling
+    // gains nothing): the later pieces start after about 4 s, when the URL remembered from the first redirects (valid 2 s) has expired.
     let body = content(48 * MIB, 32);
     let registry = registry_with(&body, false);
     let opts = FrontOpts { redirect_lifetime: Some(Duration::from_secs(2)), ..FrontOpts::default() };

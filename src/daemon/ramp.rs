@@ -2,9 +2,14 @@
 //! one piece worker beside the first response, then the count doubles while each doubling raised
 //! the rate by at least `RAMP_GAIN`; when a doubling did not pay, the count steps back to the last
 //! one that did and rests there for `RAMP_REST_WINDOWS` windows before it probes again (a busy
-//! host's noise, or an origin that starts capping later, must not freeze a wrong count). An origin with no per-connection cap (loopback, a LAN server)
+//! host's noise, or an origin that starts capping later, must not freeze a wrong count). Two steps
+//! in a row whose gain was nearly their whole factor (≥ `RAMP_LINEAR` of it: each connection adds
+//! a full connection's rate, the signature of a per-connection cap; one such step can be noise)
+//! make the next steps ×4 instead of ×2, so a capped origin reaches 32 connections in four windows
+//! (1 → 2 → 4 → 16 → 32), not five; any step that is not linear, or a step back, returns to ×2. An origin with no per-connection cap (loopback, a LAN server)
 //! ends with one or two connections, the cost of which is no more than one stream's; an origin
-//! capping each connection (a CDN, a shaped link) gets up to `cores × PIECE_WORKERS_PER_CORE`.
+//! capping each connection (a CDN, a shaped link) gets up to `cores × PIECE_WORKERS_PER_CORE`
+//! (at most `MAX_PIECE_WORKERS_PER_TASK`; `Shared::max_workers`).
 //!
 //! Invariant: the limit is always in `1..=max`; `Ramp` (pure, table-tested) decides, `Workers`
 //! (atomics shared by every core's workers) applies: a worker over the limit finishes its piece
@@ -12,7 +17,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::limits::{RAMP_GAIN, RAMP_REST_WINDOWS};
+use crate::limits::{RAMP_GAIN, RAMP_LINEAR, RAMP_MAX_FACTOR, RAMP_REST_WINDOWS};
 
 /// What the engine must do after one measurement window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,12 +39,14 @@ pub struct Ramp {
     settled: bool,
     /// Windows left before probing again after a step back.
     rest: u32,
+    /// Steps in a row that scaled (nearly) linearly; from two on, the next step is ×`RAMP_MAX_FACTOR`.
+    linear_steps: u32,
 }
 
 impl Ramp {
     pub fn new(initial: usize, max: usize) -> Ramp {
         let max = max.max(1);
-        Ramp { limit: initial.clamp(1, max), max, prev: None, settled: false, rest: 0 }
+        Ramp { limit: initial.clamp(1, max), max, prev: None, settled: false, rest: 0, linear_steps: 0 }
     }
 
     pub fn limit(&self) -> usize {
@@ -70,15 +77,20 @@ impl Ramp {
                 self.limit = prev_limit;
                 self.prev = None;
                 self.rest = RAMP_REST_WINDOWS;
+                self.linear_steps = 0;
                 return Step::Settle(prev_limit);
             }
+            let stepped = self.limit as f64 / prev_limit.max(1) as f64;
+            let linear = rate >= prev_rate * stepped * RAMP_LINEAR;
+            self.linear_steps = if linear { self.linear_steps + 1 } else { 0 };
         }
         if self.limit >= self.max {
             self.settled = true;
             return Step::Hold;
         }
+        let factor = if self.linear_steps >= 2 { RAMP_MAX_FACTOR } else { 2 };
         self.prev = Some((self.limit, rate));
-        self.limit = (self.limit * 2).min(self.max);
+        self.limit = (self.limit * factor).min(self.max);
         Step::Grow(self.limit)
     }
 }
@@ -139,8 +151,8 @@ mod tests {
         let (steps, limit) = run(8, &[1000.0, 1050.0, 5000.0]);
         assert_eq!(steps, vec![Step::Grow(2), Step::Settle(1), Step::Hold]);
         assert_eq!(limit, 1);
-        // 1 → 2 paid, 2 → 4 did not: back to 2.
-        let (steps, limit) = run(8, &[1000.0, 1900.0, 2000.0]);
+        // 1 → 2 paid (1.5×), 2 → 4 did not: back to 2.
+        let (steps, limit) = run(8, &[1000.0, 1500.0, 1600.0]);
         assert_eq!(steps, vec![Step::Grow(2), Step::Grow(4), Step::Settle(2)]);
         assert_eq!(limit, 2);
     }
@@ -154,23 +166,49 @@ mod tests {
         for _ in 1..RAMP_REST_WINDOWS {
             assert_eq!(r.observe(100.0), Step::Hold);
         }
-        // The rest is over: double again, and this time it pays, so keep going.
+        // The rest is over: double again, and this time it pays (by 1.5×, not linearly: doubling
+        // again), so keep going.
         assert_eq!(r.observe(100.0), Step::Grow(2));
-        assert_eq!(r.observe(200.0), Step::Grow(4));
-        assert_eq!(r.observe(400.0), Step::Grow(8));
-        assert_eq!(r.observe(800.0), Step::Hold);
+        assert_eq!(r.observe(150.0), Step::Grow(4));
+        assert_eq!(r.observe(225.0), Step::Grow(8));
+        assert_eq!(r.observe(340.0), Step::Hold);
         assert_eq!(r.limit(), 8);
     }
 
     #[test]
     fn capped_origin_grows_to_the_max_and_holds() {
-        let (steps, limit) = run(8, &[25.0, 50.0, 100.0, 200.0, 200.0]);
-        assert_eq!(steps, vec![Step::Grow(2), Step::Grow(4), Step::Grow(8), Step::Hold, Step::Hold]);
-        assert_eq!(limit, 8);
+        // Each connection adds a full connection's rate: after two linear doublings the steps are
+        // ×4, so 32 is reached in four windows.
+        let (steps, limit) = run(32, &[25.0, 50.0, 100.0, 400.0, 800.0, 800.0]);
+        assert_eq!(steps, vec![Step::Grow(2), Step::Grow(4), Step::Grow(16), Step::Grow(32), Step::Hold, Step::Hold]);
+        assert_eq!(limit, 32);
         // A max that is not a power of two is reached, never passed.
         let (steps, limit) = run(6, &[25.0, 50.0, 100.0, 150.0]);
         assert_eq!(steps, vec![Step::Grow(2), Step::Grow(4), Step::Grow(6), Step::Hold]);
         assert_eq!(limit, 6);
+    }
+
+    #[test]
+    fn a_step_that_pays_but_not_linearly_goes_on_doubling_and_a_big_step_that_fails_steps_back() {
+        // 4 → 16 paid 1.6× (more than RAMP_GAIN, far from the 4× of a per-connection cap): the
+        // next step is ×2 again, and 32 gaining nothing steps back to 16.
+        let (steps, limit) = run(64, &[25.0, 50.0, 100.0, 160.0, 170.0]);
+        assert_eq!(steps, vec![Step::Grow(2), Step::Grow(4), Step::Grow(16), Step::Grow(32), Step::Settle(16)]);
+        assert_eq!(limit, 16);
+        // One linear doubling alone (noise can fake one) does not speed the ramp up.
+        let (steps, _) = run(64, &[25.0, 50.0, 70.0]);
+        assert_eq!(steps, vec![Step::Grow(2), Step::Grow(4), Step::Grow(8)]);
+        // A ×4 step that gained nothing goes back to where it started, and the probe after the
+        // rest is a doubling.
+        let mut r = Ramp::new(1, 64);
+        assert_eq!(r.observe(25.0), Step::Grow(2));
+        assert_eq!(r.observe(50.0), Step::Grow(4));
+        assert_eq!(r.observe(100.0), Step::Grow(16));
+        assert_eq!(r.observe(110.0), Step::Settle(4));
+        for _ in 1..RAMP_REST_WINDOWS {
+            assert_eq!(r.observe(100.0), Step::Hold);
+        }
+        assert_eq!(r.observe(100.0), Step::Grow(8));
     }
 
     #[test]

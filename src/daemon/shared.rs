@@ -86,9 +86,10 @@ impl Shared {
         }
     }
 
-    /// The most piece workers one task may have: `PIECE_WORKERS_PER_CORE` per core.
+    /// The most piece workers one task may have: `PIECE_WORKERS_PER_CORE` per core, at most
+    /// `MAX_PIECE_WORKERS_PER_TASK`.
     pub fn max_workers(&self) -> usize {
-        self.cores.len().max(1) * crate::limits::PIECE_WORKERS_PER_CORE
+        (self.cores.len().max(1) * crate::limits::PIECE_WORKERS_PER_CORE).min(crate::limits::MAX_PIECE_WORKERS_PER_TASK)
     }
 
     /// Round-robin choice of the core that serves the next client connection.

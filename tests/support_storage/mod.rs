@@ -61,8 +61,8 @@ impl StorageDaemon {
         };
         // On a tmpfs the data dir is a subdirectory of the mount, so OUT can share its filesystem.
         let data_dir = tmpfs.as_ref().map(|fs| fs.path().join("data"));
-        // Two cores (the default): at most 2 × PIECE_WORKERS_PER_CORE pieces in flight, which
-        // bounds refetches.
+        // Two cores (the default): at most 2 × PIECE_WORKERS_PER_CORE pieces in flight (and never
+        // more than are left), which bounds refetches.
         let daemon = Daemon::start(DaemonOpts { extra_yaml: setup.extra_yaml, data_dir, ..DaemonOpts::default() });
         fs::create_dir_all(daemon.dir().join("out")).expect("out dir");
         Ok(StorageDaemon { daemon, tmpfs, tmpfs_dir })
