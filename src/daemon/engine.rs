@@ -505,7 +505,10 @@ pub async fn write_body(
         usize::try_from(n).unwrap_or(usize::MAX).clamp(1, crate::limits::WRITE_CHUNK_BYTES)
     });
     let mut buf: Vec<u8> = Vec::with_capacity(first_cap);
-    let mut want_bytes = crate::limits::WRITE_CHUNK_BYTES;
+    // The first write of every piece is small: until this response's rate is measured, a slow
+    // origin's 1 MiB would sit in the buffer for a quarter second (at 4 MB/s), times every worker,
+    // all of it lost to a SIGKILL. From the second write on the measured rate decides.
+    let mut want_bytes = crate::limits::MIN_WRITE_CHUNK_BYTES;
     loop {
         if task.state() == State::Failed {
             return Err(Error::internal("task failed elsewhere"));
@@ -629,7 +632,7 @@ mod tests {
     fn write_chunk_follows_the_origins_rate() {
         let ms = Duration::from_millis;
         assert_eq!(chunk_for_rate(1 << 20, ms(1)), limits::WRITE_CHUNK_BYTES, "fast origin: whole chunks");
-        assert_eq!(chunk_for_rate(1 << 20, ms(250)), 419_430, "4 MiB/s: 100 ms worth");
+        assert_eq!(chunk_for_rate(1 << 20, ms(250)), 104_857, "4 MiB/s: 25 ms worth");
         assert_eq!(chunk_for_rate(1 << 20, ms(10_000)), limits::MIN_WRITE_CHUNK_BYTES, "trickle: the floor");
         assert_eq!(chunk_for_rate(0, ms(0)), limits::MIN_WRITE_CHUNK_BYTES);
     }
