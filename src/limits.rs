@@ -80,6 +80,10 @@ pub const PIECE_WORKERS_PER_CORE: usize = 16;
 /// task's connections look like abuse to an origin, and every worker holds up to
 /// `WRITE_CHUNK_BYTES` + `READ_BUF_BYTES` of buffers (64 × 1.25 MiB = 80 MiB at worst).
 pub const MAX_PIECE_WORKERS_PER_TASK: usize = 64;
+/// Piece workers per core of a task trading with cluster parents, all started at once (the ramp
+/// measures an origin's per-connection cap, which parents do not have): enough requests in flight
+/// to spread a child over its parents, the count the swarm benchmark measured.
+pub const TRADING_WORKERS_PER_CORE: usize = 4;
 
 /// Throughput a doubling of a task's ranged connections must add (×) to be kept
 /// (`daemon::ramp`). Below 1.25 the measurement noise of a busy host decides; above it, an origin

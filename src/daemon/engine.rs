@@ -112,10 +112,10 @@ async fn download(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<Option<Hashi
             let trading = join_cluster(shared, task, g.layout).await;
             hashing = Hashing::start(task);
             if g.layout.n_pieces() > 1 || !piece0 {
-                // Trading: every worker from the start (the ramp then holds), since requests in
+                // Trading: `trading_workers` from the start (the ramp stays settled), since requests in
                 // flight are what spreads a child over its parents, and the ramp measures an
                 // origin's per-connection cap, which parents do not have.
-                shared.grow_workers(task, if trading { shared.max_workers() } else { 1 });
+                shared.grow_workers(task, if trading { shared.trading_workers() } else { 1 });
             }
             if piece0 {
                 let file = open_task_file(task).await?;
@@ -158,7 +158,7 @@ async fn join_cluster(shared: &Arc<Shared>, task: &Arc<Task>, layout: Layout) ->
     let Some(peer) = node.register(task, layout).await else { return false };
     let trading = peer.mode() == crate::p2p::peer::Mode::Parents;
     if trading {
-        peer.start_trading(task.cursor(), shared.max_workers());
+        peer.start_trading(task.cursor(), shared.trading_workers());
     }
     let _ = task.peer.set(peer);
     trading
@@ -230,7 +230,8 @@ async fn wait_all_pieces(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
     let mut flushed_bytes = 0u64;
     let mut last_flush = Instant::now();
     let mut ramp = Ramp::new(task.workers.limit(), shared.max_workers());
-    if !task.geometry().is_some_and(|g| g.ranged) {
+    let trading = task.peer.get().is_some_and(|p| p.mode() == crate::p2p::peer::Mode::Parents);
+    if trading || !task.geometry().is_some_and(|g| g.ranged) {
         ramp.settle();
     }
     let mut window = (Instant::now(), task.written_bytes());

@@ -86,6 +86,12 @@ impl Shared {
         }
     }
 
+    /// The piece workers a task trading with cluster parents starts with: `TRADING_WORKERS_PER_CORE`
+    /// per core, within `max_workers`.
+    pub fn trading_workers(&self) -> usize {
+        (self.cores.len().max(1) * crate::limits::TRADING_WORKERS_PER_CORE).min(self.max_workers())
+    }
+
     /// The most piece workers one task may have: `PIECE_WORKERS_PER_CORE` per core, at most
     /// `MAX_PIECE_WORKERS_PER_TASK`.
     pub fn max_workers(&self) -> usize {
