@@ -500,12 +500,7 @@ pub async fn write_body(
     let mut cutter = Cutter::resume(first_piece, piece_len_bytes, already);
     let mut unrecorded = Vec::new();
     let mut written = 0u64;
-    // A small body gets a buffer of its size, not `WRITE_CHUNK_BYTES`: a list of small files has
-    // `jobs` of them in flight at once (it grows if the origin sends more).
-    let first_cap = expect_bytes.map_or(crate::limits::WRITE_CHUNK_BYTES, |n| {
-        usize::try_from(n).unwrap_or(usize::MAX).clamp(1, crate::limits::WRITE_CHUNK_BYTES)
-    });
-    let mut buf: Vec<u8> = Vec::with_capacity(first_cap);
+    let mut buf = body_buffer(expect_bytes);
     // The first write of every piece is small: until this response's rate is measured, a slow
     // origin's 1 MiB would sit in the buffer for a quarter second (at 4 MB/s), times every worker,
     // all of it lost to a SIGKILL. From the second write on the measured rate decides.
@@ -557,6 +552,15 @@ pub async fn write_body(
         settle(task, record_now, &mut unrecorded, idx, crc, len);
     }
     Ok((written, unrecorded))
+}
+
+/// A small body gets a buffer of its size, not `WRITE_CHUNK_BYTES`: a list of small files has
+/// `jobs` of them in flight at once (it grows if the origin sends more).
+fn body_buffer(expect_bytes: Option<u64>) -> Vec<u8> {
+    let cap = expect_bytes.map_or(crate::limits::WRITE_CHUNK_BYTES, |n| {
+        usize::try_from(n).unwrap_or(usize::MAX).clamp(1, crate::limits::WRITE_CHUNK_BYTES)
+    });
+    Vec::with_capacity(cap)
 }
 
 /// How many bytes the next write should gather: what `WRITE_CHUNK_MAX_AGE` brings at the rate
