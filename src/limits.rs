@@ -80,6 +80,16 @@ pub const PIECE_WORKERS_PER_CORE: usize = 16;
 /// task's connections look like abuse to an origin, and every worker holds up to
 /// `WRITE_CHUNK_BYTES` + `READ_BUF_BYTES` of buffers (64 × 1.25 MiB = 80 MiB at worst).
 pub const MAX_PIECE_WORKERS_PER_TASK: usize = 64;
+/// A piece worker asks for up to this many consecutive pieces in one ranged GET (64 MiB of 4 MiB
+/// pieces): every request costs the origin a lookup and often a fresh read buffer
+/// (docker-registry 2.8 spent ~1.1 CPU-s more per GiB serving 256 one-piece requests than one
+/// stream, on a 2-core host where that CPU is the download's), and costs us a head to parse.
+pub const MAX_SPAN_PIECES: u64 = 16;
+/// A worker's run of pieces is sized to about this long at its last measured rate, so a slow or
+/// capped connection asks for one piece at a time (its pieces land, and are resumable, promptly)
+/// while a fast one streams 64 MiB per request.
+pub const SPAN_TARGET: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Piece workers per core of a task trading with cluster parents, all started at once (the ramp
 /// measures an origin's per-connection cap, which parents do not have): enough requests in flight
 /// to spread a child over its parents, the count the swarm benchmark measured.

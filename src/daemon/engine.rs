@@ -384,17 +384,20 @@ pub async fn piece_worker(task: Arc<Task>) {
         }
     };
     task.workers.enter();
+    // This worker's last measured bytes/s: how many pieces it asks for at once.
+    let mut rate = None;
     loop {
         // Over the ramp's limit: this worker retires between pieces (never inside one).
         if task.workers.retire_if_over() {
             return;
         }
-        let more = match task.peer.get().filter(|p| p.trading()) {
-            Some(peer) => trade_one(&task, peer, &file, layout).await,
-            None => match task.take_piece() {
+        let more = match task.peer.get() {
+            Some(peer) if peer.trading() => trade_one(&task, peer, &file, layout).await,
+            Some(peer) if peer.mode() != crate::p2p::peer::Mode::BackToSource => match task.take_piece() {
                 Some(piece_idx) => fetch_piece_with_retries(&task, &file, layout, piece_idx).await.map(|()| true),
                 None => Ok(false),
             },
+            _ => origin_run_taken(&task, &file, layout, &mut rate).await,
         };
         match more {
             Ok(true) => {}
@@ -452,15 +455,67 @@ async fn fetch_piece(task: &Task, file: &compio::fs::File, layout: Layout, piece
     origin_piece(task, file, layout, piece_idx).await
 }
 
+/// Takes this worker's next run of consecutive pieces (`ramp::span_pieces`, sized by `rate`, the
+/// bytes/s its last run came at) and fetches it from the origin. Ok(false) = nothing left.
+async fn origin_run_taken(
+    task: &Task,
+    file: &compio::fs::File,
+    layout: Layout,
+    rate: &mut Option<f64>,
+) -> Result<bool> {
+    let want =
+        crate::daemon::ramp::span_pieces(*rate, layout.piece_len_bytes, task.pieces_untaken(), task.workers.active());
+    let Some((first, count)) = task.take_run(want) else { return Ok(false) };
+    let t0 = std::time::Instant::now();
+    let bytes =
+        with_retries(|| origin_run(task, file, layout, first, first + count)).await.map_err(|e| match count {
+            1 => e.context(format_args!("piece {first}")),
+            _ => e.context(format_args!("pieces {first}-{}", first + count - 1)),
+        })?;
+    if bytes > 0 {
+        *rate = Some(bytes as f64 / t0.elapsed().as_secs_f64().max(1e-6));
+    }
+    Ok(true)
+}
+
+/// Fetches what is missing of pieces `first..end` from the origin: one ranged GET per stretch of
+/// pieces with nothing on disk (a stretch may begin inside a piece an earlier attempt got partway
+/// through, and ends before the next such piece); pieces already done are skipped. Returns the
+/// bytes fetched. Run again after a failure, it asks only for what is still missing.
+async fn origin_run(task: &Task, file: &compio::fs::File, layout: Layout, first: u64, end: u64) -> Result<u64> {
+    let mut bytes = 0;
+    let mut i = first;
+    while i < end && task.state() == State::Running {
+        if task.piece_done(i) {
+            i += 1;
+            continue;
+        }
+        let mut j = i + 1;
+        while j < end && !task.piece_done(j) && task.partial_of(j).0 == 0 {
+            j += 1;
+        }
+        bytes += origin_range(task, file, layout, i, j).await?;
+        i = j;
+    }
+    Ok(bytes)
+}
+
 /// Fetches piece `piece_idx` (or what of it is not on disk yet) from the origin.
 async fn origin_piece(task: &Task, file: &compio::fs::File, layout: Layout, piece_idx: u64) -> Result<()> {
+    origin_range(task, file, layout, piece_idx, piece_idx + 1).await.map(|_| ())
+}
+
+/// Fetches pieces `first..end` (from where `first` got to on disk) in one ranged GET, each piece
+/// recorded as its last byte is written. Returns the bytes fetched.
+async fn origin_range(task: &Task, file: &compio::fs::File, layout: Layout, first: u64, end_piece: u64) -> Result<u64> {
     if task.state() != State::Running {
-        return Ok(());
+        return Ok(0);
     }
-    let (piece_start, end) =
-        layout.piece_range(piece_idx).ok_or_else(|| Error::internal("piece index past the end"))?;
+    let range = |idx| layout.piece_range(idx).ok_or_else(|| Error::internal("piece index past the end"));
+    let (piece_start, _) = range(first)?;
+    let (_, end) = range(end_piece - 1)?;
     // What an earlier attempt (or a previous run) already put on disk is not asked for again.
-    let already = task.partial_of(piece_idx);
+    let already = task.partial_of(first);
     let start = piece_start + already.0;
     let t0 = std::time::Instant::now();
     let if_range = task.validator.get().map(String::as_str);
@@ -474,9 +529,11 @@ async fn origin_piece(task: &Task, file: &compio::fs::File, layout: Layout, piec
         validators: task.validators.get(),
     };
     judge::piece(&resp.head, &asked)?;
-    write_body(task, &mut resp, file, piece_idx, layout.piece_len_bytes, Some(end - start), already).await?;
-    report_origin_piece(task, layout, piece_idx, t0);
-    Ok(())
+    write_body(task, &mut resp, file, first, layout.piece_len_bytes, Some(end - start), already).await?;
+    for idx in first..end_piece {
+        report_origin_piece(task, layout, idx, t0);
+    }
+    Ok(end - start)
 }
 
 /// Streams `resp`'s body into the task file as pieces `first_piece..`, each crc'd. A piece is recorded
@@ -530,7 +587,7 @@ pub async fn write_body(
             written += n;
             task.add_written(n);
             if let (true, (fill @ 1.., crc)) = (note_progress, cutter.progress()) {
-                task.note_partial(first_piece, fill, crc);
+                task.note_partial(cutter.piece(), fill, crc);
             }
         }
         for (idx, crc, len) in finished {

@@ -125,6 +125,10 @@ impl Workers {
         self.limit.load(Ordering::Acquire)
     }
 
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Acquire)
+    }
+
     pub fn set_limit(&self, n: usize) {
         self.limit.store(n, Ordering::Release);
     }
@@ -134,9 +138,38 @@ impl Workers {
     }
 }
 
+/// How many consecutive pieces a worker asks for in its next request: about `SPAN_TARGET` of the
+/// rate it last measured (one piece until it measured one), at most `MAX_SPAN_PIECES`, and at
+/// most half its share of the pieces nobody took yet, so the last requests of a task are short and
+/// no worker finishes long after the others. Pure.
+pub fn span_pieces(rate_bytes_per_s: Option<f64>, piece_len_bytes: u64, untaken: u64, workers: usize) -> u64 {
+    use crate::limits::{MAX_SPAN_PIECES, SPAN_TARGET};
+    let Some(rate) = rate_bytes_per_s else { return 1 };
+    let by_rate = (rate * SPAN_TARGET.as_secs_f64() / piece_len_bytes.max(1) as f64) as u64;
+    let fair = untaken / (2 * workers.max(1) as u64);
+    by_rate.min(fair).clamp(1, MAX_SPAN_PIECES)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fast_worker_streams_long_runs_a_slow_one_single_pieces_and_the_tail_is_short() {
+        const MIB: u64 = 1024 * 1024;
+        // Nothing measured yet: one piece.
+        assert_eq!(span_pieces(None, 4 * MIB, 255, 1), 1);
+        // Loopback at ~1 GB/s, a 1 GiB task just begun: the cap (64 MiB).
+        assert_eq!(span_pieces(Some(1e9), 4 * MIB, 250, 1), crate::limits::MAX_SPAN_PIECES);
+        // 100 MB/s: 25 MB in 250 ms = 5 whole pieces.
+        assert_eq!(span_pieces(Some(100e6), 4 * MIB, 250, 2), 5);
+        // A 25 MiB/s per-connection cap: one piece at a time.
+        assert_eq!(span_pieces(Some(25.0 * MIB as f64), 4 * MIB, 100, 32), 1);
+        // Near the end: 12 pieces left for 2 workers, at most 3 each; then 1.
+        assert_eq!(span_pieces(Some(1e9), 4 * MIB, 12, 2), 3);
+        assert_eq!(span_pieces(Some(1e9), 4 * MIB, 3, 2), 1);
+        assert_eq!(span_pieces(Some(1e9), 4 * MIB, 0, 0), 1);
+    }
 
     /// Feeds `rates` (bytes/s measured at each successive limit) and returns the steps.
     fn run(max: usize, rates: &[f64]) -> (Vec<Step>, usize) {

@@ -404,6 +404,19 @@ impl Task {
         }
     }
 
+    /// Takes up to `max` consecutive pieces no worker took yet, in one step: (first, count). Some
+    /// may have been restored from a previous run (`piece_done`); the caller skips those.
+    pub fn take_run(&self, max: u64) -> Option<(u64, u64)> {
+        let g = self.geometry()?;
+        if !g.ranged || self.state() != State::Running {
+            return None;
+        }
+        let max = max.max(1);
+        let first = self.next_piece.fetch_add(max, Ordering::AcqRel);
+        let n = g.layout.n_pieces();
+        (first < n).then(|| (first, max.min(n - first)))
+    }
+
     /// Lays out a task resumed from a previous run's metadata and records the pieces it had (and
     /// how far the pieces then in flight got).
     pub fn resume_from(

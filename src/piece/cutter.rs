@@ -26,6 +26,11 @@ impl Cutter {
         Cutter { piece_idx: first_piece, piece_len_bytes, fill_bytes, crc }
     }
 
+    /// The piece the next byte belongs to.
+    pub fn piece(&self) -> u64 {
+        self.piece_idx
+    }
+
     /// The current piece's bytes so far and their crc32 (0, _ right after a piece boundary).
     pub fn progress(&self) -> (u64, u32) {
         (self.fill_bytes, self.crc.clone().finalize())

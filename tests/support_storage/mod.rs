@@ -212,9 +212,10 @@ pub fn meta_pieces_done(meta_path: &Path) -> Option<Vec<bool>> {
     Some(json["pieces_done"].as_str()?.bytes().map(|b| b == b'1').collect())
 }
 
-/// Indexes of the pieces a `bytes=a-b` Range list asks for, with 4 MiB pieces: each range is one
-/// whole piece or the rest of one (a resumed piece in flight); anything else is reported as an
-/// error so the test shows it.
+/// Indexes of the pieces a `bytes=a-b` Range list asks for, with 4 MiB pieces: each range is a run
+/// of whole pieces (a worker asks for several consecutive pieces at once), whose first may be the
+/// rest of one (a resumed piece in flight); a range that does not end where a piece ends is
+/// reported as an error so the test shows it.
 pub fn pieces_requested(ranges: &[Option<String>], piece_len: u64, file_len: u64) -> Vec<u64> {
     let mut pieces = Vec::new();
     for range in ranges {
@@ -223,10 +224,10 @@ pub fn pieces_requested(ranges: &[Option<String>], piece_len: u64, file_len: u64
         });
         let (first, last) = spec.split_once('-').expect("a-b");
         let (first, last): (u64, u64) = (first.parse().expect("range start"), last.parse().expect("range end"));
-        let piece = first / piece_len;
-        let piece_end = ((piece + 1) * piece_len).min(file_len);
+        let last_piece = last / piece_len;
+        let piece_end = ((last_piece + 1) * piece_len).min(file_len);
         assert_eq!(last + 1, piece_end, "range {spec} does not end where its piece ends");
-        pieces.push(piece);
+        pieces.extend(first / piece_len..=last_piece);
     }
     pieces
 }
