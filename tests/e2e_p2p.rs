@@ -232,7 +232,7 @@ fn upload_server_refuses_bad_requests_and_keeps_serving() {
     let out = out_dir();
     let url = nginx.url("/f.bin");
     assert_success(&p.daemon.download(&url, &out.path().join("f")), "download");
-    let id = dfget::p2p::task_id::cluster_task_id(&url::Url::parse(&url).unwrap(), &[], "", "");
+    let id = dfget::p2p::task_id::cluster_task_id(&url, &[], "", "").unwrap();
     // Error packets: tag 255, value = code u8 + message. 1 = InvalidArgument, 2 = NotFound.
     let (tag, value) = vortex_exchange(&p, &request(b"../../etc/passwd", 0));
     assert_eq!((tag, value[0]), (255, 1), "a malformed task id: {:?}", String::from_utf8_lossy(&value));
@@ -267,7 +267,7 @@ fn a_removed_task_leaves_the_cluster_and_a_stopped_daemon_leaves_the_scheduler()
     let out = out_dir();
     let url = nginx.url("/f.bin");
     assert_success(&p.daemon.download(&url, &out.path().join("f")), "download");
-    let id = dfget::p2p::task_id::cluster_task_id(&url::Url::parse(&url).unwrap(), &[], "", "");
+    let id = dfget::p2p::task_id::cluster_task_id(&url, &[], "", "").unwrap();
     assert_eq!(vortex_exchange(&p, &request(id.as_bytes(), 0)).0, 1, "served before the removal");
     assert_success(&p.daemon.tasks(&["rm", &local_task_id(&p.daemon)]), "tasks rm");
     assert!(p.daemon.wait_log("DeleteTask sent to the scheduler"), "no DeleteTask:\n{}", p.daemon.core_log());
@@ -320,7 +320,7 @@ fn a_rate_limited_upload_pins_its_task_against_gc_and_removal_and_arrives_exact(
     let out = out_dir();
     let url = nginx.url("/f.bin");
     assert_success(&parent.daemon.download(&url, &out.path().join("parent")), "parent download");
-    let id = dfget::p2p::task_id::cluster_task_id(&url::Url::parse(&url).unwrap(), &[], "", "");
+    let id = dfget::p2p::task_id::cluster_task_id(&url, &[], "", "").unwrap();
     let local = local_task_id(&parent.daemon);
 
     // A child (this test) in the middle of piece 1: the task can be neither collected nor removed.
@@ -373,7 +373,7 @@ fn the_upload_server_bounds_concurrent_uploads_and_serves_again_after() {
     let out = out_dir();
     let url = nginx.url("/f.bin");
     assert_success(&p.daemon.download(&url, &out.path().join("f")), "download");
-    let id = dfget::p2p::task_id::cluster_task_id(&url::Url::parse(&url).unwrap(), &[], "", "");
+    let id = dfget::p2p::task_id::cluster_task_id(&url, &[], "", "").unwrap();
     // Connections that never send their request hold every one of the MAX_CONCURRENT_UPLOADS (64)
     // slots. 65 of them: the cores count connections in whatever order they run, so one request of
     // ours may still slip in and an idle one be refused instead; with one more idle connection than
@@ -435,7 +435,7 @@ fn uploads_are_spliced_on_io_uring_and_copied_on_the_polling_driver() {
     let sched = Scheduler::start();
     let bytes = serve(root.path(), "f.bin", 6 * MIB, 11);
     let url = nginx.url("/f.bin");
-    let id = dfget::p2p::task_id::cluster_task_id(&url::Url::parse(&url).unwrap(), &[], "", "");
+    let id = dfget::p2p::task_id::cluster_task_id(&url, &[], "", "").unwrap();
     let out = out_dir();
     for (n, polling) in [(1u8, false), (2, true)] {
         let metrics_port = free_port();

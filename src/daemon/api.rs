@@ -397,8 +397,11 @@ async fn prepare(shared: &Shared, req: &DownloadRequest, caller: &Caller) -> Res
     let private = access::carries_credentials(&url, &req.headers);
     // Private content (fetched with credentials) never joins the cluster: another peer could not
     // prove it may read it.
-    let cluster_id =
-        (!private).then(|| crate::p2p::task_id::cluster_task_id(&url, &req.filter, &req.tag, &req.application));
+    let cluster_id = if private {
+        None
+    } else {
+        crate::p2p::task_id::cluster_task_id(&req.url, &req.filter, &req.tag, &req.application)
+    };
     let fetch = Fetch { url, headers: req.headers.clone(), opts: shared.http_opts.clone(), auth: None };
     Ok((Spec { display_url: shown, fetch, digest, expected_len: None, private, access_shown: false, cluster_id }, id))
 }
