@@ -110,6 +110,38 @@ fn repeating_a_download_onto_its_own_out_is_a_hit_that_leaves_no_temp_file() {
     assert_eq!(daemon.core_log().matches("reuse file peer task done").count(), 3, "{}", daemon.diagnostics());
 }
 
+/// Many hits of one finished task at once: each export links the task file to a temp name and then
+/// renames it, and between the two the file's ctime has moved with its link count unchanged, which
+/// is what an edit in place looks like. A hit checked in that gap used to take it for an edit and
+/// forget the file's state, and every hit after it read the whole file again. Every one of these
+/// hits must stay O(1): no full read in the log, no request to the origin, every OUT exact.
+#[test]
+fn concurrent_hits_of_one_task_never_mistake_each_others_links_for_an_edit() {
+    const ROUNDS: usize = 8;
+    const HITS: usize = 60;
+    let origin = ThrottledOrigin::start();
+    let daemon = StorageDaemon::start(MULTIPLEX);
+    let body = content(2 * PIECE + 3, 907);
+    origin.add("/many", body.clone());
+    let url = origin.url("/many");
+    daemon.assert_ok(&daemon.download(&url, &daemon.out("first")), "first download");
+    let n_first = origin.n_requests("/many");
+    for round in 0..ROUNDS {
+        let outs: Vec<_> = (0..HITS).map(|k| daemon.out(&format!("hit-{round}-{k}"))).collect();
+        let clients: Vec<_> = outs.iter().map(|out| daemon.spawn_download(&url, out)).collect();
+        for (k, client) in clients.into_iter().enumerate() {
+            daemon.assert_ok(&client.wait(Duration::from_secs(60)), &format!("round {round}, hit {k}"));
+        }
+        outs.iter().for_each(|out| assert_file_is(out, &body));
+        // Removing OUTs moves the link count down between rounds, as users do.
+        outs.iter().step_by(2).for_each(|out| fs::remove_file(out).expect("remove an OUT"));
+    }
+    assert_eq!(origin.n_requests("/many"), n_first, "a hit went to the origin");
+    let log = daemon.core_log();
+    assert_eq!(log.matches("reuse file peer task done").count(), ROUNDS * HITS, "{}", daemon.diagnostics());
+    assert_eq!(log.matches("reads the whole task file").count(), 0, "a hit re-read the file\n{}", daemon.diagnostics());
+}
+
 /// A download stopped (by `stop`: SIGKILL or SIGTERM) once meta.json records `min_recorded`
 /// pieces: `n_pieces` 4 MiB pieces, the first half at full speed and the rest at 256 KiB/s per
 /// connection, so the stop lands after the fast pieces are recorded and while slow ones are in

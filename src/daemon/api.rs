@@ -159,15 +159,7 @@ async fn download_to(
         follow(&task, stream).await?;
     }
     let method = match &req.output {
-        Some(out) => {
-            let (method, after) = export_as(caller, &task, out).await?;
-            // A link moved the file's ctime and link count: that is no edit, remember the new state
-            // (taken by the export job itself: one thread round trip for the whole export).
-            if let Ok(now) = after {
-                keep_identity_if_same(&task, now);
-            }
-            method.as_str()
-        }
+        Some(out) => export_as(caller, &task, out).await?.as_str(),
         None => "none",
     };
     let len_bytes = task.geometry().map(|g| g.layout.content_len_bytes).unwrap_or(0);
@@ -191,19 +183,22 @@ async fn download_to(
 }
 
 /// Puts the task's file at `output` with the caller's rights (`caller::as_caller`): the task file
-/// is opened as the daemon, everything on OUT's side is done as the caller. Returns how, and the
-/// task file's state after it (`fstat` of the file the job held: it needs no rights on the data dir).
-async fn export_as(
-    caller: &Caller,
-    task: &Task,
-    output: &str,
-) -> Result<(crate::storage::export::Method, std::io::Result<crate::storage::FileIdentity>)> {
-    let (src, out) = (task.data_path.clone(), std::path::PathBuf::from(output));
+/// is opened as the daemon, everything on OUT's side is done as the caller. A link moves the file's
+/// ctime and link count, which is no edit: after a link the job remembers the state it left
+/// (`fstat` of the file it held: it needs no rights on the data dir) before it lets go of
+/// `Task::links`.
+async fn export_as(caller: &Caller, task: &Arc<Task>, output: &str) -> Result<crate::storage::export::Method> {
+    let (src, out, t) = (task.data_path.clone(), std::path::PathBuf::from(output), task.clone());
     let copy_mode = 0o666 & !caller.umask;
     let open = move || std::fs::File::open(&src).map_err(|e| crate::storage::disk_err(e, &src, "open task file"));
     caller::as_caller(caller, open, move |file| {
-        let method = crate::storage::export::export_file(&file, &out, true, copy_mode)?;
-        Ok((method, crate::storage::FileIdentity::of_file(&file)))
+        let (method, links) = crate::storage::export::export_file(&file, &out, true, copy_mode, Some(&t.links))?;
+        // Only a new link changed the file's state (a copy or an OUT already linked did not), and
+        // that state is recorded while no other export can be half done.
+        if let (Some(_links), Ok(now)) = (links, crate::storage::FileIdentity::of_file(&file)) {
+            keep_identity_if_same(&t, now);
+        }
+        Ok(method)
     })
     .await
 }
@@ -279,7 +274,8 @@ async fn reusable(task: &Arc<Task>) -> bool {
     };
     let (path, crcs, t) = (task.data_path.clone(), task.crcs(), task.clone());
     let check = blocking(move || {
-        // O(1): the file is in the state this run last saw (one stat).
+        // O(1): the file is in the state this run last saw (one stat), no export half done.
+        let links = t.links.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if keep_identity_if_unchanged(&t) {
             return Ok(());
         }
@@ -287,6 +283,8 @@ async fn reusable(task: &Arc<Task>) -> bool {
         // kept the record but not the bytes): read it all. The identity is taken before the read,
         // so an edit made during the read is caught by the next hit.
         let before = crate::storage::FileIdentity::of(&path).ok();
+        drop(links);
+        tracing::info!(task = %t.id, "cache hit reads the whole task file: its state is not the one this run last saw");
         crate::storage::verify_pieces(&path, g.layout, &crcs)?;
         t.set_identity(before);
         Ok(())

@@ -105,6 +105,11 @@ pub struct Task {
     /// The finished task file's identity, known only to this run of the daemon: set when the task
     /// finishes here, or after a restored task's first full check. None = check fully.
     identity: std::sync::Mutex<Option<crate::storage::FileIdentity>>,
+    /// Held by blocking jobs (never a core) while they change the task file's links (an export:
+    /// link to a temp name, then rename) or compare its state with `identity` (a cache hit), so a
+    /// check never sees an export half done: after the link and before the rename the ctime moves
+    /// again with the link count unchanged, which is what an edit in place looks like.
+    pub links: std::sync::Mutex<()>,
     /// What this task adds to `Shared::cache_bytes` (0 until laid out and admitted): swapped,
     /// so accounting a task twice or removing it twice never moves the total twice.
     pub(crate) accounted_bytes: AtomicU64,
@@ -142,6 +147,7 @@ impl Task {
             peer: OnceLock::new(),
             workers: crate::daemon::ramp::Workers::default(),
             identity: std::sync::Mutex::new(None),
+            links: std::sync::Mutex::new(()),
             accounted_bytes: AtomicU64::new(0),
         }
     }

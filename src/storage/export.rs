@@ -8,6 +8,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use crate::error::{Error, Result};
 
@@ -33,7 +34,7 @@ impl Method {
 #[cfg(test)]
 pub fn export(src: &Path, out: &Path, allow_link: bool) -> Result<Method> {
     let from = File::open(src).map_err(|e| crate::storage::disk_err(e, src, "open task file"))?;
-    export_file(&from, out, allow_link, 0o644)
+    export_file(&from, out, allow_link, 0o644, None).map(|(method, _)| method)
 }
 
 /// Puts the open task file `src` at `out`. Run it as the caller (`daemon::caller::as_caller`):
@@ -41,7 +42,13 @@ pub fn export(src: &Path, out: &Path, allow_link: bool) -> Result<Method> {
 /// `/proc/self/fd/N`, so the caller needs no access to the data dir's path, and the kernel's
 /// `fs.protected_hardlinks` decides whether the caller could have made that link itself; where not,
 /// the caller gets a reflink or copy it owns, with mode `copy_mode`. Errors name OUT's side.
-pub fn export_file(src: &File, out: &Path, allow_link: bool, copy_mode: u32) -> Result<Method> {
+pub fn export_file<'a>(
+    src: &File,
+    out: &Path,
+    allow_link: bool,
+    copy_mode: u32,
+    links: Option<&'a Mutex<()>>,
+) -> Result<(Method, Option<MutexGuard<'a, ()>>)> {
     let dir = match out.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -56,10 +63,20 @@ pub fn export_file(src: &File, out: &Path, allow_link: bool, copy_mode: u32) -> 
     }
     // OUT already is this very file (the same download asked again): there is nothing to place.
     if allow_link && is_same_file(src, out) {
-        return Ok(Method::HardLink);
+        return Ok((Method::HardLink, None));
     }
     let tmp = temp_name(&dir, out);
-    let result = place(src, &tmp, allow_link, copy_mode).and_then(|method| {
+    // A hard link changes the source's links twice (link, then rename): under `links` throughout.
+    let mut held = links.filter(|_| allow_link).map(|m| m.lock().unwrap_or_else(PoisonError::into_inner));
+    let result = try_link(src, &tmp, allow_link).and_then(|linked| {
+        let method = match linked {
+            true => Method::HardLink,
+            false => {
+                // A copy leaves the source's links alone: others need not wait for it.
+                held = None;
+                copy_into(src, &tmp, copy_mode)?
+            }
+        };
         fs::rename(&tmp, out).map_err(|e| out_err(e, out, "rename into place"))?;
         Ok(method)
     });
@@ -68,7 +85,7 @@ pub fn export_file(src: &File, out: &Path, allow_link: bool, copy_mode: u32) -> 
     if result.is_err() || fs::symlink_metadata(&tmp).is_ok() {
         let _ = fs::remove_file(&tmp);
     }
-    result
+    result.map(|method| (method, held))
 }
 
 /// Whether `out` is a name of the open file `src` (same device and inode).
@@ -101,22 +118,28 @@ fn temp_name(dir: &Path, out: &Path) -> PathBuf {
     dir.join(format!(".{base}.dfget-{}.tmp", uuid::Uuid::new_v4().simple()))
 }
 
-fn place(src: &File, tmp: &Path, allow_link: bool, copy_mode: u32) -> Result<Method> {
+/// Hard-links `src` at `tmp` when allowed. Ok(false): no link possible here (cross-device, a link
+/// the caller could not have made under fs.protected_hardlinks, too many links, or no /proc), so
+/// the caller copies; anything else is a real error.
+fn try_link(src: &File, tmp: &Path, allow_link: bool) -> Result<bool> {
     use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
-    if allow_link {
-        let by_fd = format!("/proc/self/fd/{}", src.as_raw_fd());
-        let cwd = rustix::fs::CWD;
-        match rustix::fs::linkat(cwd, by_fd.as_str(), cwd, tmp, rustix::fs::AtFlags::SYMLINK_FOLLOW) {
-            Ok(()) => return Ok(Method::HardLink),
-            // Cross-device, a link the caller could not have made (fs.protected_hardlinks), too
-            // many links, or no /proc: fall through to a copy. Anything else is a real error.
-            Err(
-                rustix::io::Errno::XDEV | rustix::io::Errno::PERM | rustix::io::Errno::MLINK | rustix::io::Errno::NOENT,
-            ) => {}
-            Err(e) => return Err(out_err(e.into(), tmp, "hard-link task file to")),
-        }
+    if !allow_link {
+        return Ok(false);
     }
+    let by_fd = format!("/proc/self/fd/{}", src.as_raw_fd());
+    let cwd = rustix::fs::CWD;
+    match rustix::fs::linkat(cwd, by_fd.as_str(), cwd, tmp, rustix::fs::AtFlags::SYMLINK_FOLLOW) {
+        Ok(()) => Ok(true),
+        Err(
+            rustix::io::Errno::XDEV | rustix::io::Errno::PERM | rustix::io::Errno::MLINK | rustix::io::Errno::NOENT,
+        ) => Ok(false),
+        Err(e) => Err(out_err(e.into(), tmp, "hard-link task file to")),
+    }
+}
+
+/// A reflink of `src` at `tmp` where the filesystem can, else an in-kernel copy.
+fn copy_into(src: &File, tmp: &Path, copy_mode: u32) -> Result<Method> {
+    use std::os::unix::fs::OpenOptionsExt;
     let to = OpenOptions::new()
         .write(true)
         .create_new(true)
