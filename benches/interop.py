@@ -4,7 +4,8 @@
     benches/interop.py [--size-mib 64] [--dfget target/release/dfget]
                        [--dfdaemon PATH] [--rust-dfget PATH] [--scheduler PATH] [--keep]
 
-Not part of CI: Dragonfly's Rust dfdaemon takes ~40 min and ~4 GiB to build on 2 cores. Get it with
+Not part of CI: Dragonfly's Rust dfdaemon is a long build (rocksdb's C++; over 1.5 h at nice 19 on
+2 shared cores, see PERF.md). Get it with
 (Debian: apt-get install protobuf-compiler libclang-dev cmake first):
 
     CARGO_TARGET_DIR=/tmp/dfclient-build nice -n 19 cargo install dragonfly-client@1.5.10 --locked \\
@@ -317,6 +318,9 @@ def main():
                        ("Dragonfly's scheduler (scripts/test.sh builds it)", args.scheduler)):
         if not os.access(path, os.X_OK):
             sys.exit("%s not found at %s" % (what, path))
+    for path in (args.dfget, args.dfdaemon):
+        v = subprocess.run([path, "--version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+        print("version: %s: %s" % (path, v.stdout.decode(errors="replace").strip().splitlines()[:1]), flush=True)
     t = Interop(args)
     try:
         t.origin()
