@@ -84,11 +84,20 @@ def read(path):
         return ""
 
 
-def logs_under(d):
+def log_sizes(d):
+    """Each file's length under `d` now: the mark `logs_since` reads on from."""
+    return {os.path.join(dp, f): os.path.getsize(os.path.join(dp, f)) for dp, _, files in os.walk(d) for f in files}
+
+
+def logs_since(d, sizes):
+    """What every file under `d` gained since `sizes` (files that appeared since: all of them).
+    Per file, not one concatenation sliced by its old length: the Rust dfdaemon's log and
+    rocksdb's LOG files grow together, and a slice would drop the first new lines of the first."""
     out = []
-    for dirpath, _, files in os.walk(d):
-        for f in sorted(files):
-            out.append(read(os.path.join(dirpath, f)))
+    for path, _ in sorted(log_sizes(d).items()):
+        with open(path, "rb") as f:
+            f.seek(sizes.get(path, 0))
+            out.append(f.read().decode("utf-8", "replace"))
     return "\n".join(out)
 
 
@@ -271,10 +280,10 @@ class Interop:
         exact, took = self.download("ours", "b.bin")
         self.check("ours downloads B from the origin", exact, "exact=%s, %.2f s" % (exact, took))
         (before, probes_before) = self.origin_bytes("b.bin")
-        mark = len(logs_under(self.rust_logs))
+        mark = log_sizes(self.rust_logs)
         exact, took = self.download("rust", "b.bin")
         (after, probes_after) = self.origin_bytes("b.bin")
-        new_log = logs_under(self.rust_logs)[mark:].splitlines()
+        new_log = logs_since(self.rust_logs, mark).splitlines()
         # dfdaemon logs "all pieces are downloaded with scheduler" also after the scheduler sent it
         # back to source, so the evidence is its per-piece line naming the parent (debug level).
         from_parent = [l for l in new_log if "finished piece" in l and "from parent" in l]
