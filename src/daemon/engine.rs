@@ -230,7 +230,7 @@ async fn wait_all_pieces(shared: &Arc<Shared>, task: &Arc<Task>) -> Result<()> {
     let mut flushed_bytes = 0u64;
     let mut last_flush = Instant::now();
     let mut ramp = Ramp::new(task.workers.limit(), shared.max_workers());
-    let trading = task.peer.get().is_some_and(|p| p.mode() == crate::p2p::peer::Mode::Parents);
+    let trading = task.peer.get().is_some_and(|p| p.trading());
     if trading || !task.geometry().is_some_and(|g| g.ranged) {
         ramp.settle();
     }

@@ -392,22 +392,10 @@ impl Task {
         self.next_piece.load(Ordering::Acquire)
     }
 
+    /// The next piece no worker took yet that is not already on disk: one-piece runs (`take_run`).
     pub fn take_piece(&self) -> Option<u64> {
-        let g = self.geometry()?;
-        if !g.ranged || self.state() != State::Running {
-            return None;
-        }
-        let bitmap = self.bitmap.get()?;
-        loop {
-            let idx = self.next_piece.fetch_add(1, Ordering::AcqRel);
-            if idx >= g.layout.n_pieces() {
-                return None;
-            }
-            // Pieces restored from a previous run are already on disk.
-            if !bitmap.get(idx) {
-                return Some(idx);
-            }
-        }
+        // Pieces restored from a previous run are already on disk.
+        std::iter::from_fn(|| self.take_run(1)).map(|(idx, _)| idx).find(|&idx| !self.piece_done(idx))
     }
 
     /// Takes up to `max` consecutive pieces no worker took yet, in one step: (first, count). Some
