@@ -4,7 +4,7 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = "src/p2p/proto";
-    let files = ["common.proto", "errordetails.proto", "scheduler.proto", "dfdaemon.proto"];
+    let files = ["common.proto", "errordetails.proto", "scheduler.proto", "dfdaemon.proto", "manager.proto"];
     for f in &files {
         println!("cargo:rerun-if-changed={dir}/{f}");
     }

@@ -332,6 +332,18 @@ pub const HOST_ANNOUNCE_INTERVAL: std::time::Duration = std::time::Duration::fro
 /// piece reports (the scheduler treats them as hints) rather than block a core.
 pub const CONTROL_QUEUE_DEPTH: usize = 4096;
 
+/// Longest wait for one manager's ListSchedulers answer before the next manager is asked.
+pub const MANAGER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// While the manager has given no scheduler (unreachable, or none registered yet) it is asked again
+/// this often rather than after the whole `scheduler.manager.refreshInterval` (Dragonfly's default
+/// 10m), so a daemon started before its cluster joins it soon after a scheduler registers.
+pub const MANAGER_RETRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The shortest `scheduler.manager.refreshInterval` honoured: every refresh is a database query on
+/// the manager (its cache aside), multiplied by every host of the cluster.
+pub const MIN_MANAGER_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// A piece worker waiting for a parent to announce its piece gives up after this long without any
 /// announcement from any parent: the swarm is stuck, and the origin is faster than waiting.
 pub const PARENT_STALL: std::time::Duration = std::time::Duration::from_secs(5);

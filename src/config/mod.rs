@@ -15,7 +15,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use p2p::P2pConfig;
+pub use p2p::{P2pConfig, MAX_SCHEDULERS};
 
 /// A dfget.yaml larger than this is not a config file (Dragonfly's packaged one is ~4 KiB).
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;

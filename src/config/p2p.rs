@@ -1,30 +1,46 @@
-//! The peer-to-peer part of dfget.yaml, in Dragonfly's keys: `scheduler.netAddrs` (the schedulers
-//! to announce to), `scheduler.manager.netAddrs` (read, but only warned about: there is no manager
-//! client), `host.{advertiseIP, listenIP, hostname, idc, location}`, and
+//! The peer-to-peer part of dfget.yaml, in Dragonfly's keys: `scheduler.netAddrs` (the static
+//! scheduler list), `scheduler.manager.{enable, netAddrs, refreshInterval}` (the managers that tell
+//! the schedulers), `host.{advertiseIP, listenIP, hostname, idc, location}`, and
 //! `upload.{rateLimit, tcpListen.{listen, port}, vortexPort}`.
 //!
-//! Invariant: with no scheduler address the resolved `P2pConfig` is `None` and the daemon is the
-//! standalone one, byte for byte; every value reaching `P2pConfig` was validated inside serde.
+//! Which wins, Dragonfly's rule: with `scheduler.manager.enable: true` the schedulers come from the
+//! manager, else from `scheduler.netAddrs` (a manager that is not enabled is never asked). Beyond
+//! Dragonfly, whose dfget then ignores the static list, an enabled manager that is unreachable
+//! before it ever answered, or that lists no scheduler, falls back to `scheduler.netAddrs`.
+//!
+//! Invariant: with neither a scheduler address nor an enabled manager the resolved `P2pConfig` is
+//! `None` and the daemon is the standalone one, byte for byte; every value reaching `P2pConfig` was
+//! validated inside serde.
 
 use std::net::IpAddr;
+use std::time::Duration;
 
 use std::marker::PhantomData;
 
 use serde::{Deserialize, Deserializer};
 
-use super::raw::{scalar_deserialize, Key, ScalarKind, ScalarVisitor, Size};
+use super::raw::{scalar_deserialize, Flag, Key, NonZeroDur, ScalarKind, ScalarVisitor, Size};
+use crate::limits;
 
 /// Dragonfly's Rust dfdaemon defaults: the upload gRPC port and the storage (Vortex) TCP port.
 pub const DEFAULT_UPLOAD_PORT: u16 = 4000;
 pub const DEFAULT_VORTEX_PORT: u16 = 4005;
 /// Schedulers listed at most: more is a typo, and each one is an announcement per refresh.
 pub const MAX_SCHEDULERS: usize = 16;
+/// Dragonfly's dfget default `scheduler.manager.refreshInterval`.
+pub const DEFAULT_MANAGER_REFRESH: Duration = Duration::from_secs(600);
 
 /// What the code uses. `None` in `Config::p2p` = no cluster.
 #[derive(Debug, Clone, PartialEq)]
 pub struct P2pConfig {
-    /// `host:port` of each scheduler; the first that answers is used.
+    /// `host:port` of each scheduler of `scheduler.netAddrs`: the list in use without a manager,
+    /// and the fallback while an enabled manager gives none.
     pub schedulers: Vec<String>,
+    /// `host:port` of each manager, asked in order (`scheduler.manager.netAddrs`, only with
+    /// `scheduler.manager.enable: true`); empty = no manager.
+    pub managers: Vec<String>,
+    /// How often the manager is asked again (`scheduler.manager.refreshInterval`).
+    pub manager_refresh_interval: Duration,
     /// The address other peers reach this one at (`host.advertiseIP`); None = detect.
     pub advertise_ip: Option<IpAddr>,
     /// Where the upload servers listen (`upload.tcpListen.listen`, else `host.listenIP`).
@@ -53,8 +69,11 @@ pub(crate) struct RawScheduler {
 #[derive(Debug, Default, Deserialize)]
 #[serde(expecting = "a mapping of manager settings")]
 pub(crate) struct RawManager {
+    pub enable: Option<Flag>,
     #[serde(rename = "netAddrs")]
     pub net_addrs: Option<Vec<RawNetAddr>>,
+    #[serde(rename = "refreshInterval")]
+    pub refresh_interval: Option<NonZeroDur>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -194,8 +213,8 @@ pub(crate) const SCHEDULER_KEYS: &[(&str, Key)] = &[
         "manager",
         Key::Section(&[
             ("netAddrs", Key::Used),
-            ("enable", Key::Unused),
-            ("refreshInterval", Key::Unused),
+            ("enable", Key::Used),
+            ("refreshInterval", Key::Used),
             ("seedPeer", Key::Unused),
         ]),
     ),
@@ -228,21 +247,10 @@ pub(crate) fn resolve(
     let addrs = |list: Option<Vec<RawNetAddr>>| -> Vec<String> {
         list.unwrap_or_default().into_iter().map(|a| a.addr.0).take(MAX_SCHEDULERS).collect()
     };
-    let managers = addrs(scheduler.manager.and_then(|m| m.net_addrs));
     let schedulers = addrs(scheduler.net_addrs);
-    if !managers.is_empty() {
-        let consequence = if schedulers.is_empty() {
-            "with no scheduler.netAddrs this daemon does not join the cluster (it runs standalone); list the \
-             schedulers there"
-        } else {
-            "only the schedulers in scheduler.netAddrs are used"
-        };
-        notes.push(format!(
-            "scheduler.manager.netAddrs ({}) is not used: this daemon has no manager client; {consequence}",
-            managers.join(", ")
-        ));
-    }
-    if schedulers.is_empty() {
+    let manager = scheduler.manager.unwrap_or_default();
+    let (managers, manager_refresh_interval) = resolve_manager(manager, schedulers.is_empty(), notes);
+    if schedulers.is_empty() && managers.is_empty() {
         return None;
     }
     let host = host.unwrap_or_default();
@@ -255,6 +263,8 @@ pub(crate) fn resolve(
     };
     Some(P2pConfig {
         schedulers,
+        managers,
+        manager_refresh_interval,
         advertise_ip: host.advertise_ip.and_then(|i| i.0).filter(|ip| !unspecified(ip)),
         listen_ip: listen
             .listen
@@ -274,6 +284,43 @@ pub(crate) fn resolve(
     })
 }
 
+/// The managers to ask (none unless enabled, as in Dragonfly) and the refresh interval.
+fn resolve_manager(manager: RawManager, no_static: bool, notes: &mut Vec<String>) -> (Vec<String>, Duration) {
+    let managers: Vec<String> =
+        manager.net_addrs.unwrap_or_default().into_iter().map(|a| a.addr.0).take(MAX_SCHEDULERS).collect();
+    let enabled = manager.enable.is_some_and(|f| f.0);
+    let without = if no_static {
+        "this daemon does not join a cluster (it runs standalone)"
+    } else {
+        "the schedulers of scheduler.netAddrs are used"
+    };
+    if !enabled {
+        if !managers.is_empty() {
+            notes.push(format!(
+                "scheduler.manager.netAddrs ({}) is not asked: scheduler.manager.enable is not true (Dragonfly's \
+                 rule); {without}",
+                managers.join(", ")
+            ));
+        }
+        return (Vec::new(), DEFAULT_MANAGER_REFRESH);
+    }
+    if managers.is_empty() {
+        notes.push(format!(
+            "scheduler.manager.enable is true but scheduler.manager.netAddrs lists no manager; {without}"
+        ));
+    }
+    let mut refresh = manager.refresh_interval.map(|d| d.0).unwrap_or(DEFAULT_MANAGER_REFRESH);
+    if refresh < limits::MIN_MANAGER_REFRESH {
+        notes.push(format!(
+            "scheduler.manager.refreshInterval {refresh:?} is below {:?}: using {:?}",
+            limits::MIN_MANAGER_REFRESH,
+            limits::MIN_MANAGER_REFRESH
+        ));
+        refresh = limits::MIN_MANAGER_REFRESH;
+    }
+    (managers, refresh)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{Config, UserEnv};
@@ -290,14 +337,41 @@ mod tests {
     fn no_scheduler_means_standalone() {
         assert_eq!(load("").unwrap().0, None);
         assert_eq!(load("host: {hostname: h}\nupload: {rateLimit: 1Mi}\n").unwrap().0, None);
+        // A manager that is not enabled is never asked (Dragonfly's rule), and says so.
         let (p2p, warnings) = load("scheduler: {manager: {netAddrs: [{type: tcp, addr: 'm:65003'}]}}\n").unwrap();
         assert_eq!(p2p, None);
-        assert!(warnings[0].contains("no manager client"), "{warnings:?}");
+        assert!(warnings[0].contains("scheduler.manager.enable is not true"), "{warnings:?}");
         assert!(warnings[0].contains("runs standalone"), "{warnings:?}");
-        let both = "scheduler: {manager: {netAddrs: [{addr: 'm:65003'}]}, netAddrs: [{addr: 's:8002'}]}\n";
+        let both =
+            "scheduler: {manager: {enable: false, netAddrs: [{addr: 'm:65003'}]}, netAddrs: [{addr: 's:8002'}]}\n";
         let (p2p, warnings) = load(both).unwrap();
-        assert_eq!(p2p.map(|p| p.schedulers), Some(vec!["s:8002".to_string()]));
-        assert!(warnings[0].contains("only the schedulers in scheduler.netAddrs are used"), "{warnings:?}");
+        let p2p = p2p.unwrap();
+        assert_eq!((p2p.schedulers, p2p.managers), (vec!["s:8002".to_string()], vec![]));
+        assert!(warnings[0].contains("the schedulers of scheduler.netAddrs are used"), "{warnings:?}");
+        let (p2p, warnings) = load("scheduler: {manager: {enable: true}}\n").unwrap();
+        assert_eq!(p2p, None);
+        assert!(warnings[0].contains("lists no manager"), "{warnings:?}");
+    }
+
+    #[test]
+    fn an_enabled_manager_joins_a_cluster_with_or_without_static_schedulers() {
+        let (p2p, warnings) =
+            load("scheduler:\n  manager:\n    enable: true\n    netAddrs:\n      - type: tcp\n        addr: m1:65003\n      - addr: m2:65003\n")
+                .unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let p2p = p2p.expect("a manager alone joins a cluster");
+        assert_eq!(p2p.managers, vec!["m1:65003".to_string(), "m2:65003".to_string()]);
+        assert!(p2p.schedulers.is_empty());
+        assert_eq!(p2p.manager_refresh_interval, DEFAULT_MANAGER_REFRESH);
+        let yaml = "scheduler: {manager: {enable: true, netAddrs: [{addr: 'm:1'}], refreshInterval: 30s}, \
+                    netAddrs: [{addr: 's:8002'}]}\n";
+        let p2p = load(yaml).unwrap().0.unwrap();
+        assert_eq!((p2p.managers.len(), p2p.schedulers.len()), (1, 1), "both kept: the static list is the fallback");
+        assert_eq!(p2p.manager_refresh_interval, Duration::from_secs(30));
+        let (p2p, warnings) =
+            load("scheduler: {manager: {enable: yes, netAddrs: [{addr: 'm:1'}], refreshInterval: 10ms}}\n").unwrap();
+        assert_eq!(p2p.unwrap().manager_refresh_interval, limits::MIN_MANAGER_REFRESH);
+        assert!(warnings[0].contains("refreshInterval"), "{warnings:?}");
     }
 
     #[test]
@@ -309,6 +383,8 @@ mod tests {
         assert!(warnings.is_empty(), "{warnings:?}");
         let want = P2pConfig {
             schedulers: vec!["127.0.0.1:8002".into(), "s2:8002".into()],
+            managers: vec![],
+            manager_refresh_interval: DEFAULT_MANAGER_REFRESH,
             advertise_ip: Some("127.0.0.2".parse().unwrap()),
             listen_ip: "127.0.0.2".parse().unwrap(),
             hostname: Some("peer1".into()),
@@ -342,5 +418,8 @@ mod tests {
         check("host: {advertiseIP: 300.1.1.1}\n", "invalid IP address");
         check("upload: {tcpListen: {port: 80}}\n", "a port such as");
         check("upload: {vortexPort: 70000}\n", "out of range");
+        check("scheduler: {manager: {enable: maybe}}\n", "true or false");
+        check("scheduler: {manager: {refreshInterval: 0s}}\n", "greater than 0");
+        check("scheduler: {manager: {netAddrs: [{addr: 'm'}]}}\n", "invalid address");
     }
 }

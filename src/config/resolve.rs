@@ -264,7 +264,12 @@ mod tests {
         check_warnings("gcIntervall: 1m\n", &["ignoring unknown key `gcIntervall`"]);
         check_warnings(
             "scheduler:\n  manager:\n    netAddrs: [{type: tcp, addr: 'm:65003'}]\nfoo: {bar: 1}\n",
-            &["ignoring unknown key `foo`", "scheduler.manager.netAddrs (m:65003) is not used"],
+            &["ignoring unknown key `foo`", "scheduler.manager.netAddrs (m:65003) is not asked"],
+        );
+        check_warnings("scheduler:\n  manager:\n    enable: true\n    netAddrs: [{addr: 'm:65003'}]\n", &[]);
+        check_warnings(
+            "scheduler: {manager: {enable: true, seedPeer: {enable: false}}}\n",
+            &["seedPeer", "lists no manager"],
         );
         check_warnings("storage: {diskGcThreshold: 1Gi, multiplex: true}", &["unknown key `storage.diskGcThreshold`"]);
         check_warnings(

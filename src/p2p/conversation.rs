@@ -27,7 +27,8 @@ pub async fn run(
     reply: flume::Sender<Outcome>,
 ) {
     let Some(mut client) = sched.for_task(&peer.cluster_id) else {
-        let _ = reply.send(Outcome::Unreachable("no scheduler configured".into()));
+        let _ =
+            reply.send(Outcome::Unreachable("no scheduler known (none configured, or the manager gave none)".into()));
         return;
     };
     let (tx, rx) = mpsc::channel::<s::AnnouncePeerRequest>(64);

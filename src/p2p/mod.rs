@@ -1,12 +1,13 @@
 //! Joining a Dragonfly cluster: the generated protocol types (`pb`), the Vortex piece codec, the
-//! scheduler client, the upload server a child fetches from, and the parent fetcher. Everything
-//! gRPC runs on one control-plane thread with a small tokio runtime; piece bytes move on the
-//! compio cores. With no scheduler configured nothing here starts, and the daemon behaves as a
-//! standalone one.
+//! manager client (which schedulers to use), the scheduler client, the upload server a child
+//! fetches from, and the parent fetcher. Everything gRPC runs on one control-plane thread with a
+//! small tokio runtime; piece bytes move on the compio cores. With no scheduler and no enabled
+//! manager configured nothing here starts, and the daemon behaves as a standalone one.
 
 pub(crate) mod conversation;
 pub(crate) mod fetch;
 pub(crate) mod grpc;
+pub(crate) mod manager;
 pub(crate) mod node;
 // Generated: the subset of the API this daemon speaks, with the stubs it does not call.
 #[allow(dead_code, unused_imports)]

@@ -1,8 +1,8 @@
 //! This daemon as a member of a Dragonfly cluster: its host identity, the tasks it can serve to
 //! other peers (by cluster task id), and the control-plane thread — one OS thread running a small
 //! current-thread tokio runtime for everything gRPC: the scheduler client (host announcements, one
-//! AnnouncePeer conversation per task, DeleteTask, DeleteHost) and the upload gRPC server
-//! (`grpc.rs`). The compio cores talk to it only through bounded channels and never wait on it
+//! AnnouncePeer conversation per task, DeleteTask, DeleteHost), the manager client that keeps the
+//! scheduler list (`manager.rs`) and the upload gRPC server (`grpc.rs`). The compio cores talk to it only through bounded channels and never wait on it
 //! longer than a registration timeout.
 //!
 //! Invariant: the scheduler being down or slow never fails a download — every path out of
@@ -10,12 +10,12 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use crossbeam_skiplist::SkipMap;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::P2pConfig;
@@ -105,6 +105,7 @@ impl Node {
         tracing::info!(
             host_id = %node.host_id,
             schedulers = %node.config.schedulers.join(","),
+            managers = %node.config.managers.join(","),
             upload_port = node.config.upload_port,
             vortex_port = node.config.vortex_port,
             "joining the Dragonfly cluster"
@@ -187,11 +188,15 @@ async fn control_main(node: Arc<Node>, mut rx: mpsc::Receiver<Ctl>, grpc: std::n
         }
         Err(e) => tracing::error!("cannot serve uploads (gRPC): {e}"),
     }
-    let channels: Vec<Channel> = node.config.schedulers.iter().filter_map(|a| lazy_channel(a)).collect();
-    if channels.is_empty() {
-        tracing::warn!("no usable scheduler address; every download goes to the origin");
+    let sched = Arc::new(Sched { node: node.clone(), in_use: Mutex::default(), changed: Notify::new() });
+    if node.config.managers.is_empty() {
+        sched.use_schedulers(&node.config.schedulers);
+        if sched.addrs().is_empty() {
+            tracing::warn!("no usable scheduler address; every download goes to the origin");
+        }
+    } else {
+        tokio::spawn(crate::p2p::manager::refresh_loop(sched.clone()));
     }
-    let sched = Arc::new(Sched { node: node.clone(), channels });
     tokio::spawn(announce_loop(sched.clone()));
     while let Some(msg) = rx.recv().await {
         match msg {
@@ -211,7 +216,9 @@ async fn control_main(node: Arc<Node>, mut rx: mpsc::Receiver<Ctl>, grpc: std::n
     }
 }
 
-fn lazy_channel(addr: &str) -> Option<Channel> {
+/// A channel that connects on first use (and again after a failure), so an address that is down
+/// now costs nothing until a call needs it.
+pub fn lazy_channel(addr: &str) -> Option<Channel> {
     match Endpoint::from_shared(format!("http://{addr}")) {
         Ok(e) => Some(
             e.connect_timeout(limits::SCHEDULER_CONNECT_TIMEOUT)
@@ -220,7 +227,7 @@ fn lazy_channel(addr: &str) -> Option<Channel> {
                 .connect_lazy(),
         ),
         Err(e) => {
-            tracing::warn!("bad scheduler address {addr}: {e}");
+            tracing::warn!("bad address {addr}: {e}");
             None
         }
     }
@@ -229,18 +236,48 @@ fn lazy_channel(addr: &str) -> Option<Channel> {
 /// The scheduler side of the control plane.
 pub struct Sched {
     pub node: Arc<Node>,
-    channels: Vec<Channel>,
+    /// The schedulers in use (address, channel): the static list, or the manager's answer.
+    /// Replaced whole by `use_schedulers`; a std mutex, since it is held only to clone or swap the
+    /// `Arc`, never across an await.
+    in_use: Mutex<Arc<Vec<(String, Channel)>>>,
+    /// Wakes the announce loop when the list changed, so new schedulers learn of this host at once.
+    changed: Notify,
 }
 
 impl Sched {
-    /// The scheduler responsible for a task: the same for every peer of the task (its id hashed),
-    /// as Dragonfly's consistent hashing does for a static scheduler list.
+    fn in_use(&self) -> Arc<Vec<(String, Channel)>> {
+        self.in_use.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The addresses of the schedulers in use.
+    pub fn addrs(&self) -> Vec<String> {
+        self.in_use().iter().map(|(a, _)| a.clone()).collect()
+    }
+
+    /// Makes `addrs` the schedulers in use (keeping the channels of those already in use); returns
+    /// whether the list changed. Conversations already running keep the scheduler they started with.
+    pub fn use_schedulers(&self, addrs: &[String]) -> bool {
+        let old = self.in_use();
+        if old.iter().map(|(a, _)| a).eq(addrs.iter()) {
+            return false;
+        }
+        let reuse = |a: &String| old.iter().find(|(o, _)| o == a).map(|(_, ch)| ch.clone());
+        let new: Vec<(String, Channel)> =
+            addrs.iter().filter_map(|a| Some((a.clone(), reuse(a).or_else(|| lazy_channel(a))?))).collect();
+        *self.in_use.lock().unwrap_or_else(|p| p.into_inner()) = Arc::new(new);
+        self.changed.notify_one();
+        true
+    }
+
+    /// The scheduler responsible for a task: the same for every peer of the task (its id hashed)
+    /// while peers see the same list, as Dragonfly's consistent hashing does.
     pub fn for_task(&self, cluster_id: &str) -> Option<s::scheduler_client::SchedulerClient<Channel>> {
-        if self.channels.is_empty() {
+        let in_use = self.in_use();
+        if in_use.is_empty() {
             return None;
         }
         let h = cluster_id.bytes().fold(0usize, |a, b| a.wrapping_mul(31).wrapping_add(b as usize));
-        Some(s::scheduler_client::SchedulerClient::new(self.channels[h % self.channels.len()].clone()))
+        Some(s::scheduler_client::SchedulerClient::new(in_use[h % in_use.len()].1.clone()))
     }
 
     fn host(&self) -> c::Host {
@@ -275,7 +312,7 @@ impl Sched {
     pub async fn announce_host(&self) -> bool {
         let interval = prost_types::Duration::try_from(limits::HOST_ANNOUNCE_INTERVAL).ok();
         let mut any = false;
-        for ch in &self.channels {
+        for (_, ch) in self.in_use().iter() {
             let mut client = s::scheduler_client::SchedulerClient::new(ch.clone());
             let req = s::AnnounceHostRequest { host: Some(self.host()), interval };
             match tokio::time::timeout(limits::SCHEDULER_REGISTER_TIMEOUT, client.announce_host(req)).await {
@@ -298,7 +335,7 @@ impl Sched {
     }
 
     async fn delete_host(&self) {
-        for ch in &self.channels {
+        for (_, ch) in self.in_use().iter() {
             let mut client = s::scheduler_client::SchedulerClient::new(ch.clone());
             let req = s::DeleteHostRequest { host_id: self.node.host_id.clone() };
             match tokio::time::timeout(limits::SCHEDULER_CONNECT_TIMEOUT, client.delete_host(req)).await {
@@ -315,12 +352,16 @@ async fn announce_loop(sched: Arc<Sched>) {
     loop {
         let ok = sched.announce_host().await;
         if ok && !announced {
-            tracing::info!(host_id = %sched.node.host_id, "announced to the scheduler");
+            tracing::info!(host_id = %sched.node.host_id, schedulers = %sched.addrs().join(","), "announced to the scheduler");
         }
         announced = ok;
-        // Until a scheduler has accepted the host, retry soon: registrations need it.
+        // Until a scheduler has accepted the host, retry soon: registrations need it. A new
+        // scheduler list is announced to at once.
         let wait = if ok { limits::HOST_ANNOUNCE_INTERVAL } else { Duration::from_secs(2) };
-        tokio::time::sleep(wait).await;
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = sched.changed.notified() => announced = false,
+        }
     }
 }
 

@@ -35,3 +35,11 @@ pub mod dfdaemon {
     }
     pub use v2::*;
 }
+pub mod manager {
+    //! `manager.v2`: which schedulers to announce to (ListSchedulers).
+    pub mod v2 {
+        //! Generated.
+        tonic::include_proto!("manager.v2");
+    }
+    pub use v2::*;
+}
