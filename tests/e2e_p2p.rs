@@ -1,5 +1,5 @@
 //! Joining a Dragonfly cluster, end to end: Dragonfly's real scheduler (Go, no manager, no
-//! Redis), three of our daemons with their own loopback addresses (127.0.0.2-4) and ports, and
+//! Redis; `e2e_manager.rs` has the manager), three of our daemons with their own loopback addresses (127.0.0.2-4) and ports, and
 //! nginx as the origin, whose access log counts the bytes it served.
 //!
 //! Each test names what it proves; the origin byte count is what shows pieces travelled between
@@ -9,59 +9,11 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::time::Duration;
 
+use common::cluster::{peer, peer_with_env, serve, settled_origin_bytes, Peer};
 use common::scheduler::Scheduler;
-use common::{assert_file_is, assert_success, content, free_port, out_dir, poll_until, Daemon, DaemonOpts, Nginx, MIB};
-
-struct Peer {
-    daemon: Daemon,
-    ip: String,
-    grpc_port: u16,
-    vortex_port: u16,
-}
-
-fn peer(sched_addr: &str, n: u8, extra: &str) -> Peer {
-    peer_with_env(sched_addr, n, extra, Vec::new())
-}
-
-fn peer_with_env(sched_addr: &str, n: u8, extra: &str, daemon_env: Vec<(String, std::ffi::OsString)>) -> Peer {
-    let ip = format!("127.0.0.{}", n + 1);
-    let (grpc_port, vortex_port) = (free_port(), free_port());
-    let yaml = format!(
-        "scheduler:\n  netAddrs:\n    - type: tcp\n      addr: {sched_addr}\n\
-         host:\n  advertiseIP: {ip}\n  hostname: peer{n}\n\
-         upload:\n  tcpListen:\n    listen: {ip}\n    port: {grpc_port}\n  vortexPort: {vortex_port}\n{extra}"
-    );
-    let daemon = Daemon::start(DaemonOpts { extra_yaml: yaml, daemon_env, ..DaemonOpts::default() });
-    assert!(daemon.wait_log("announced to the scheduler"), "peer{n} never announced itself:\n{}", daemon.core_log());
-    Peer { daemon, ip, grpc_port, vortex_port }
-}
-
-fn origin_bytes(nginx: &Nginx, uri: &str) -> u64 {
-    nginx.access_log_entries().iter().filter(|e| e.uri == uri).map(|e| e.body_bytes_sent).sum()
-}
-
-fn serve(dir: &Path, name: &str, len: usize, seed: u64) -> Vec<u8> {
-    let bytes = content(len, seed);
-    std::fs::write(dir.join(name), &bytes).expect("write origin file");
-    bytes
-}
-
-/// nginx writes its access-log line when a request completes; wait for the count to settle.
-fn settled_origin_bytes(nginx: &Nginx, uri: &str) -> u64 {
-    let mut last = u64::MAX;
-    for _ in 0..20 {
-        let now = origin_bytes(nginx, uri);
-        if now == last {
-            return now;
-        }
-        last = now;
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    last
-}
+use common::{assert_file_is, assert_success, free_port, out_dir, poll_until, Daemon, Nginx, MIB};
 
 #[test]
 fn three_peers_share_one_file_sequentially_and_concurrently_with_little_origin_traffic() {

@@ -10,7 +10,9 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod checks;
+pub mod cluster;
 pub mod daemon;
+pub mod manager;
 pub mod nginx;
 pub mod origin;
 pub mod range;

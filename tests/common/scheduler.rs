@@ -1,6 +1,7 @@
 //! Dragonfly's real scheduler (Go, `d7y.io/dragonfly/v2/cmd/scheduler`, built by `scripts/test.sh`
-//! into `${DFGET_TOOLS:-$HOME/.cache/dfget-tools}/scheduler-v2.5.1/`) on a free 127.0.0.1 port, without a manager
-//! and without Redis, with its logs and dynamic config in a temp dir.
+//! into `${DFGET_TOOLS:-$HOME/.cache/dfget-tools}/scheduler-v2.5.1/`) on a free 127.0.0.1 port,
+//! without Redis, with its logs and dynamic config in a temp dir: without a manager, or registered
+//! with one (`start_with_manager`: `manager.addr`, the manager's default scheduler cluster 1).
 //!
 //! Invariant: a `Scheduler` exists only once its gRPC port accepts connections; dropping it stops
 //! the process. A missing binary fails the test loudly, naming the script that builds it.
@@ -27,17 +28,32 @@ pub struct Scheduler {
 /// `go install` of it fails, see the script).
 pub const SCHEDULER_VERSION: &str = "v2.5.1";
 
-/// Where `scripts/test.sh` puts the scheduler: `${DFGET_TOOLS:-$HOME/.cache/dfget-tools}/scheduler-VERSION/`.
-pub fn scheduler_dir() -> PathBuf {
-    let tools = match std::env::var_os("DFGET_TOOLS") {
+/// The Go tools cache `scripts/test.sh` fills: `${DFGET_TOOLS:-$HOME/.cache/dfget-tools}`.
+pub fn tools_cache() -> PathBuf {
+    match std::env::var_os("DFGET_TOOLS") {
         Some(d) => PathBuf::from(d),
         None => PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/dfget-tools"),
-    };
-    tools.join(format!("scheduler-{SCHEDULER_VERSION}"))
+    }
+}
+
+/// Where `scripts/test.sh` puts the scheduler: `${DFGET_TOOLS:-$HOME/.cache/dfget-tools}/scheduler-VERSION/`.
+pub fn scheduler_dir() -> PathBuf {
+    tools_cache().join(format!("scheduler-{SCHEDULER_VERSION}"))
 }
 
 impl Scheduler {
     pub fn start() -> Scheduler {
+        Scheduler::start_with(None)
+    }
+
+    /// A scheduler that registers itself with the manager at `manager_addr` (UpdateScheduler,
+    /// then keep-alives every second, so the manager marks it active at once and inactive soon
+    /// after it stops).
+    pub fn start_with_manager(manager_addr: &str) -> Scheduler {
+        Scheduler::start_with(Some(manager_addr))
+    }
+
+    fn start_with(manager_addr: Option<&str>) -> Scheduler {
         let bin = scheduler_dir().join("scheduler");
         assert!(bin.is_file(), "Dragonfly's scheduler is not built at {}: run scripts/test.sh", bin.display());
         let dir = super::temp_dir("dfget-scheduler-");
@@ -50,7 +66,10 @@ impl Scheduler {
              retryLimit: 10\n  retryInterval: 200ms\n\
              seedPeer:\n  enable: false\n\
              job:\n  enable: false\n\
-             metrics:\n  enable: false\n",
+             metrics:\n  enable: false\n{manager}",
+            manager = manager_addr
+                .map(|a| format!("manager:\n  addr: {a}\n  schedulerClusterID: 1\n  keepAlive:\n    interval: 1s\n"))
+                .unwrap_or_default(),
             logs = logs.display(),
             plugins = dir.path().join("plugins").display(),
         );
