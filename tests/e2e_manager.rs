@@ -56,6 +56,25 @@ fn peers_told_only_the_manager_find_the_scheduler_and_the_second_gets_pieces_fro
     eprintln!("through the manager: origin served {served} bytes for 2 x {len}");
     assert!(served as f64 <= 1.2 * len as f64, "origin served {served} bytes for two peers of a {len}-byte file");
     assert!(sched.log().contains("peer1") || sched.log().contains("127.0.0.2"), "the scheduler never saw peer1");
+
+    // The manager goes away: at its next refresh (10 s) the second peer keeps the scheduler the
+    // manager gave, and a new download is still registered with that scheduler.
+    drop(manager);
+    let kept = format!("keeping the schedulers it gave before: {}", sched.addr());
+    assert!(
+        poll_until(Duration::from_secs(30), || warned(&second.daemon.core_log(), &kept)),
+        "no warning that the manager is gone:\n{}",
+        second.daemon.core_log()
+    );
+    let told = |log: &str| log.matches("scheduler says back-to-source").count();
+    let before = told(&second.daemon.core_log());
+    serve(root.path(), "g.bin", 8 * MIB, 23);
+    assert_success(
+        &second.daemon.download(&nginx.url("/g.bin"), &out.path().join("g")),
+        "download after the manager left",
+    );
+    let log2 = second.daemon.core_log();
+    assert!(told(&log2) > before, "the download was not registered with the scheduler:\n{log2}");
 }
 
 #[test]
