@@ -311,6 +311,18 @@ pub const MAX_CONCURRENT_UPLOADS: usize = 64;
 /// it: a child that stops reading must not hold an upload slot forever.
 pub const UPLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// How long a new Vortex connection may take to send its whole request (one small packet, sent
+/// right after the connect by any real child) before the server closes it. It holds no upload
+/// slot meanwhile, so connections that never send theirs cannot lock real peers out; this bounds
+/// the socket each one costs.
+pub const UPLOAD_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Vortex connections per core still waiting for their request. One more closes the oldest of
+/// them: a real child's request arrives a round trip after its connect, so idle connections
+/// opened in a flood push out each other long before they could push out a real one, and a
+/// flood costs at most this many sockets per core.
+pub const MAX_WAITING_UPLOAD_REQUESTS_PER_CORE: usize = 64;
+
 /// How long a child waits for one piece from a parent before trying elsewhere.
 pub const PARENT_PIECE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -350,3 +362,4 @@ pub const PARENT_STALL: std::time::Duration = std::time::Duration::from_secs(5);
 
 const _: () = assert!(MAX_PIECE_LEN_BYTES <= u32::MAX as u64);
 const _: () = assert!(PARENT_PIECE_TIMEOUT.as_secs() < UPLOAD_TIMEOUT.as_secs());
+const _: () = assert!(UPLOAD_REQUEST_TIMEOUT.as_secs() < PARENT_PIECE_TIMEOUT.as_secs());

@@ -315,37 +315,150 @@ fn a_rate_limited_upload_pins_its_task_against_gc_and_removal_and_arrives_exact(
     assert!(parent.daemon.wait_log("DeleteTask sent to the scheduler"), "no DeleteTask:\n{}", parent.daemon.core_log());
 }
 
+/// A connection to `p`'s Vortex port whose receiving side absorbs almost nothing (a 4 KiB
+/// buffer, 536-byte segments: about 100 KB in flight, where a default socket takes 3-4 MB), so
+/// a piece written to it and never read keeps its upload in flight instead of ending up whole in
+/// the kernel's buffers.
+fn tiny_window_connect(p: &Peer) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let ip: std::net::Ipv4Addr = p.ip.parse().expect("an IPv4 peer address");
+    // SAFETY: plain socket syscalls on a descriptor this function owns until `from_raw_fd`
+    // hands it to the returned stream; every pointer passed points at a live local.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let stream = TcpStream::from_raw_fd(fd);
+        for (level, opt, value) in [(libc::SOL_SOCKET, libc::SO_RCVBUF, 4096), (libc::IPPROTO_TCP, libc::TCP_MAXSEG, 536)] {
+            let v: libc::c_int = value;
+            let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            let r = libc::setsockopt(fd, level, opt, (&v as *const libc::c_int).cast(), len);
+            assert_eq!(r, 0, "setsockopt {opt}: {}", std::io::Error::last_os_error());
+        }
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: p.vortex_port.to_be(),
+            sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
+            sin_zero: [0; 8],
+        };
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let r = libc::connect(fd, (&addr as *const libc::sockaddr_in).cast(), len);
+        assert_eq!(r, 0, "connect vortex: {}", std::io::Error::last_os_error());
+        stream
+    }
+}
+
 #[test]
 fn the_upload_server_bounds_concurrent_uploads_and_serves_again_after() {
     let root = common::temp_dir("dfget-p2p-origin-");
     let nginx = Nginx::start(root.path());
     let sched = Scheduler::start();
-    let bytes = serve(root.path(), "f.bin", 6 * MIB, 9);
+    // 8 MiB: piece 1 is 4 MiB, forty times what a tiny-window connection absorbs.
+    let bytes = serve(root.path(), "f.bin", 8 * MIB, 9);
     let p = peer(&sched.addr(), 1, "");
     let out = out_dir();
     let url = nginx.url("/f.bin");
     assert_success(&p.daemon.download(&url, &out.path().join("f")), "download");
     let id = dfget::p2p::task_id::cluster_task_id(&url, &[], "", "").unwrap();
-    // Connections that never send their request hold every one of the MAX_CONCURRENT_UPLOADS (64)
-    // slots. 65 of them: the cores count connections in whatever order they run, so one request of
-    // ours may still slip in and an idle one be refused instead; with one more idle connection than
-    // slots they fill up all the same.
-    let idle: Vec<TcpStream> =
-        (0..65).map(|_| TcpStream::connect((p.ip.as_str(), p.vortex_port)).expect("connect vortex")).collect();
-    let mut last = (0, String::new());
-    let busy = poll_until(Duration::from_secs(10), || {
-        let (tag, value) = vortex_exchange(&p, &request(id.as_bytes(), 1));
-        last = (tag, String::from_utf8_lossy(&value[..value.len().min(80)]).into_owned());
-        tag == 255 && last.1.contains("too many uploads")
-    });
-    assert!(busy, "uploads were still served with 65 connections in flight; last answer: {last:?}");
-    drop(idle);
-    let served = poll_until(Duration::from_secs(10), || vortex_exchange(&p, &request(id.as_bytes(), 1)).0 == 1);
+    // MAX_CONCURRENT_UPLOADS children each in the middle of piece 1: asked, got its head, read
+    // nothing more. Opened one at a time, each seen served before the next, with no other
+    // request meanwhile: so they hold exactly every slot. (Idle connections racing probes held
+    // them before: a probe that slipped in took a slot, an idle one was refused instead, and
+    // once the probe ended one slot stayed free for good — the flaky case.)
+    let n_slots = dfget::limits::MAX_CONCURRENT_UPLOADS;
+    let holders: Vec<TcpStream> = (0..n_slots)
+        .map(|i| {
+            let mut s = tiny_window_connect(&p);
+            s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+            s.write_all(&request(id.as_bytes(), 1)).expect("send");
+            let (tag, meta) = vortex_piece_head(&mut s);
+            assert_eq!(tag, 1, "upload {i} of {n_slots} not served: {:?}", String::from_utf8_lossy(&meta));
+            s
+        })
+        .collect();
+    let (tag, value) = vortex_exchange(&p, &request(id.as_bytes(), 1));
+    let said = String::from_utf8_lossy(&value[..value.len().min(80)]).into_owned();
+    assert!(tag == 255 && said.contains("too many uploads"), "served with {n_slots} uploads in flight: {tag} {said:?}");
+    // Closed with unread bytes, the holders reset their connections: the blocked uploads fail
+    // and give their slots back.
+    drop(holders);
+    let served = poll_until(Duration::from_secs(30), || vortex_exchange(&p, &request(id.as_bytes(), 1)).0 == 1);
     assert!(served, "the upload server did not serve again once the slots were free");
     let (tag, value) = vortex_exchange(&p, &request(id.as_bytes(), 1));
     assert_eq!(tag, 1);
     let meta_len = u32::from_be_bytes(value[0..4].try_into().unwrap()) as usize;
-    assert_eq!(&value[4 + meta_len..], &bytes[4 * MIB..6 * MIB], "piece 1's bytes");
+    assert_eq!(&value[4 + meta_len..], &bytes[4 * MIB..8 * MIB], "piece 1's bytes");
+}
+
+/// Waits for the server to close `s` (EOF, or a reset), failing after `within`.
+fn assert_closed_by_server(s: &mut TcpStream, within: Duration, what: &str) {
+    s.set_read_timeout(Some(within)).expect("timeout");
+    let mut byte = [0u8; 1];
+    match s.read(&mut byte) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("{what}: not closed by the server within {within:?}: {other:?}"),
+    }
+}
+
+fn piece_1_of(p: &Peer, id: &str, bytes: &[u8], what: &str) {
+    let (tag, value) = vortex_exchange(p, &request(id.as_bytes(), 1));
+    assert_eq!(tag, 1, "{what}: refused: {:?}", String::from_utf8_lossy(&value[..value.len().min(80)]));
+    let meta_len = u32::from_be_bytes(value[0..4].try_into().unwrap()) as usize;
+    assert_eq!(&value[4 + meta_len..], &bytes[4 * MIB..6 * MIB], "{what}: piece 1's bytes");
+}
+
+/// Regression: a connection that connected and never sent its request held an upload slot for
+/// `UPLOAD_TIMEOUT` (60 s), so `MAX_CONCURRENT_UPLOADS` idle connections locked every real child
+/// out. Now a slot is taken only once a whole request is in, and a connection that sends none
+/// (or trickles part of one) is closed after `UPLOAD_REQUEST_TIMEOUT`.
+#[test]
+fn idle_upload_connections_hold_no_slot_and_are_closed_after_the_request_deadline() {
+    let root = common::temp_dir("dfget-p2p-origin-");
+    let nginx = Nginx::start(root.path());
+    let sched = Scheduler::start();
+    let bytes = serve(root.path(), "f.bin", 6 * MIB, 12);
+    let p = peer(&sched.addr(), 1, "");
+    let url = nginx.url("/f.bin");
+    assert_success(&p.daemon.download(&url, &out_dir().path().join("f")), "download");
+    let id = dfget::p2p::task_id::cluster_task_id(&url, &[], "", "").unwrap();
+    // More idle connections than slots, and some that sent half a header: each must be closed
+    // by the server once the request deadline passed (or earlier, pushed out of a full core's
+    // waiting room), and none keeps a real child out meanwhile.
+    let connect = || TcpStream::connect((p.ip.as_str(), p.vortex_port)).expect("connect vortex");
+    let mut idle: Vec<TcpStream> = (0..dfget::limits::MAX_CONCURRENT_UPLOADS + 16).map(|_| connect()).collect();
+    for _ in 0..4 {
+        let mut s = connect();
+        s.write_all(&request(id.as_bytes(), 1)[..3]).expect("half a header");
+        idle.push(s);
+    }
+    piece_1_of(&p, &id, &bytes, "a real request among idle connections");
+    let deadline = dfget::limits::UPLOAD_REQUEST_TIMEOUT;
+    for (i, s) in idle.iter_mut().enumerate() {
+        assert_closed_by_server(s, deadline + Duration::from_secs(20), &format!("idle connection {i}"));
+    }
+    piece_1_of(&p, &id, &bytes, "after the idle connections");
+}
+
+/// A flood of idle connections (more than every core's waiting room) pushes out its own oldest:
+/// a real child that connects after it is still served.
+#[test]
+fn a_flood_of_idle_upload_connections_cannot_push_out_a_real_child() {
+    let root = common::temp_dir("dfget-p2p-origin-");
+    let nginx = Nginx::start(root.path());
+    let sched = Scheduler::start();
+    let bytes = serve(root.path(), "f.bin", 6 * MIB, 13);
+    let p = peer(&sched.addr(), 1, "");
+    let url = nginx.url("/f.bin");
+    assert_success(&p.daemon.download(&url, &out_dir().path().join("f")), "download");
+    let id = dfget::p2p::task_id::cluster_task_id(&url, &[], "", "").unwrap();
+    let n_flood = 3 * 2 * dfget::limits::MAX_WAITING_UPLOAD_REQUESTS_PER_CORE; // 3x the room of 2 cores
+    let mut flood: Vec<TcpStream> =
+        (0..n_flood).map(|_| TcpStream::connect((p.ip.as_str(), p.vortex_port)).expect("connect vortex")).collect();
+    piece_1_of(&p, &id, &bytes, "a real request after a flood");
+    let deadline = dfget::limits::UPLOAD_REQUEST_TIMEOUT;
+    for (i, s) in flood.iter_mut().enumerate() {
+        assert_closed_by_server(s, deadline + Duration::from_secs(20), &format!("flood connection {i}"));
+    }
 }
 
 #[test]

@@ -6,9 +6,12 @@
 //! Invariant: only tasks this daemon holds, and only pieces whose bit is set (whole, written,
 //! crc recorded) are sent; the task is pinned for the whole exchange so GC cannot delete the file
 //! mid-upload; a malformed or unanswerable request gets a Vortex error and never affects other
-//! connections. Uploads in flight are bounded, the rate by `upload.rateLimit`.
+//! connections. Uploads in flight are bounded, the rate by `upload.rateLimit`. A connection takes
+//! an upload slot only once its whole, valid request is in; before that it waits at most
+//! `UPLOAD_REQUEST_TIMEOUT`, among at most `MAX_WAITING_UPLOAD_REQUESTS_PER_CORE` per core, so
+//! connections that never send (or trickle) a request cannot lock real peers out.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -49,36 +52,169 @@ pub async fn accept_loop(node: Arc<Node>) {
     }
 }
 
-/// One connection on a core: one request, one answer.
+/// One connection on a core: its request first, read while it holds no upload slot (so a
+/// connection that never sends one costs a socket for at most `UPLOAD_REQUEST_TIMEOUT`, never a
+/// slot), then, with a slot, the answer within `UPLOAD_TIMEOUT`.
 pub async fn serve(node: Arc<Node>, mut conn: compio::net::TcpStream) {
-    if node.uploads_in_flight.fetch_add(1, Ordering::AcqRel) >= limits::MAX_CONCURRENT_UPLOADS {
-        node.uploads_in_flight.fetch_sub(1, Ordering::AcqRel);
+    let Some(asked) = await_request(&mut conn).await else { return };
+    let Some(_slot) = UploadSlot::take(&node) else {
         let busy = Refusal::new(RefusalCode::Internal, "too many uploads in flight, try another parent");
-        let _ = conn.write_all(vortex::encode_refusal(&busy)).await;
+        let _ = refuse_within(&mut conn, busy).await;
         return;
-    }
-    let result = compio::time::timeout(limits::UPLOAD_TIMEOUT, exchange(&node, &mut conn)).await;
-    node.uploads_in_flight.fetch_sub(1, Ordering::AcqRel);
-    match result {
+    };
+    match compio::time::timeout(limits::UPLOAD_TIMEOUT, answer(&node, &mut conn, asked)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::debug!("upload ended early: {e}"),
         Err(_) => tracing::debug!("upload timed out"),
     }
 }
 
-async fn exchange(node: &Node, conn: &mut compio::net::TcpStream) -> Result<(), String> {
+/// One of the `MAX_CONCURRENT_UPLOADS` slots, taken once a whole valid request is in; dropping it
+/// gives it back.
+struct UploadSlot<'a>(&'a AtomicUsize);
+
+impl UploadSlot<'_> {
+    fn take(node: &Node) -> Option<UploadSlot<'_>> {
+        let n = &node.uploads_in_flight;
+        n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |k| (k < limits::MAX_CONCURRENT_UPLOADS).then_some(k + 1))
+            .ok()
+            .map(|_| UploadSlot(n))
+    }
+}
+
+impl Drop for UploadSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The piece a new connection asks for, or None when there is nothing to answer: it sent no
+/// whole request within `UPLOAD_REQUEST_TIMEOUT`, it was closed to make room for newer ones
+/// (`waiting`), or its request was malformed (then it was refused).
+async fn await_request(conn: &mut compio::net::TcpStream) -> Option<(String, u32)> {
+    let (_place, evicted) = waiting::enter();
+    let outcome = {
+        let read = std::pin::pin!(compio::time::timeout(limits::UPLOAD_REQUEST_TIMEOUT, read_request(conn)));
+        let evicted = std::pin::pin!(evicted.recv_async());
+        match futures_util::future::select(read, evicted).await {
+            futures_util::future::Either::Left((read, _)) => Some(read),
+            futures_util::future::Either::Right(_) => None,
+        }
+    };
+    match outcome {
+        Some(Ok(Ok(Ok(asked)))) => Some(asked),
+        Some(Ok(Ok(Err(refusal)))) => {
+            let _ = refuse_within(conn, refusal).await;
+            None
+        }
+        Some(Ok(Err(e))) => {
+            tracing::debug!("upload request not read: {e}");
+            None
+        }
+        Some(Err(_)) => {
+            tracing::debug!("no upload request within {:?}: closed", limits::UPLOAD_REQUEST_TIMEOUT);
+            None
+        }
+        None => {
+            tracing::debug!("closed a connection still waiting for its upload request, for a newer one");
+            None
+        }
+    }
+}
+
+/// Reads one `DownloadPiece` packet: the piece asked for, or the refusal a malformed one gets.
+async fn read_request(conn: &mut compio::net::TcpStream) -> Result<Result<(String, u32), Refusal>, String> {
     let BufResult(res, head) = conn.read_exact([0u8; HEADER_SIZE]).await;
     res.map_err(|e| format!("read header: {e}"))?;
     let (tag, len) = match vortex::decode_header(&head) {
         Ok(v) => v,
-        Err(e) => return refuse(conn, Refusal::new(RefusalCode::InvalidArgument, e)).await,
+        Err(e) => return Ok(Err(Refusal::new(RefusalCode::InvalidArgument, e))),
     };
     let BufResult(res, value) = conn.read_exact(vec![0u8; len as usize]).await;
     res.map_err(|e| format!("read value: {e}"))?;
-    let (task_id, number) = match vortex::parse_request(tag, &value) {
-        Ok(v) => v,
-        Err(r) => return refuse(conn, r).await,
-    };
+    Ok(vortex::parse_request(tag, &value))
+}
+
+/// Writes a refusal to a connection that holds no slot, giving up after `UPLOAD_REQUEST_TIMEOUT`
+/// (a fresh socket's send buffer takes it at once; a peer that reads nothing cannot keep us).
+async fn refuse_within(conn: &mut compio::net::TcpStream, r: Refusal) -> Result<(), String> {
+    match compio::time::timeout(limits::UPLOAD_REQUEST_TIMEOUT, refuse(conn, r)).await {
+        Ok(result) => result,
+        Err(_) => Err("refusal not taken in time".into()),
+    }
+}
+
+/// Connections of this core still waiting for their request, oldest first. Per core: each core
+/// bounds its own, so no state is shared. When `MAX_WAITING_UPLOAD_REQUESTS_PER_CORE` wait and
+/// another arrives, the oldest is closed (its sender dropped): a real peer sends its request
+/// right after connecting, so idle connections opened in a flood push out each other, not it.
+mod waiting {
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+
+    #[derive(Default)]
+    struct Waiting {
+        next_seq: u64,
+        queue: VecDeque<(u64, flume::Sender<()>)>,
+    }
+
+    thread_local! {
+        static WAITING: RefCell<Waiting> = RefCell::new(Waiting::default());
+    }
+
+    /// A connection's place in the queue; leaving (drop) takes it out.
+    pub struct Place(u64);
+
+    impl Drop for Place {
+        fn drop(&mut self) {
+            WAITING.with_borrow_mut(|w| {
+                if let Ok(i) = w.queue.binary_search_by_key(&self.0, |(seq, _)| *seq) {
+                    w.queue.remove(i);
+                }
+            });
+        }
+    }
+
+    /// Queues a new connection, closing the oldest waiting one if the queue is full. The receiver
+    /// disconnects when this one is pushed out in turn.
+    pub fn enter() -> (Place, flume::Receiver<()>) {
+        let (tx, rx) = flume::bounded(1);
+        let seq = WAITING.with_borrow_mut(|w| {
+            if w.queue.len() >= crate::limits::MAX_WAITING_UPLOAD_REQUESTS_PER_CORE {
+                w.queue.pop_front();
+            }
+            let seq = w.next_seq;
+            w.next_seq += 1;
+            w.queue.push_back((seq, tx));
+            seq
+        });
+        (Place(seq), rx)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::limits::MAX_WAITING_UPLOAD_REQUESTS_PER_CORE as MAX;
+
+        #[test]
+        fn a_full_queue_pushes_out_its_oldest_and_a_leaver_frees_its_place() {
+            let mut held: Vec<_> = (0..MAX).map(|_| enter()).collect();
+            assert!(held.iter().all(|(_, rx)| !rx.is_disconnected()));
+            let newest = enter();
+            assert!(held[0].1.is_disconnected(), "the oldest was not pushed out");
+            assert!(held[1..].iter().all(|(_, rx)| !rx.is_disconnected()) && !newest.1.is_disconnected());
+            // One leaves on its own: the next newcomer pushes out nobody.
+            drop(held.remove(5));
+            let _again = enter();
+            assert!(!held[1].1.is_disconnected(), "a place freed by a leaver was not reused");
+            assert_eq!(WAITING.with_borrow(|w| w.queue.len()), MAX);
+        }
+    }
+}
+
+/// Answers a valid request: the piece's metadata and bytes, or a refusal naming what is missing.
+async fn answer(node: &Node, conn: &mut compio::net::TcpStream, asked: (String, u32)) -> Result<(), String> {
+    let (task_id, number) = asked;
     let task = node.tasks.get(&task_id).map(|e| e.value().clone());
     let Some(task) = task.filter(|t| t.state() != State::Failed) else {
         return refuse(conn, Refusal::new(RefusalCode::NotFound, format!("task {task_id} not found"))).await;
