@@ -691,3 +691,31 @@ fn max_idle_conns_per_host_0_disables_reuse() {
     let n_requests = origin.requests().len() as u64;
     assert_eq!(origin.n_connections(), n_requests, "every request on a fresh connection when nothing may idle");
 }
+
+/// Regression: an origin that sends bytes after a body, a moment after it (here a whole fake
+/// second response), had that connection pooled and reused, and the next request on it took
+/// those bytes for its answer. A fake origin for that fault (no real server can be told to send
+/// them); it counts what it sent late, so the second download starts only after the bytes are
+/// on their way. One core: one pool, so the connection is certainly offered for reuse.
+#[test]
+fn late_bytes_after_a_body_keep_its_connection_from_being_reused() {
+    let body = Arc::new(content(1000, 47));
+    let served = body.clone();
+    let late_sent = Arc::new(AtomicUsize::new(0));
+    let counter = late_sent.clone();
+    let origin = ScriptOrigin::start(move |req, ctx| {
+        ctx.serve_ranged(req, &served)?;
+        ctx.stall(Duration::from_millis(200));
+        ctx.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nwrong")?;
+        counter.fetch_add(1, Ordering::SeqCst);
+        Ok(Next::KeepAlive)
+    });
+    let daemon = one_core_daemon_with(&[]);
+    let dir = out_dir();
+    download_exact(&daemon, &origin.url("/a.bin"), dir.path(), "a.bin", &body);
+    let late = common::poll_until(Duration::from_secs(10), || late_sent.load(Ordering::SeqCst) >= 1);
+    assert!(late, "the origin never sent its late bytes");
+    download_exact(&daemon, &origin.url("/b.bin"), dir.path(), "b.bin", &body);
+    let (a, b) = (conns_for(&origin, "/a.bin"), conns_for(&origin, "/b.bin"));
+    assert!(a.is_disjoint(&b), "a connection with late bytes was reused: {a:?} {b:?}");
+}

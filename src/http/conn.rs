@@ -343,6 +343,24 @@ impl Conn {
     pub fn has_leftover(&self) -> bool {
         self.rpos < self.rbuf.len() || self.tls_in_pos < self.tls_in.len()
     }
+
+    /// Whether an idle connection is fit for another request: nothing buffered, and the socket
+    /// has neither bytes nor an EOF waiting. An origin that sent more after its response (late
+    /// bytes past Content-Length) or closed the connection while it idled would otherwise hand
+    /// the next request those bytes as its answer, or a spurious failure. One non-blocking
+    /// `recv(MSG_PEEK)`: no wait, nothing consumed.
+    pub fn is_quiet(&self) -> bool {
+        use rustix::net::RecvFlags;
+        if self.has_leftover() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        match rustix::net::recv(self.stream.as_fd(), &mut probe, RecvFlags::PEEK | RecvFlags::DONTWAIT) {
+            // Data or EOF: not ours to send a request into.
+            Ok(_) => false,
+            Err(e) => e == rustix::io::Errno::AGAIN,
+        }
+    }
 }
 
 async fn tcp_connect(key: &PoolKey, host: &str, port: u16, dial: &Dial) -> Result<TcpStream> {

@@ -2,7 +2,8 @@
 //! io_uring ring it was registered with, so pools are never shared and need no lock.
 //!
 //! Invariant: the pool never holds more than `maxIdleConnsPerHost` connections per key nor
-//! `maxIdleConns` in all, and never hands out one idle longer than `idleConnTimeout`.
+//! `maxIdleConns` in all, and never hands out one idle longer than `idleConnTimeout`, one with
+//! bytes past its last response, or one on which anything (bytes, EOF) arrived while it idled.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -27,15 +28,20 @@ thread_local! {
     static POOL: RefCell<Pool> = RefCell::new(Pool::default());
 }
 
-/// Takes the most recently used idle connection for `key` that has not expired.
+/// Takes the most recently used idle connection for `key` that has not expired and is quiet
+/// (`Conn::is_quiet`: no late bytes, no EOF arrived while it idled); the others are closed.
 pub fn take(key: &PoolKey, limits: &PoolLimits) -> Option<Conn> {
     POOL.with_borrow_mut(|pool| {
         let list = pool.idle.get_mut(key)?;
         while let Some(conn) = list.pop() {
             pool.n_idle -= 1;
-            if conn.idle_since.elapsed() <= limits.idle_timeout {
+            if conn.idle_since.elapsed() > limits.idle_timeout {
+                continue;
+            }
+            if conn.is_quiet() {
                 return Some(conn);
             }
+            tracing::debug!(origin = %conn.key, "pooled connection got bytes or a close while idle: closed");
         }
         None
     })
