@@ -181,7 +181,7 @@ mod tests {
     #[test]
     fn only_root_the_daemon_or_the_sole_requester_may_remove() {
         let me = rustix::process::geteuid().as_raw();
-        let user = Caller { uid: me.wrapping_add(4242), gid: 1, pid: 1, groups: vec![], umask: 0o22 };
+        let user = Caller { uid: me.wrapping_add(4242), gid: 1, pid: 1 };
         let root = Caller { uid: 0, ..user.clone() };
         assert!(may_remove(&root, None).is_ok());
         assert!(may_remove(&user, Some(user.uid)).is_ok());

@@ -189,9 +189,9 @@ async fn download_to(
 /// `Task::links`.
 async fn export_as(caller: &Caller, task: &Arc<Task>, output: &str) -> Result<crate::storage::export::Method> {
     let (src, out, t) = (task.data_path.clone(), std::path::PathBuf::from(output), task.clone());
-    let copy_mode = 0o666 & !caller.umask;
     let open = move || std::fs::File::open(&src).map_err(|e| crate::storage::disk_err(e, &src, "open task file"));
-    caller::as_caller(caller, open, move |file| {
+    caller::as_caller(caller, open, move |file, rights| {
+        let copy_mode = 0o666 & !rights.umask;
         let (method, links) = crate::storage::export::export_file(&file, &out, true, copy_mode, Some(&t.links))?;
         // Only a new link changed the file's state (a copy or an OUT already linked did not), and
         // that state is recorded while no other export can be half done.
