@@ -211,6 +211,11 @@ pub const PROGRESS_BAR_TICK: std::time::Duration = PROGRESS_INTERVAL;
 /// few dozen. Dropping the rest only ever takes rights away from the job, never adds any.
 pub const MAX_CALLER_GROUPS: usize = 1024;
 
+/// Distinct users a task remembers as its requesters (who may see it in `tasks ls`, and remove
+/// it when alone): eight words per task. A ninth user still downloads it but is not remembered:
+/// the task is not listed for it and not its to remove (fewer rights, never more).
+pub const MAX_TASK_REQUESTERS: usize = 8;
+
 /// Threads acting as callers (exports) at once. Each is a short file operation (a link, or a
 /// copy bounded by the disk); beyond this, a burst of finishing clients waits its turn rather
 /// than spawning thousands of threads.

@@ -330,8 +330,10 @@ fn a_user_may_remove_only_tasks_nobody_else_uses_and_gc_is_for_root() {
     assert_ok(&host.daemon.download(&origin.url("/roots"), &root_dir.path().join("a")), "root's download");
     let roots_task = task_id_for(&host.daemon, "/roots");
 
+    // A task the user never asked for is no task at all to it: a refusal would tell it that
+    // someone downloaded that URL.
     let result = host.user_tasks(&["rm", "--force", &roots_task]);
-    assert_refused(&result, "user removes root's task", &["permission denied"]);
+    assert_refused(&result, "user removes root's task", &[&format!("no task {roots_task}")]);
     assert!(task_ids(&host.daemon).iter().any(|(id, _)| *id == roots_task), "root's task was removed by a user");
     let result = host.user_tasks(&["gc"]);
     assert_refused(&result, "user runs gc", &["permission denied"]);
@@ -343,6 +345,62 @@ fn a_user_may_remove_only_tasks_nobody_else_uses_and_gc_is_for_root() {
     assert!(!task_ids(&host.daemon).iter().any(|(id, _)| *id == users_task), "user's task still listed");
     // Root may remove anything.
     assert_ok(&host.daemon.tasks(&["rm", &roots_task]), "root removes its task");
+}
+
+/// The URLs a caller's `tasks ls --json` shows.
+fn listed_urls(out: &Output, what: &str) -> Vec<String> {
+    assert_ok(out, what);
+    let tasks: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("tasks ls --json is JSON");
+    tasks.iter().map(|t| t["url"].as_str().unwrap_or("").to_string()).collect()
+}
+
+fn lists(urls: &[String], path: &str) -> bool {
+    urls.iter().any(|u| u.ends_with(path))
+}
+
+/// Regression: `tasks ls` showed every user's tasks (URLs redacted, but still what they were) to
+/// any caller. A user now sees, stats and removes only what it asked for itself; root sees all.
+#[test]
+fn a_user_lists_only_its_own_tasks_and_root_lists_every_users() {
+    let host = Host::start(true);
+    let origin = TestOrigin::start();
+    for (i, path) in ["/roots-secret", "/users", "/shared", "/others"].iter().enumerate() {
+        origin.add(path, content(MIB, 20 + i as u64));
+    }
+    let root_dir = temp_dir("dfget-sec-rootout-");
+    assert_ok(&host.daemon.download(&origin.url("/roots-secret"), &root_dir.path().join("r")), "root's download");
+    assert_ok(&host.daemon.download(&origin.url("/shared"), &root_dir.path().join("s")), "root's shared download");
+    assert_ok(&host.user_download(&origin.url("/users"), &host.user.home().join("u")), "user's download");
+    assert_ok(&host.user_download(&origin.url("/shared"), &host.user.home().join("s")), "user's shared download");
+    let roots_task = task_id_for(&host.daemon, "/roots-secret");
+
+    let urls = listed_urls(&host.user_tasks(&["ls", "--json"]), "user's tasks ls --json");
+    assert!(lists(&urls, "/users") && lists(&urls, "/shared"), "the user's own tasks are missing: {urls:?}");
+    assert!(!lists(&urls, "/roots-secret"), "the user sees root's task: {urls:?}");
+    let table = host.user_tasks(&["ls"]);
+    assert_ok(&table, "user's tasks ls");
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(!table.contains("roots-secret") && !table.contains(&roots_task), "tasks ls shows root's task:\n{table}");
+    assert!(table.contains("/users"), "tasks ls lost the user's task:\n{table}");
+    let stat = host.user_tasks(&["stat", &roots_task]);
+    assert_refused(&stat, "user stats root's task", &[&format!("no task {roots_task}")]);
+    assert_ok(&host.user_tasks(&["stat", &task_id_for(&host.daemon, "/users")]), "user stats its own task");
+    // Asked for by root too: the user sees it, but it is not the user's alone to remove.
+    let shared = task_id_for(&host.daemon, "/shared");
+    assert_refused(&host.user_tasks(&["rm", &shared]), "user removes a shared task", &["permission denied"]);
+
+    // Another user sees neither root's tasks nor the first user's.
+    let other = Access::grant(&host.daemon, true);
+    assert_ok(&other.user_download(&origin.url("/others"), &other.user.home().join("o")), "other user's download");
+    let urls = listed_urls(&other.user_tasks(&["ls", "--json"]), "other user's tasks ls --json");
+    assert!(lists(&urls, "/others"), "the other user's own task is missing: {urls:?}");
+    for path in ["/roots-secret", "/users", "/shared"] {
+        assert!(!lists(&urls, path), "the other user sees {path}: {urls:?}");
+    }
+    let all: Vec<String> = task_ids(&host.daemon).into_iter().map(|(_, url)| url).collect();
+    for path in ["/roots-secret", "/users", "/shared", "/others"] {
+        assert!(lists(&all, path), "root does not see {path}: {all:?}");
+    }
 }
 
 #[test]

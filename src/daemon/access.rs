@@ -8,13 +8,16 @@
 //! is the same proof. Public content keeps its cache hit with no origin request.
 //!
 //! Cache management (`tasks rm`, `gc`) is for root and the daemon's own user; another user may
-//! remove a task only when it alone ever asked for it (since the daemon started).
+//! remove a task only when it alone ever asked for it (since the daemon started). Listings are
+//! filtered the same way: a user sees only the tasks it asked for (`sees`), and a task it did not
+//! ask for is "no such task" to it, so nobody learns what the others download.
 //!
-//! Invariant: the decisions are pure functions of values (`carries_credentials`, `judge`,
+//! Invariant: the decisions are pure functions of values (`carries_credentials`, `judge`, `sees`,
 //! `may_remove`), table-tested; the IO around them is one request.
 
 use crate::daemon::caller::Caller;
 use crate::daemon::judge::strong_validator;
+use crate::daemon::requesters::Noted;
 use crate::daemon::task::Task;
 use crate::error::{Error, Kind, Result};
 use crate::http::redact::Shown;
@@ -107,14 +110,22 @@ pub async fn revalidate(task: &Task, fetch: &Fetch) -> Result<()> {
     judge(&answer, cached_len, task.validator.get().map(String::as_str), &Shown(&fetch.url).to_string())
 }
 
-/// `tasks rm` of `task` by `caller`: root or the daemon's user always; anyone else only when it
-/// is the task's sole requester.
-pub fn may_remove(caller: &Caller, sole_requester: Option<u32>) -> Result<()> {
-    if caller.is_privileged() || sole_requester == Some(caller.uid) {
+/// Whether `caller` may know that a task exists (see it in `tasks ls`/`stat`, be told anything
+/// about it by `tasks rm`): root and the daemon's user see every task; anyone else only those it
+/// asked for itself since the daemon started. What other users download is theirs to know.
+pub fn sees(caller: &Caller, requesters: &Noted) -> bool {
+    caller.is_privileged() || requesters.includes(caller.uid)
+}
+
+/// `tasks rm` of a task `caller` sees (`sees`): root or the daemon's user always; anyone else
+/// only when it is the task's sole requester.
+pub fn may_remove(caller: &Caller, requesters: &Noted) -> Result<()> {
+    if caller.is_privileged() || requesters.sole() == Some(caller.uid) {
         return Ok(());
     }
     Err(Error::client(format!(
-        "permission denied: uid {} may remove only tasks that it alone downloaded; ask root to remove this one",
+        "permission denied: uid {} may remove only tasks that it alone downloaded; others asked for this one \
+         too: ask root to remove it",
         caller.uid
     ))
     .with_kind(Kind::Denied))
@@ -132,6 +143,7 @@ pub fn may_collect(caller: &Caller) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::daemon::requesters::Requesters;
 
     fn check(
         answer: (u16, Option<u64>, Option<&str>),
@@ -179,14 +191,23 @@ mod tests {
     }
 
     #[test]
-    fn only_root_the_daemon_or_the_sole_requester_may_remove() {
+    fn only_root_the_daemon_or_the_sole_requester_may_remove_and_users_see_only_their_own_tasks() {
         let me = rustix::process::geteuid().as_raw();
         let user = Caller { uid: me.wrapping_add(4242), gid: 1, pid: 1 };
+        let other = Caller { uid: me.wrapping_add(4243), ..user.clone() };
         let root = Caller { uid: 0, ..user.clone() };
-        assert!(may_remove(&root, None).is_ok());
-        assert!(may_remove(&user, Some(user.uid)).is_ok());
-        assert!(may_remove(&user, None).unwrap_err().message.contains("permission denied"));
-        assert!(may_remove(&user, Some(0)).is_err());
+        let asked = |uids: &[u32]| {
+            let r = Requesters::default();
+            uids.iter().for_each(|u| r.note(*u));
+            r.snapshot()
+        };
+        let (nobody, users, both) = (asked(&[]), asked(&[user.uid]), asked(&[user.uid, other.uid]));
+        assert!(sees(&root, &nobody) && sees(&user, &users) && sees(&user, &both) && sees(&other, &both));
+        assert!(!sees(&user, &nobody) && !sees(&other, &users) && !sees(&user, &asked(&[0])));
+        assert!(may_remove(&root, &nobody).is_ok());
+        assert!(may_remove(&user, &users).is_ok());
+        assert!(may_remove(&user, &both).unwrap_err().message.contains("permission denied"));
+        assert!(may_remove(&other, &users).is_err());
         assert!(may_collect(&user).is_err() && may_collect(&root).is_ok());
     }
 }

@@ -5,8 +5,10 @@
 //! progress stream: `started`, `progress`*, then one `done` or `error`), `POST /batch[?jobs=N]`
 //! (a list as a chunked NDJSON body: `daemon::batch`, served in `serve`), `GET /tasks`,
 //! `GET /tasks/ID`, `DELETE /tasks/ID[?force=true|1]`, `POST /gc`. Refusals: 400 (malformed
-//! request, bad body or `jobs`), 404 (no route, no such task), 403 (`gc` or another user's task),
-//! 409 (a task in use); a connection over the daemon's cap never gets here (`slots`: 503).
+//! request, bad body or `jobs`), 404 (no route, no such task — or one the caller never asked for:
+//! a non-root caller's listings hold only its own tasks), 403 (`gc`, or removing a task others
+//! asked for too), 409 (a task in use); a connection over the daemon's cap never gets here
+//! (`slots`: 503).
 //! Invariant: a bad request gets a 4xx with a JSON error and touches no task; a failing download
 //! ends its own stream and nothing else.
 
@@ -74,7 +76,8 @@ async fn route(shared: &Arc<Shared>, stream: &mut UnixStream, req: ApiRequest, c
         ApiRequest::Download(req) => download(shared, stream, &req, caller).await,
         // Served in `serve`, where the chunked body is at hand.
         ApiRequest::Batch { .. } => Ok(()),
-        ApiRequest::ListTasks => respond_json(stream, 200, &cache::list_tasks(shared)).await,
+        // Each caller sees its own tasks (root and the daemon's user: all): `access::sees`.
+        ApiRequest::ListTasks => respond_json(stream, 200, &cache::list_tasks(shared, caller)).await,
         ApiRequest::Gc => {
             if let Err(e) = access::may_collect(caller) {
                 return respond_json(stream, 403, &refusal(e.message)).await;
@@ -82,7 +85,7 @@ async fn route(shared: &Arc<Shared>, stream: &mut UnixStream, req: ApiRequest, c
             let evicted = cache::collect_off_core(shared).await;
             respond_json(stream, 200, &Evicted { evicted }).await
         }
-        ApiRequest::StatTask { id } => match cache::list_tasks(shared).into_iter().find(|t| t.id == id) {
+        ApiRequest::StatTask { id } => match cache::list_tasks(shared, caller).into_iter().find(|t| t.id == id) {
             Some(t) => respond_json(stream, 200, &t).await,
             None => respond_json(stream, 404, &refusal(format!("no task {id}"))).await,
         },

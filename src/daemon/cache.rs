@@ -24,8 +24,12 @@ use crate::gc::plan::{self, Policy, TaskView, Usage};
 use crate::piece::Layout;
 use crate::proto::{TaskInfo, TaskState};
 
-pub fn list_tasks(shared: &Shared) -> Vec<TaskInfo> {
-    let parked = shared.partial.iter().map(|e| {
+/// The tasks `caller` may see (`access::sees`): every task for root and the daemon's user, only
+/// its own for anyone else. Parked tasks (left by an earlier run) were asked for by nobody since
+/// the daemon started, so only root and the daemon's user see them.
+pub fn list_tasks(shared: &Shared, caller: &Caller) -> Vec<TaskInfo> {
+    let nobody = crate::daemon::requesters::Noted::default();
+    let parked = shared.partial.iter().filter(|_| access::sees(caller, &nobody)).map(|e| {
         let m = e.value();
         TaskInfo {
             id: m.task_id.clone(),
@@ -38,7 +42,7 @@ pub fn list_tasks(shared: &Shared) -> Vec<TaskInfo> {
         }
     });
     let mut all: Vec<TaskInfo> = parked.collect();
-    all.extend(shared.rested.iter().map(|e| {
+    all.extend(shared.rested.iter().filter(|e| access::sees(caller, &e.value().requesters)).map(|e| {
         let r = e.value();
         TaskInfo {
             id: e.key().clone(),
@@ -50,7 +54,8 @@ pub fn list_tasks(shared: &Shared) -> Vec<TaskInfo> {
             readers: 0,
         }
     }));
-    all.extend(shared.index.values().iter().map(|t| TaskInfo {
+    let live = shared.index.values();
+    all.extend(live.iter().filter(|t| access::sees(caller, &t.requesters())).map(|t| TaskInfo {
         id: t.id.clone(),
         url: t.spec.display_url.clone(),
         len_bytes: t.geometry().map(|g| g.layout.content_len_bytes),
@@ -366,19 +371,26 @@ pub fn evict(shared: &Shared, task: &Arc<Task>) -> bool {
 
 /// Removes one task for `caller` (`access::may_remove`: root, or the task's sole requester). A
 /// running one is refused unless `force` (then it is failed and its own `drive` cleans up); a
-/// finished one is refused while it is being read or exported.
+/// finished one is refused while it is being read or exported. A task the caller may not see
+/// (`access::sees`) is "no such task" (false), as if it did not exist.
 pub fn remove(shared: &Shared, id: &str, force: bool, caller: &Caller) -> crate::error::Result<bool> {
     use crate::error::Error;
     if shared.partial.contains_key(id) {
         // Left by an earlier run: nobody asked for it since, so only root may remove it.
-        access::may_remove(caller, None)?;
+        let nobody = crate::daemon::requesters::Noted::default();
+        if !access::sees(caller, &nobody) {
+            return Ok(false);
+        }
         if unpark(shared, id).is_some() {
             shared.store.remove_task(id)?;
         }
         return Ok(true);
     }
     if let Some(e) = shared.rested.get(id) {
-        access::may_remove(caller, e.value().sole_requester())?;
+        if !access::sees(caller, &e.value().requesters) {
+            return Ok(false);
+        }
+        access::may_remove(caller, &e.value().requesters)?;
         drop(e);
         if evict_rested(shared, id) {
             return Ok(true);
@@ -386,7 +398,11 @@ pub fn remove(shared: &Shared, id: &str, force: bool, caller: &Caller) -> crate:
         // Revived meanwhile: remove the live task below.
     }
     let Some(task) = shared.index.get(id) else { return Ok(false) };
-    access::may_remove(caller, task.sole_requester())?;
+    let requesters = task.requesters();
+    if !access::sees(caller, &requesters) {
+        return Ok(false);
+    }
+    access::may_remove(caller, &requesters)?;
     if task.state() == State::Running {
         if !force {
             return Err(Error::client(format!("task {id} is running; use --force to cancel and remove it")));

@@ -6,7 +6,7 @@
 //! pools, open task-file handles, in-flight requests — is owned by the core that created it.
 //!
 //! Rooms, leaves first (each imports only rooms above it in this list, none imports this file):
-//! `counters`, `rate`, `log`, `serving`, `judge`, `caller` → `task` → `shared` → `first_response` →
+//! `counters`, `rate`, `log`, `serving`, `judge`, `caller`, `requesters` → `task` → `shared` → `first_response` →
 //! `access`, `cache` → `engine` → `batch` → `api`, `metrics` → `core`.
 
 pub(crate) mod access;
@@ -24,6 +24,7 @@ pub(crate) mod log;
 pub(crate) mod metrics;
 pub(crate) mod ramp;
 pub(crate) mod rate;
+pub(crate) mod requesters;
 pub mod serving;
 pub(crate) mod shared;
 pub(crate) mod slots;

@@ -92,9 +92,8 @@ pub struct Task {
     /// Strong validator of the content (ETag, else Last-Modified) from the first response, sent as
     /// `If-Range` with every piece so a file replaced mid-download is detected, not mixed.
     pub validator: OnceLock<String>,
-    /// Who asked for this task since the daemon started: 0 nobody, uid + 1 one user, `SEVERAL`.
-    /// One word, so noting a requester never takes a lock.
-    requesters: AtomicU64,
+    /// Who asked for this task since the daemon started (lock-free: noted on every download).
+    requesters: crate::daemon::requesters::Requesters,
     /// Every validator of the first response (weak ETags included): each piece response must show
     /// the same, since an origin may ignore `If-Range` (or have only weak validators).
     pub validators: OnceLock<Validators>,
@@ -114,8 +113,6 @@ pub struct Task {
     /// so accounting a task twice or removing it twice never moves the total twice.
     pub(crate) accounted_bytes: AtomicU64,
 }
-
-const SEVERAL: u64 = u64::MAX;
 
 pub use crate::storage::meta::Validators;
 
@@ -142,7 +139,7 @@ impl Task {
             readers: AtomicUsize::new(0),
             files: std::sync::Mutex::new(()),
             validator: OnceLock::new(),
-            requesters: AtomicU64::new(0),
+            requesters: Default::default(),
             validators: OnceLock::new(),
             peer: OnceLock::new(),
             workers: crate::daemon::ramp::Workers::default(),
@@ -154,20 +151,12 @@ impl Task {
 
     /// Records that `uid` asked for this task.
     pub fn note_requester(&self, uid: u32) {
-        let me = u64::from(uid) + 1;
-        let _ = self.requesters.fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| match r {
-            0 => Some(me),
-            r if r == me => None,
-            _ => Some(SEVERAL),
-        });
+        self.requesters.note(uid);
     }
 
-    /// The one uid that asked for this task since the daemon started, if exactly one did.
-    pub fn sole_requester(&self) -> Option<u32> {
-        match self.requesters.load(Ordering::Acquire) {
-            0 | SEVERAL => None,
-            r => u32::try_from(r - 1).ok(),
-        }
+    /// Who asked for this task since the daemon started.
+    pub fn requesters(&self) -> crate::daemon::requesters::Noted {
+        self.requesters.snapshot()
     }
 
     /// The finished file's identity as last checked by this run (None: never, or invalidated).
@@ -457,17 +446,8 @@ pub struct Resting {
     /// The file's identity as this run last checked it (None: check fully on the next hit).
     pub identity: Option<crate::storage::FileIdentity>,
     pub last_access_unix_ms: u64,
-    /// `Task::requesters`, carried over so `tasks rm` keeps its rule.
-    pub requesters: u64,
-}
-
-impl Resting {
-    pub fn sole_requester(&self) -> Option<u32> {
-        match self.requesters {
-            0 | SEVERAL => None,
-            r => u32::try_from(r - 1).ok(),
-        }
-    }
+    /// `Task::requesters`, carried over so `tasks ls` and `tasks rm` keep their rules.
+    pub requesters: crate::daemon::requesters::Noted,
 }
 
 impl Task {
@@ -485,7 +465,7 @@ impl Task {
             crcs: self.crcs().into_boxed_slice(),
             identity: self.identity(),
             last_access_unix_ms: self.last_access_unix_ms.load(Ordering::Acquire),
-            requesters: self.requesters.load(Ordering::Acquire),
+            requesters: self.requesters.snapshot(),
         })
     }
 
@@ -498,10 +478,10 @@ impl Task {
         spec.expected_len = Some(rest.layout.content_len_bytes);
         spec.private = false;
         spec.cluster_id = None;
-        let t = Task::finished(id, peer_id, spec, data_path, rest.layout, &rest.crcs);
+        let mut t = Task::finished(id, peer_id, spec, data_path, rest.layout, &rest.crcs);
         t.set_identity(rest.identity);
         t.last_access_unix_ms.store(rest.last_access_unix_ms, Ordering::Release);
-        t.requesters.store(rest.requesters, Ordering::Release);
+        t.requesters = crate::daemon::requesters::Requesters::restored(&rest.requesters);
         t
     }
 }
