@@ -403,6 +403,25 @@ fn a_user_lists_only_its_own_tasks_and_root_lists_every_users() {
     }
 }
 
+/// core.log names every download's uid and URL: with a world-readable log (0644, as it was
+/// created) any user could read what the others download. It is owner-only (0600) now, like
+/// Dragonfly's own logs; an existing 0644 one is made private at start.
+#[test]
+fn a_user_cannot_read_core_log() {
+    let host = Host::start(true);
+    let origin = TestOrigin::start();
+    origin.add("/roots-secret", content(MIB, 30));
+    let root_dir = temp_dir("dfget-sec-rootout-");
+    assert_ok(&host.daemon.download(&origin.url("/roots-secret"), &root_dir.path().join("r")), "root's download");
+    let log = host.daemon.core_log_path();
+    assert!(host.daemon.core_log().contains("/roots-secret"), "core.log should name the URL");
+    let read = host.user.run(Path::new("/bin/cat"), &[log.as_os_str()]);
+    assert!(!read.status.success(), "a user read core.log:\n{}", String::from_utf8_lossy(&read.stdout));
+    assert!(stderr_of(&read).contains("Permission denied"), "{}", stderr_of(&read));
+    let mode = fs::metadata(&log).expect("stat core.log").permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o600, "core.log's mode");
+}
+
 #[test]
 fn each_download_logs_the_callers_uid() {
     let host = Host::start(true);

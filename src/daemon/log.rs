@@ -3,7 +3,8 @@
 //! written to `<logDir>/daemon/core.log` (and stderr when asked).
 //!
 //! Invariant: one event = one line = one JSON object with `level`, `ts`, `caller`, `msg` first, then
-//! the event's fields in the order they were recorded. Timestamps are UTC.
+//! the event's fields in the order they were recorded. Timestamps are UTC. The file is its
+//! owner's alone (0600): it names every caller's downloads.
 
 use std::fmt::Write as _;
 use std::io::Write;
@@ -26,6 +27,7 @@ pub fn init(log_dir: &Path, to_stderr: bool, level: &str) -> anyhow::Result<()> 
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create log dir {}", dir.display()))?;
     let level: Level =
         level.parse().map_err(|_| anyhow::anyhow!("unknown log level `{level}` (error, warn, info, debug, trace)"))?;
+    open_private(&dir.join("core.log"))?;
     let file = tracing_appender::rolling::never(&dir, "core.log");
     let stderr = to_stderr.then_some(JsonLines { writer: std::io::stderr, max_level: level });
     tracing_subscriber::registry()
@@ -33,6 +35,25 @@ pub fn init(log_dir: &Path, to_stderr: bool, level: &str) -> anyhow::Result<()> 
         .with(stderr)
         .try_init()
         .context("cannot install the logger")
+}
+
+/// Creates core.log owner-only (0600), or takes group and other rights off an existing one
+/// (older runs made it 0644): it names every download's uid and URL, so on a shared host it would
+/// tell every user what the others download. Dragonfly's own logs are 0600 too (lumberjack's mode).
+fn open_private(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let mode = file.metadata().with_context(|| format!("cannot stat {}", path.display()))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))
+            .with_context(|| format!("cannot make {} private (chmod 0600)", path.display()))?;
+    }
+    Ok(())
 }
 
 struct JsonLines<W> {
