@@ -328,7 +328,9 @@ fn tiny_window_connect(p: &Peer) -> TcpStream {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
         assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
         let stream = TcpStream::from_raw_fd(fd);
-        for (level, opt, value) in [(libc::SOL_SOCKET, libc::SO_RCVBUF, 4096), (libc::IPPROTO_TCP, libc::TCP_MAXSEG, 536)] {
+        for (level, opt, value) in
+            [(libc::SOL_SOCKET, libc::SO_RCVBUF, 4096), (libc::IPPROTO_TCP, libc::TCP_MAXSEG, 536)]
+        {
             let v: libc::c_int = value;
             let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
             let r = libc::setsockopt(fd, level, opt, (&v as *const libc::c_int).cast(), len);
