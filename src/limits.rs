@@ -365,6 +365,14 @@ pub const MIN_MANAGER_REFRESH: std::time::Duration = std::time::Duration::from_s
 /// announcement from any parent: the swarm is stuck, and the origin is faster than waiting.
 pub const PARENT_STALL: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// A child with other parents waits this long for a piece only the source parent (the one that
+/// went back to source) holds before asking that parent (`p2p::pick::usable`): long enough for the
+/// children that have no other parent to fetch it (a 4 MiB piece takes 40 ms at 100 MiB/s) and for
+/// a sibling to announce it, short enough that a piece nobody else gets costs a second, not the
+/// download.
+pub const SOURCE_PARENT_HOLD: std::time::Duration = std::time::Duration::from_millis(1000);
+
 const _: () = assert!(MAX_PIECE_LEN_BYTES <= u32::MAX as u64);
 const _: () = assert!(PARENT_PIECE_TIMEOUT.as_secs() < UPLOAD_TIMEOUT.as_secs());
 const _: () = assert!(UPLOAD_REQUEST_TIMEOUT.as_secs() < PARENT_PIECE_TIMEOUT.as_secs());
+const _: () = assert!(SOURCE_PARENT_HOLD.as_millis() < PARENT_STALL.as_millis());

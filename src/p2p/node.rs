@@ -367,6 +367,10 @@ async fn announce_loop(sched: Arc<Sched>) {
 
 /// The parent list of a scheduling answer, as slots of `peer`; each new parent gets a SyncPieces
 /// stream. Returns how many were added.
+/// The scheduler's state of a peer that downloads from the origin (the Go scheduler's
+/// `PeerStateBackToSource`): such a parent is a source parent (`peer::Parent::source`).
+const SOURCE_PARENT_STATE: &str = "BackToSource";
+
 pub fn adopt_parents(sched: &Arc<Sched>, peer: &Arc<PeerTask>, parents: &[c::Peer]) -> usize {
     let mut added = 0;
     for p in parents {
@@ -378,8 +382,10 @@ pub fn adopt_parents(sched: &Arc<Sched>, peer: &Arc<PeerTask>, parents: &[c::Pee
             host_id: host.id.clone(),
             grpc_addr: SocketAddr::new(ip, port),
             vortex_addr: std::sync::OnceLock::new(),
+            source: p.state == SOURCE_PARENT_STATE,
         };
         if let Some(slot) = peer.add_parent(parent) {
+            tracing::debug!(task = %peer.cluster_id, parent = %p.id, state = %p.state, slot, "parent added");
             peer.live_streams.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             tokio::spawn(crate::p2p::grpc::sync_pieces(sched.node.clone(), peer.clone(), slot));
             added += 1;

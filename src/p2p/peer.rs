@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
 use std::sync::OnceLock;
 
 use crate::clock::now_unix_ms;
+use crate::limits;
 use crate::p2p::pick::{self, Piece};
 use crate::piece::bitmap::AtomicBitmap;
 
@@ -42,6 +43,9 @@ pub struct Parent {
     pub grpc_addr: SocketAddr,
     /// Where its Vortex server is, from its SyncPieces answers.
     pub vortex_addr: OnceLock<SocketAddr>,
+    /// It was downloading from the origin when the scheduler named it (state `BackToSource`):
+    /// a source parent, left to the children with no other parent (`pick::usable`).
+    pub source: bool,
 }
 
 /// Where one piece was obtained, for the scheduler report.
@@ -84,6 +88,10 @@ pub struct PeerTask {
     n_slots: AtomicUsize,
     /// Per piece: which parent slots have announced it.
     has: Box<[AtomicU32]>,
+    /// Per piece: when a parent first announced it (unix ms; 0 = not yet).
+    first_announced_unix_ms: Box<[AtomicU64]>,
+    /// The slots of source parents (`Parent::source`).
+    source: AtomicU32,
     /// Parents given up on (a failed fetch, a bad crc, a broken SyncPieces stream).
     dead: AtomicU32,
     /// SyncPieces streams still open.
@@ -141,6 +149,8 @@ impl PeerTask {
             slots: (0..MAX_PARENTS).map(|_| OnceLock::new()).collect(),
             n_slots: AtomicUsize::new(0),
             has: (0..n_pieces).map(|_| AtomicU32::new(0)).collect(),
+            first_announced_unix_ms: (0..n_pieces).map(|_| AtomicU64::new(0)).collect(),
+            source: AtomicU32::new(0),
             dead: AtomicU32::new(0),
             live_streams: AtomicUsize::new(0),
             last_news_unix_ms: AtomicU64::new(now_unix_ms()),
@@ -180,7 +190,11 @@ impl PeerTask {
         if slot >= MAX_PARENTS {
             return None;
         }
+        let source = parent.source;
         let _ = self.slots[slot].set(parent);
+        if source {
+            self.source.fetch_or(1 << slot, Ordering::AcqRel);
+        }
         self.news();
         Some(slot)
     }
@@ -199,6 +213,8 @@ impl PeerTask {
     pub fn announce(&self, slot: usize, piece: u64) {
         if let Some(h) = self.has.get(piece as usize) {
             h.fetch_or(1 << slot, Ordering::AcqRel);
+            let first = &self.first_announced_unix_ms[piece as usize];
+            let _ = first.compare_exchange(0, now_unix_ms().max(1), Ordering::AcqRel, Ordering::Acquire);
             self.news();
         }
     }
@@ -208,11 +224,11 @@ impl PeerTask {
         self.event.notify();
     }
 
-    /// Live parents that have `piece`, best first: the cheapest one more fetch (`pick::costs`)
-    /// first, ties spread over parents by piece number so that several children of one parent set
-    /// do not all hit the same parent.
+    /// Live parents that have `piece` and may be asked (`usable_holders`), best first: the
+    /// cheapest one more fetch (`pick::costs`) first, ties spread over parents by piece number so
+    /// that several children of one parent set do not all hit the same parent.
     pub fn holders(&self, piece: u64) -> Vec<usize> {
-        let mask = self.live_holders(piece);
+        let mask = self.usable_holders(piece, 0);
         let mut slots: Vec<usize> = (0..MAX_PARENTS).filter(|s| mask & (1 << s) != 0).collect();
         if !slots.is_empty() {
             let k = piece as usize % slots.len();
@@ -251,6 +267,19 @@ impl PeerTask {
             & !self.dead.load(Ordering::Acquire)
     }
 
+    /// The live holders of `piece` outside `skip` that this peer should ask: source parents left
+    /// to the children that need them (`pick::usable`).
+    fn usable_holders(&self, piece: u64, skip: u32) -> u32 {
+        let holders = self.live_holders(piece) & !skip;
+        let source = self.source.load(Ordering::Acquire);
+        if holders & source == 0 {
+            return holders;
+        }
+        let first = self.first_announced_unix_ms.get(piece as usize).map_or(0, |t| t.load(Ordering::Acquire));
+        let young = now_unix_ms().saturating_sub(first) < limits::SOURCE_PARENT_HOLD.as_millis() as u64;
+        pick::usable(holders, source, self.live_mask(), young)
+    }
+
     /// Counts a fetch from `slot` until the guard drops.
     pub fn begin_fetch(&self, slot: usize) -> InFlight<'_> {
         let slot = slot.min(MAX_PARENTS - 1);
@@ -278,7 +307,7 @@ impl PeerTask {
         if self.taken.get(idx) || done(idx) {
             Piece::Gone
         } else {
-            Piece::Open(self.live_holders(idx) & !skip)
+            Piece::Open(self.usable_holders(idx, skip))
         }
     }
 
@@ -361,6 +390,7 @@ mod tests {
             host_id: format!("h-{id}"),
             grpc_addr: "127.0.0.1:4000".parse().unwrap(),
             vortex_addr: OnceLock::new(),
+            source: false,
         }
     }
 
@@ -461,6 +491,35 @@ mod tests {
         assert_eq!(h, vec![fast, slow, fast, slow], "the fast parent first, though one fetch is in flight there");
         t.note_rate(slow, 4 << 20, ms(40));
         assert_eq!(t.rate_kib_s[slow].load(Ordering::Acquire), (2048 * 3 + 102_400) / 4, "a moving average");
+    }
+
+    #[test]
+    fn a_source_parent_is_asked_only_for_what_no_other_parent_has_had_for_a_while() {
+        let (tx, _rx) = tokio::sync::mpsc::channel(4);
+        let t = PeerTask::new("t".into(), "p".into(), crate::piece::Layout::for_len(16 << 20), tx);
+        let seed = t.add_parent(Parent { source: true, ..parent("seed") }).unwrap();
+        let sibling = t.add_parent(parent("sibling")).unwrap();
+        t.start_trading(1, 8);
+        let nobody = |_| false;
+        // Piece 1: only the seed, just announced: left to the children that have no other parent.
+        t.announce(seed, 1);
+        assert_eq!(t.take_held(nobody), None);
+        assert!(t.holders(1).is_empty());
+        // Piece 2: the sibling has it too: taken, and only the sibling is asked.
+        t.announce(seed, 2);
+        t.announce(sibling, 2);
+        assert_eq!(t.holders(2), vec![sibling]);
+        assert_eq!(t.take_held(nobody), Some(2));
+        // Piece 1 once the seed has held it alone for SOURCE_PARENT_HOLD: asked of the seed.
+        let held_since = now_unix_ms() - limits::SOURCE_PARENT_HOLD.as_millis() as u64 - 1;
+        t.first_announced_unix_ms[1].store(held_since, Ordering::Release);
+        assert_eq!(t.holders(1), vec![seed]);
+        assert_eq!(t.take_held(nobody), Some(1));
+        // With the sibling given up on, the seed is asked for a new piece at once.
+        t.announce(seed, 3);
+        assert_eq!(t.take_held(nobody), None);
+        t.give_up_on(sibling);
+        assert_eq!(t.take_held(nobody), Some(3));
     }
 
     #[test]

@@ -10,6 +10,13 @@
 //! among its parents, then the first in an order of its own (a per-peer permutation, so siblings
 //! that see the same holders still take different pieces and then serve them to each other).
 //!
+//! The peer that went back to source (the scheduler's `BackToSource` parent, here a "source
+//! parent") is where every new piece enters the swarm, and its uplink is the swarm's scarcest
+//! link: a child with another live parent leaves it the pieces someone else also holds, and waits
+//! `SOURCE_PARENT_HOLD` for a piece only the source parent holds before asking it (`usable`), so
+//! that each piece leaves it about once — to the children that have no other parent — and spreads
+//! from there (BitTorrent's super-seeding, decided by the child).
+//!
 //! Invariant: `choose` returns only an open piece with at least one live holder, `first_open`
 //! only an open piece; both are deterministic for one `seed`.
 
@@ -35,6 +42,22 @@ pub fn choose(n_pieces: u64, seed: u64, cost: &[u32], piece: impl Fn(u64) -> Pie
         }
     }
     best.map(|(_, idx)| idx)
+}
+
+/// Of a piece's live `holders`, those a child should ask: with `source` the live source parents'
+/// slots and `live` every live parent's, a child that has a live parent besides the source ones
+/// leaves them out while another holder has the piece, and while the piece is `young` (announced
+/// less than `SOURCE_PARENT_HOLD` ago, so a sibling is likely fetching it from them right now).
+pub fn usable(holders: u32, source: u32, live: u32, young: bool) -> u32 {
+    let source = source & live;
+    if live & !source == 0 {
+        return holders;
+    }
+    match holders & !source {
+        0 if young => 0,
+        0 => holders,
+        others => others,
+    }
 }
 
 /// The piece to fetch from the origin: the first open one from this peer's place in the task
@@ -169,6 +192,24 @@ mod tests {
         // Dead parents (not live) take no share and are never "full".
         assert_eq!(full_slots(&[4, 9, 0], A | C, 8), A);
         assert_eq!(full_slots(&[1, 0], 0, 8), 0);
+    }
+
+    #[test]
+    fn a_source_parent_is_left_to_the_children_that_have_no_other() {
+        // A is the source parent, B and C other parents.
+        // Only the source parent alive: it is asked for everything, young or not.
+        assert_eq!(usable(A, A, A, true), A);
+        assert_eq!(usable(A, A | C, A, true), A, "C, another source parent, is dead");
+        // Another parent alive: a piece B also holds comes from B only.
+        assert_eq!(usable(A | B, A, A | B, true), B);
+        assert_eq!(usable(A | B, A, A | B, false), B);
+        assert_eq!(usable(A | B | C, A, A | B | C, false), B | C);
+        // A piece only the source parent holds waits while young, then is asked of it.
+        assert_eq!(usable(A, A, A | B, true), 0);
+        assert_eq!(usable(A, A, A | B, false), A);
+        // No source parent: holders as they are.
+        assert_eq!(usable(B | C, 0, A | B | C, true), B | C);
+        assert_eq!(usable(0, A, A | B, false), 0);
     }
 
     #[test]
