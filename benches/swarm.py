@@ -218,7 +218,8 @@ class Bench:
                     "upload:\n  tcpListen:\n    listen: %s\n    port: %d\n  vortexPort: %d\n"
                     % (d, d, d, d, SCHED_IP, SCHED_PORT, host_ip(k), k, host_ip(k), GRPC_PORT,
                        VORTEX_PORT))
-        p = Proc(nsx(host_ns(k), self.args.dfget, "daemon", "--config", conf),
+        level = ["--log-level", self.args.log_level] if self.args.log_level else []
+        p = Proc(nsx(host_ns(k), self.args.dfget, "daemon", "--config", conf, *level),
                  os.path.join(d, "stdout.log"))
         self.procs.append(p)
         return p, d
@@ -382,6 +383,7 @@ def main():
     ap.add_argument("--scheduler", default=os.path.join(tools, "scheduler-" + SCHEDULER_VERSION, "scheduler"))
     ap.add_argument("--work", default="/dev/shm" if os.path.isdir("/dev/shm") else None)
     ap.add_argument("--json", help="append every run's raw result here (JSON lines)")
+    ap.add_argument("--log-level", help="the daemons' log level (e.g. debug, with --keep-logs)")
     ap.add_argument("--keep-logs", help="copy each run's logs and configs (not its data) into this directory")
     args = ap.parse_args()
     if os.geteuid() != 0:

@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status};
@@ -19,7 +20,9 @@ use crate::daemon::task::{State, Task};
 use crate::p2p::node::Node;
 use crate::p2p::pb::dfdaemon as d;
 use crate::p2p::pb::dfdaemon::dfdaemon_upload_server::{DfdaemonUpload, DfdaemonUploadServer};
+use crate::clock::now_unix_ms;
 use crate::p2p::peer::PeerTask;
+use crate::p2p::spread::{self, Decision, Spread};
 
 struct Upload {
     node: Arc<Node>,
@@ -49,15 +52,19 @@ impl DfdaemonUpload for Upload {
             req.interested_piece_numbers.iter().map(|n| u64::from(*n)).filter(|i| *i < n).collect();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let addr = (self.node.ip.to_string(), i32::from(self.node.config.vortex_port));
-        tokio::spawn(feed(task, wanted, addr, tx));
+        let spread = self.node.spreads.get(&req.task_id).map(|e| e.value().clone());
+        tokio::spawn(feed(task, spread, wanted, addr, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
 
-/// Streams each wanted piece once it is recorded; ends when all were sent, the child went away,
-/// or the task failed. Woken by the task's `watchers` (fed by `record_piece`), never polled.
+/// Streams each wanted piece once it is recorded — staged by `spread` while the task downloads
+/// here, so a new piece goes to one child first; ends when all were sent, the child went away, or
+/// the task failed. Woken by the task's `watchers` (fed by `record_piece`), by a child fetching a
+/// piece (`Spread::changed`), and when a held piece's hold ends; never polled.
 async fn feed(
     task: Arc<Task>,
+    spread: Option<Arc<Spread>>,
     mut wanted: BTreeSet<u64>,
     (ip, tcp_port): (String, i32),
     tx: tokio::sync::mpsc::Sender<Result<d::SyncPiecesResponse, Status>>,
@@ -65,15 +72,19 @@ async fn feed(
     let Some(g) = task.geometry() else { return };
     // Subscribed before the first look at the bitmap: a piece recorded after that look wakes us.
     let mut watch = task.watchers.subscribe();
+    let mut claims = Vec::new();
     while !wanted.is_empty() {
         if task.state() == State::Failed {
             let _ = tx.send(Err(Status::aborted("the task failed on this peer"))).await;
             return;
         }
-        let done = task.pieces_done();
-        let ready: Vec<u64> =
-            wanted.iter().copied().filter(|i| done.get(*i as usize).copied().unwrap_or(false)).collect();
-        for idx in ready {
+        let fetched = spread.as_ref().map(|s| s.changed.notified());
+        tokio::pin!(fetched);
+        if let Some(f) = fetched.as_mut().as_pin_mut() {
+            f.enable();
+        }
+        let (tell, wake_at) = stage(&task, spread.as_deref(), &wanted, &mut claims);
+        for idx in tell {
             let Some((start, end)) = g.layout.piece_range(idx) else { continue };
             let resp = d::SyncPiecesResponse {
                 number: idx as u32,
@@ -91,11 +102,46 @@ async fn feed(
         if wanted.is_empty() {
             return;
         }
+        let hold = wake_at.map(|t| Duration::from_millis(t.saturating_sub(now_unix_ms())));
         tokio::select! {
             _ = watch.changed() => {}
             _ = tx.closed() => return,
+            Some(()) = async { match fetched.as_mut().as_pin_mut() { Some(f) => Some(f.await), None => None } } => {}
+            _ = tokio::time::sleep(hold.unwrap_or(Duration::MAX)), if hold.is_some() => {}
         }
     }
+}
+
+/// Of the `wanted` pieces this peer holds, those to announce now (claiming new ones for this
+/// stream in `claims`), and when a held one's hold ends (unix ms).
+fn stage(task: &Task, spread: Option<&Spread>, wanted: &BTreeSet<u64>, claims: &mut Vec<u64>) -> (Vec<u64>, Option<u64>) {
+    let done = task.pieces_done();
+    let now = now_unix_ms();
+    let done_here = task.state() == State::Done;
+    let Some(spread) = spread else {
+        return (wanted.iter().copied().filter(|i| done.get(*i as usize).copied().unwrap_or(false)).collect(), None);
+    };
+    claims.retain(|p| spread.open(*p, now));
+    let mut wake_at = claims.iter().map(|p| spread.told_unix_ms(*p) + spread::HOLD_MS).min();
+    let mut tell = Vec::new();
+    for idx in wanted.iter().copied().filter(|i| done.get(*i as usize).copied().unwrap_or(false)) {
+        let until = match spread::decide(done_here, spread.told_unix_ms(idx), claims.len(), now) {
+            Decision::Tell => {
+                tell.push(idx);
+                continue;
+            }
+            Decision::Claim if spread.claim(idx, now) => {
+                claims.push(idx);
+                tell.push(idx);
+                continue;
+            }
+            // Another stream claimed it since the look.
+            Decision::Claim => Some(now + spread::HOLD_MS),
+            Decision::Wait(until) => until,
+        };
+        wake_at = wake_at.into_iter().chain(until).min();
+    }
+    (tell, wake_at)
 }
 
 /// Serves DfdaemonUpload and gRPC health on the bound upload listener until the process exits.

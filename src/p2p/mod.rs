@@ -14,6 +14,7 @@ pub(crate) mod node;
 pub(crate) mod pb;
 pub(crate) mod peer;
 pub(crate) mod pick;
+pub(crate) mod spread;
 pub mod task_id;
 pub(crate) mod upload;
 pub(crate) mod vortex;

@@ -53,6 +53,9 @@ pub struct Node {
     pub hostname: String,
     /// Tasks other peers may fetch from this daemon, by cluster task id.
     pub tasks: SkipMap<String, Arc<Task>>,
+    /// Per task this daemon downloads in the cluster, by cluster task id: which child heard of
+    /// which new piece first (`spread`); from registration until the task leaves the cache.
+    pub spreads: SkipMap<String, Arc<crate::p2p::spread::Spread>>,
     /// Vortex exchanges being served right now (bounded by `MAX_CONCURRENT_UPLOADS`).
     pub uploads_in_flight: AtomicUsize,
     /// `upload.rateLimit`, daemon-wide.
@@ -90,6 +93,7 @@ impl Node {
             ip,
             hostname,
             tasks: SkipMap::new(),
+            spreads: SkipMap::new(),
             uploads_in_flight: AtomicUsize::new(0),
             upload_rate: config.upload_rate_limit_bytes_per_sec.map(RateLimiter::new),
             vortex_listener: vortex,
@@ -117,6 +121,7 @@ impl Node {
     /// The task becomes servable to other peers at once. None = no cluster id (ORAS, restored).
     pub async fn register(&self, task: &Arc<Task>, layout: Layout) -> Option<Arc<PeerTask>> {
         let cluster_id = task.spec.cluster_id.clone()?;
+        self.spreads.insert(cluster_id.clone(), Arc::new(crate::p2p::spread::Spread::new(layout.n_pieces())));
         self.tasks.insert(cluster_id.clone(), task.clone());
         let (report_tx, reports) = mpsc::channel(limits::CONTROL_QUEUE_DEPTH);
         let peer = Arc::new(PeerTask::new(cluster_id.clone(), task.peer_id.clone(), layout, report_tx));
@@ -152,6 +157,7 @@ impl Node {
         let same = self.tasks.get(id).is_some_and(|e| std::ptr::eq(Arc::as_ptr(e.value()), task));
         if same {
             self.tasks.remove(id);
+            self.spreads.remove(id);
             let _ = self.ctl.try_send(Ctl::DeleteTask(id.to_string()));
         }
     }

@@ -247,6 +247,9 @@ async fn answer(node: &Node, conn: &mut compio::net::TcpStream, asked: (String, 
     let BufResult(res, _) = conn.write_all(vortex::encode_piece_head(&head)).await;
     res.map_err(|e| format!("write head: {e}"))?;
     send_range(node, conn, &task.data_path, start, end).await?;
+    if let Some(spread) = node.spreads.get(&task_id) {
+        spread.value().uploaded(u64::from(number));
+    }
     tracing::debug!(task = %task.id, piece = number, ms = t0.elapsed().as_millis() as u64, "piece uploaded");
     Ok(())
 }
