@@ -308,6 +308,7 @@ class Bench:
             "origin_bytes_per_host": [per_origin.get(host_ip(k), 0) for k in range(1, n + 1)],
             "uploaded_per_host": [Net.tx_bytes(host_ns(k), "eth0") - tx0[k] for k in range(1, n + 1)],
             "got_parents": [("scheduler gave parents" in logs[k]) for k in range(1, n + 1)],
+            "parents": {k: parents_of(logs[k], n) for k in range(1, n + 1)},
             "parent_failures": [logs[k].count("piece from parent failed") for k in range(1, n + 1)],
             "daemon_cpu_s": [round(cpu_seconds(p.p.pid), 2) for p, _ in daemons],
             "load": loadavg(),
@@ -334,6 +335,38 @@ def cpu_seconds(pid):
         return float("nan")
 
 
+def parents_of(core_log, n):
+    """The hosts (1..n) the scheduler gave this host as parents, from its "parent added" lines."""
+    ip_to_host = {host_ip(k): k for k in range(1, n + 1)}
+    out = []
+    for line in core_log.splitlines():
+        if '"parent added"' not in line:
+            continue
+        try:
+            ip = json.loads(line)["parent"].split("-")[0]
+        except (ValueError, KeyError):
+            continue
+        if ip in ip_to_host and ip_to_host[ip] not in out:
+            out.append(ip_to_host[ip])
+    return out
+
+
+def dag_bound_s(parents, size, link):
+    """A lower bound on the time for all hosts to finish with the parents the scheduler gave: any
+    set X of children receives |X| file copies, all through the uplinks of the hosts that are
+    parents of some member of X (each at most one link rate), so T >= |X| * size / (|P(X)| * link);
+    and every host needs size / link through its own downlink. Max over every set X (N <= 12)."""
+    kids = [k for k, ps in parents.items() if ps]
+    best = size / link
+    if len(kids) > 12:
+        return best
+    for mask in range(1, 1 << len(kids)):
+        xs = [kids[i] for i in range(len(kids)) if mask >> i & 1]
+        ps = set(p for x in xs for p in parents[x])
+        best = max(best, len(xs) * size / (len(ps) * link))
+    return best
+
+
 def median(xs):
     return statistics.median(xs) if xs else float("nan")
 
@@ -351,8 +384,9 @@ def report(results, args, load_start, load_end):
     print("Load average at start %s, at end %s." % (load_start, load_end))
     print()
     print("| hosts | all finished (median) | vs one host alone | origin egress / file (body; link) "
-          "| slowest host rate / link | median host rate / link | runs (all finished, s) |")
-    print("|---:|---:|---:|---:|---:|---:|---|")
+          "| slowest host rate / link | median host rate / link | runs (all finished, s) "
+          "| bound from the scheduler's parents (s, per run) |")
+    print("|---:|---:|---:|---:|---:|---:|---|---|")
     for n in sorted(by_n):
         rs = by_n[n]
         all_s = median([r["all_s"] for r in rs])
@@ -360,16 +394,18 @@ def report(results, args, load_start, load_end):
         egress_link = median([r["origin_link_bytes"] / size for r in rs])
         slowest = median([size / max(r["times_s"]) / link for r in rs])
         typical = median([median([size / t / link for t in r["times_s"]]) for r in rs])
-        print("| %d | %.2f s | %.2f× | %.3f; %.3f | %.0f %% | %.0f %% | %s |"
+        bounds = " ".join("%.2f" % dag_bound_s({int(k): v for k, v in r["parents"].items()}, size, link)
+                          for r in rs)
+        print("| %d | %.2f s | %.2f× | %.3f; %.3f | %.0f %% | %.0f %% | %s | %s |"
               % (n, all_s, all_s / alone, egress, egress_link, 100 * slowest, 100 * typical,
-                 " ".join("%.2f" % r["all_s"] for r in rs)))
+                 " ".join("%.2f" % r["all_s"] for r in rs), bounds))
     print()
     for r in results:
         print("N=%d: times %s; origin MiB per host %s; uploaded MiB per host %s; given parents %s; "
-              "parent failures %s; daemon CPU s %s; load %s"
+              "parent failures %s; daemon CPU s %s; load %s; parents %s"
               % (r["n"], r["times_s"], [round(b / 2**20) for b in r["origin_bytes_per_host"]],
                  [round(b / 2**20) for b in r["uploaded_per_host"]], r["got_parents"], r["parent_failures"],
-                 r["daemon_cpu_s"], r["load"]))
+                 r["daemon_cpu_s"], r["load"], r["parents"]))
 
 
 def main():

@@ -391,7 +391,7 @@ pub fn adopt_parents(sched: &Arc<Sched>, peer: &Arc<PeerTask>, parents: &[c::Pee
             source: p.state == SOURCE_PARENT_STATE,
         };
         if let Some(slot) = peer.add_parent(parent) {
-            tracing::debug!(task = %peer.cluster_id, parent = %p.id, state = %p.state, slot, "parent added");
+            tracing::info!(task = %peer.cluster_id, parent = %p.id, state = %p.state, slot, "parent added");
             peer.live_streams.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             tokio::spawn(crate::p2p::grpc::sync_pieces(sched.node.clone(), peer.clone(), slot));
             added += 1;
