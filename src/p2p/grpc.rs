@@ -16,11 +16,11 @@ use std::time::Duration;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status};
 
+use crate::clock::now_unix_ms;
 use crate::daemon::task::{State, Task};
 use crate::p2p::node::Node;
 use crate::p2p::pb::dfdaemon as d;
 use crate::p2p::pb::dfdaemon::dfdaemon_upload_server::{DfdaemonUpload, DfdaemonUploadServer};
-use crate::clock::now_unix_ms;
 use crate::p2p::peer::PeerTask;
 use crate::p2p::spread::{self, Decision, Spread};
 
@@ -114,7 +114,12 @@ async fn feed(
 
 /// Of the `wanted` pieces this peer holds, those to announce now (claiming new ones for this
 /// stream in `claims`), and when a held one's hold ends (unix ms).
-fn stage(task: &Task, spread: Option<&Spread>, wanted: &BTreeSet<u64>, claims: &mut Vec<u64>) -> (Vec<u64>, Option<u64>) {
+fn stage(
+    task: &Task,
+    spread: Option<&Spread>,
+    wanted: &BTreeSet<u64>,
+    claims: &mut Vec<u64>,
+) -> (Vec<u64>, Option<u64>) {
     let done = task.pieces_done();
     let now = now_unix_ms();
     let done_here = task.state() == State::Done;

@@ -77,9 +77,9 @@ impl Spread {
 
     /// Claims a piece nobody was told of: true for exactly one caller.
     pub fn claim(&self, piece: u64, now_unix_ms: u64) -> bool {
-        self.told_unix_ms.get(piece as usize).is_some_and(|t| {
-            t.compare_exchange(0, now_unix_ms.max(1), Ordering::AcqRel, Ordering::Acquire).is_ok()
-        })
+        self.told_unix_ms
+            .get(piece as usize)
+            .is_some_and(|t| t.compare_exchange(0, now_unix_ms.max(1), Ordering::AcqRel, Ordering::Acquire).is_ok())
     }
 
     /// A child fetched `piece` from this peer.
