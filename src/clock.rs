@@ -1,14 +1,26 @@
-//! Wall-clock helpers shared by the daemon and the client: "now" in unix milliseconds (the unit of
-//! every stored access time) and Dragonfly's log timestamp layout.
+//! Clock helpers shared by the daemon and the client: "now" in unix milliseconds (the unit of
+//! every stored access time), a monotonic millisecond count for holds and timeouts that a wall
+//! clock step must not stretch, and Dragonfly's log timestamp layout.
 //!
 //! Invariant: pure functions of a `SystemTime` except `now_unix_ms`; a clock before 1970 reads as 0,
 //! never a panic.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::OnceLock;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub fn now_unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
+
+/// Milliseconds on a monotonic clock (this process's first call + `MONO_BASE_MS`): for comparing
+/// instants within the process, never stored or sent. The base keeps it far from 0 (which callers
+/// use for "never") even after subtracting a hold.
+pub fn mono_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    MONO_BASE_MS + START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+const MONO_BASE_MS: u64 = 1 << 32;
 
 /// `YYYY-MM-DD HH:MM:SS.mmm` in UTC (zap's console-friendly layout Dragonfly uses).
 pub fn timestamp(now: SystemTime) -> String {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status};
 
-use crate::clock::now_unix_ms;
+use crate::clock::mono_ms;
 use crate::daemon::task::{State, Task};
 use crate::p2p::node::Node;
 use crate::p2p::pb::dfdaemon as d;
@@ -102,7 +102,7 @@ async fn feed(
         if wanted.is_empty() {
             return;
         }
-        let hold = wake_at.map(|t| Duration::from_millis(t.saturating_sub(now_unix_ms())));
+        let hold = wake_at.map(|t| Duration::from_millis(t.saturating_sub(mono_ms())));
         tokio::select! {
             _ = watch.changed() => {}
             _ = tx.closed() => return,
@@ -113,7 +113,7 @@ async fn feed(
 }
 
 /// Of the `wanted` pieces this peer holds, those to announce now (claiming new ones for this
-/// stream in `claims`), and when a held one's hold ends (unix ms).
+/// stream in `claims`), and when a held one's hold ends (`clock::mono_ms`).
 fn stage(
     task: &Task,
     spread: Option<&Spread>,
@@ -121,24 +121,25 @@ fn stage(
     claims: &mut Vec<u64>,
 ) -> (Vec<u64>, Option<u64>) {
     let done = task.pieces_done();
-    let now = now_unix_ms();
+    let now = mono_ms();
     let done_here = task.state() == State::Done;
     let Some(spread) = spread else {
         return (wanted.iter().copied().filter(|i| done.get(*i as usize).copied().unwrap_or(false)).collect(), None);
     };
     claims.retain(|p| spread.open(*p, now));
-    let mut wake_at = claims.iter().map(|p| spread.told_unix_ms(*p) + spread::HOLD_MS).min();
+    let mut wake_at = claims.iter().map(|p| spread.told_ms(*p) + spread::HOLD_MS).min();
     let mut tell = Vec::new();
     for idx in wanted.iter().copied().filter(|i| done.get(*i as usize).copied().unwrap_or(false)) {
-        let until = match spread::decide(done_here, spread.told_unix_ms(idx), claims.len(), now) {
+        let until = match spread::decide(done_here, spread.told_ms(idx), claims.len(), now) {
             Decision::Tell => {
                 tell.push(idx);
                 continue;
             }
+            // Its hold ends HOLD_MS from now: look again then, when more may be claimed.
             Decision::Claim if spread.claim(idx, now) => {
                 claims.push(idx);
                 tell.push(idx);
-                continue;
+                Some(now + spread::HOLD_MS)
             }
             // Another stream claimed it since the look.
             Decision::Claim => Some(now + spread::HOLD_MS),

@@ -371,12 +371,12 @@ async fn announce_loop(sched: Arc<Sched>) {
     }
 }
 
-/// The parent list of a scheduling answer, as slots of `peer`; each new parent gets a SyncPieces
-/// stream. Returns how many were added.
 /// The scheduler's state of a peer that downloads from the origin (the Go scheduler's
 /// `PeerStateBackToSource`): such a parent is a source parent (`peer::Parent::source`).
 const SOURCE_PARENT_STATE: &str = "BackToSource";
 
+/// The parent list of a scheduling answer, as slots of `peer`; each new parent gets a SyncPieces
+/// stream. Returns how many were added.
 pub fn adopt_parents(sched: &Arc<Sched>, peer: &Arc<PeerTask>, parents: &[c::Peer]) -> usize {
     let mut added = 0;
     for p in parents {

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
-use crate::clock::now_unix_ms;
+use crate::clock::mono_ms;
 use crate::limits;
 use crate::p2p::pick::{self, Piece};
 use crate::piece::bitmap::AtomicBitmap;
@@ -88,16 +88,16 @@ pub struct PeerTask {
     n_slots: AtomicUsize,
     /// Per piece: which parent slots have announced it.
     has: Box<[AtomicU32]>,
-    /// Per piece: when a parent first announced it (unix ms; 0 = not yet).
-    first_announced_unix_ms: Box<[AtomicU64]>,
+    /// Per piece: when a parent first announced it (`clock::mono_ms`; 0 = not yet).
+    first_announced_ms: Box<[AtomicU64]>,
     /// The slots of source parents (`Parent::source`).
     source: AtomicU32,
     /// Parents given up on (a failed fetch, a bad crc, a broken SyncPieces stream).
     dead: AtomicU32,
     /// SyncPieces streams still open.
     pub live_streams: AtomicUsize,
-    /// Last time any parent announced a piece or a parent was added (unix ms).
-    last_news_unix_ms: AtomicU64,
+    /// Last time any parent announced a piece or a parent was added (`clock::mono_ms`).
+    last_news_ms: AtomicU64,
     pub reschedules: AtomicU32,
     /// Set by the first piece that arrived from a parent (logged once per task).
     pub got_from_parent: std::sync::atomic::AtomicBool,
@@ -149,11 +149,11 @@ impl PeerTask {
             slots: (0..MAX_PARENTS).map(|_| OnceLock::new()).collect(),
             n_slots: AtomicUsize::new(0),
             has: (0..n_pieces).map(|_| AtomicU32::new(0)).collect(),
-            first_announced_unix_ms: (0..n_pieces).map(|_| AtomicU64::new(0)).collect(),
+            first_announced_ms: (0..n_pieces).map(|_| AtomicU64::new(0)).collect(),
             source: AtomicU32::new(0),
             dead: AtomicU32::new(0),
             live_streams: AtomicUsize::new(0),
-            last_news_unix_ms: AtomicU64::new(now_unix_ms()),
+            last_news_ms: AtomicU64::new(mono_ms()),
             reschedules: AtomicU32::new(0),
             got_from_parent: std::sync::atomic::AtomicBool::new(false),
             event: crate::wake::Signal::new(),
@@ -212,15 +212,16 @@ impl PeerTask {
     /// A parent announced a piece (from its SyncPieces stream).
     pub fn announce(&self, slot: usize, piece: u64) {
         if let Some(h) = self.has.get(piece as usize) {
+            // The time first, then the bit: a reader that sees the holder also sees the piece's age.
+            let first = &self.first_announced_ms[piece as usize];
+            let _ = first.compare_exchange(0, mono_ms(), Ordering::AcqRel, Ordering::Acquire);
             h.fetch_or(1 << slot, Ordering::AcqRel);
-            let first = &self.first_announced_unix_ms[piece as usize];
-            let _ = first.compare_exchange(0, now_unix_ms().max(1), Ordering::AcqRel, Ordering::Acquire);
             self.news();
         }
     }
 
     fn news(&self) {
-        self.last_news_unix_ms.store(now_unix_ms(), Ordering::Release);
+        self.last_news_ms.store(mono_ms(), Ordering::Release);
         self.event.notify();
     }
 
@@ -268,16 +269,18 @@ impl PeerTask {
     }
 
     /// The live holders of `piece` outside `skip` that this peer should ask: source parents left
-    /// to the children that need them (`pick::usable`).
+    /// to the children that need them (`pick::usable`). `skip` (e.g. parents that have their share
+    /// of fetches in flight) is taken out after that choice: a busy sibling holding the piece
+    /// still keeps this child off the source parent.
     fn usable_holders(&self, piece: u64, skip: u32) -> u32 {
-        let holders = self.live_holders(piece) & !skip;
+        let holders = self.live_holders(piece);
         let source = self.source.load(Ordering::Acquire);
         if holders & source == 0 {
-            return holders;
+            return holders & !skip;
         }
-        let first = self.first_announced_unix_ms.get(piece as usize).map_or(0, |t| t.load(Ordering::Acquire));
-        let young = now_unix_ms().saturating_sub(first) < limits::SOURCE_PARENT_HOLD.as_millis() as u64;
-        pick::usable(holders, source, self.live_mask(), young)
+        let first = self.first_announced_ms.get(piece as usize).map_or(0, |t| t.load(Ordering::Acquire));
+        let young = mono_ms().saturating_sub(first) < limits::SOURCE_PARENT_HOLD.as_millis() as u64;
+        pick::usable(holders, source, self.live_mask(), young) & !skip
     }
 
     /// Counts a fetch from `slot` until the guard drops.
@@ -368,7 +371,7 @@ impl PeerTask {
     }
 
     pub fn ms_since_news(&self) -> u64 {
-        now_unix_ms().saturating_sub(self.last_news_unix_ms.load(Ordering::Acquire))
+        mono_ms().saturating_sub(self.last_news_ms.load(Ordering::Acquire))
     }
 
     /// Queues a report for the scheduler; never blocks a core (a full queue drops the report: the
@@ -511,8 +514,8 @@ mod tests {
         assert_eq!(t.holders(2), vec![sibling]);
         assert_eq!(t.take_held(nobody), Some(2));
         // Piece 1 once the seed has held it alone for SOURCE_PARENT_HOLD: asked of the seed.
-        let held_since = now_unix_ms() - limits::SOURCE_PARENT_HOLD.as_millis() as u64 - 1;
-        t.first_announced_unix_ms[1].store(held_since, Ordering::Release);
+        let held_since = mono_ms() - limits::SOURCE_PARENT_HOLD.as_millis() as u64 - 1;
+        t.first_announced_ms[1].store(held_since, Ordering::Release);
         assert_eq!(t.holders(1), vec![seed]);
         assert_eq!(t.take_held(nobody), Some(1));
         // With the sibling given up on, the seed is asked for a new piece at once.
@@ -520,6 +523,26 @@ mod tests {
         assert_eq!(t.take_held(nobody), None);
         t.give_up_on(sibling);
         assert_eq!(t.take_held(nobody), Some(3));
+    }
+
+    /// Regression: parents with their share of fetches in flight were taken out before the
+    /// source rule, so a busy sibling holding an old piece sent this child to the seed for it.
+    #[test]
+    fn a_busy_sibling_holding_a_piece_still_keeps_the_child_off_the_source_parent() {
+        let (tx, _rx) = tokio::sync::mpsc::channel(4);
+        let t = PeerTask::new("t".into(), "p".into(), crate::piece::Layout::for_len(16 << 20), tx);
+        let seed = t.add_parent(Parent { source: true, ..parent("seed") }).unwrap();
+        let sibling = t.add_parent(parent("sibling")).unwrap();
+        t.start_trading(1, 2); // one fetch per parent is its share
+        t.announce(seed, 1);
+        t.announce(sibling, 1);
+        let old = mono_ms() - limits::SOURCE_PARENT_HOLD.as_millis() as u64 - 1;
+        t.first_announced_ms[1].store(old, Ordering::Release);
+        let _busy = t.begin_fetch(sibling);
+        assert_eq!(t.take_held(|_| false), None, "the seed was asked for a piece the busy sibling has");
+        drop(_busy);
+        assert_eq!(t.take_held(|_| false), Some(1));
+        assert_eq!(t.holders(1), vec![sibling]);
     }
 
     #[test]

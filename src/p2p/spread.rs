@@ -31,21 +31,21 @@ pub enum Decision {
     /// Nobody heard of it yet and this stream may claim it: claim, then announce.
     Claim,
     /// Held for another child, or this stream has enough open claims: look again at this time
-    /// (unix ms), or at the next change when None.
+    /// (`clock::mono_ms`), or at the next change when None.
     Wait(Option<u64>),
 }
 
-/// The decision for one held piece: `told_unix_ms` when it was first announced to any child (0 =
+/// The decision for one held piece: `told_ms` when it was first announced to any child (0 =
 /// never), `open_claims` this stream's claims still unfetched and young.
-pub fn decide(done_here: bool, told_unix_ms: u64, open_claims: usize, now_unix_ms: u64) -> Decision {
+pub fn decide(done_here: bool, told_ms: u64, open_claims: usize, now_ms: u64) -> Decision {
     if done_here {
         return Decision::Tell;
     }
-    if told_unix_ms == 0 {
+    if told_ms == 0 {
         return if open_claims < MAX_OPEN_CLAIMS { Decision::Claim } else { Decision::Wait(None) };
     }
-    let until = told_unix_ms + HOLD_MS;
-    if now_unix_ms >= until {
+    let until = told_ms + HOLD_MS;
+    if now_ms >= until {
         Decision::Tell
     } else {
         Decision::Wait(Some(until))
@@ -54,8 +54,8 @@ pub fn decide(done_here: bool, told_unix_ms: u64, open_claims: usize, now_unix_m
 
 /// One task's staging state, shared by its SyncPieces streams and the upload server.
 pub struct Spread {
-    /// Per piece: when a stream first announced it (unix ms; 0 = not yet).
-    told_unix_ms: Box<[AtomicU64]>,
+    /// Per piece: when a stream first announced it (`clock::mono_ms`; 0 = not yet).
+    told_ms: Box<[AtomicU64]>,
     /// Per piece: how many times a child fetched it from this peer.
     uploads: Box<[AtomicU32]>,
     /// Notified on every fetch: a stream waiting for its child to fetch its claims looks again.
@@ -65,21 +65,21 @@ pub struct Spread {
 impl Spread {
     pub fn new(n_pieces: u64) -> Spread {
         Spread {
-            told_unix_ms: (0..n_pieces).map(|_| AtomicU64::new(0)).collect(),
+            told_ms: (0..n_pieces).map(|_| AtomicU64::new(0)).collect(),
             uploads: (0..n_pieces).map(|_| AtomicU32::new(0)).collect(),
             changed: tokio::sync::Notify::new(),
         }
     }
 
-    pub fn told_unix_ms(&self, piece: u64) -> u64 {
-        self.told_unix_ms.get(piece as usize).map_or(0, |t| t.load(Ordering::Acquire))
+    pub fn told_ms(&self, piece: u64) -> u64 {
+        self.told_ms.get(piece as usize).map_or(0, |t| t.load(Ordering::Acquire))
     }
 
     /// Claims a piece nobody was told of: true for exactly one caller.
-    pub fn claim(&self, piece: u64, now_unix_ms: u64) -> bool {
-        self.told_unix_ms
+    pub fn claim(&self, piece: u64, now_ms: u64) -> bool {
+        self.told_ms
             .get(piece as usize)
-            .is_some_and(|t| t.compare_exchange(0, now_unix_ms.max(1), Ordering::AcqRel, Ordering::Acquire).is_ok())
+            .is_some_and(|t| t.compare_exchange(0, now_ms.max(1), Ordering::AcqRel, Ordering::Acquire).is_ok())
     }
 
     /// A child fetched `piece` from this peer.
@@ -91,9 +91,9 @@ impl Spread {
     }
 
     /// Whether a claim of `piece` still holds the stream back: unfetched and within its hold.
-    pub fn open(&self, piece: u64, now_unix_ms: u64) -> bool {
+    pub fn open(&self, piece: u64, now_ms: u64) -> bool {
         let unfetched = self.uploads.get(piece as usize).is_some_and(|u| u.load(Ordering::Acquire) == 0);
-        unfetched && now_unix_ms < self.told_unix_ms(piece) + HOLD_MS
+        unfetched && now_ms < self.told_ms(piece) + HOLD_MS
     }
 }
 
@@ -124,7 +124,7 @@ mod tests {
         let s = Spread::new(4);
         assert!(s.claim(1, 5_000));
         assert!(!s.claim(1, 5_001), "a second stream cannot claim it");
-        assert_eq!(s.told_unix_ms(1), 5_000);
+        assert_eq!(s.told_ms(1), 5_000);
         assert!(!s.claim(9, 5_000), "out of range");
         assert!(s.open(1, 5_100));
         s.uploaded(1);
