@@ -72,6 +72,7 @@ async fn feed(
     let Some(g) = task.geometry() else { return };
     // Subscribed before the first look at the bitmap: a piece recorded after that look wakes us.
     let mut watch = task.watchers.subscribe();
+    let _joined = spread.as_ref().map(|s| s.join());
     let mut claims = Vec::new();
     while !wanted.is_empty() {
         if task.state() == State::Failed {
@@ -122,7 +123,7 @@ fn stage(
 ) -> (Vec<u64>, Option<u64>) {
     let done = task.pieces_done();
     let now = mono_ms();
-    let done_here = task.state() == State::Done;
+    let tell_all = task.state() == State::Done || spread.is_some_and(Spread::alone);
     let Some(spread) = spread else {
         return (wanted.iter().copied().filter(|i| done.get(*i as usize).copied().unwrap_or(false)).collect(), None);
     };
@@ -130,7 +131,7 @@ fn stage(
     let mut wake_at = claims.iter().map(|p| spread.told_ms(*p) + spread::HOLD_MS).min();
     let mut tell = Vec::new();
     for idx in wanted.iter().copied().filter(|i| done.get(*i as usize).copied().unwrap_or(false)) {
-        let until = match spread::decide(done_here, spread.told_ms(idx), claims.len(), now) {
+        let until = match spread::decide(tell_all, spread.told_ms(idx), claims.len(), now) {
             Decision::Tell => {
                 tell.push(idx);
                 continue;

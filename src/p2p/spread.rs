@@ -6,14 +6,15 @@
 //! at once (PERF.md, swarm). A stream claims a new piece only while fewer than `MAX_OPEN_CLAIMS`
 //! of its claims are unfetched and young, so a child that fetches fast hears of more pieces and a
 //! child that does not fetch what it was told holds back little. A task done here announces
-//! everything at once: it is no longer the frontier.
+//! everything at once: it is no longer the frontier; so does a task with a single stream open,
+//! whose child has no sibling to hear a piece first.
 //!
 //! Invariant: every piece a stream wants and this peer holds is announced to it at most `HOLD`
 //! after it was first announced to anyone (or at once when unclaimed and the stream may claim), so
 //! staging delays a child but never starves it. `decide` is pure and table-tested; `Spread` holds
 //! the per-task atomics the streams and the upload server share.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// How long a new piece is told only to the child that claimed it: several piece times at 100
 /// MiB/s (a 4 MiB piece takes 40 ms), enough for that child to fetch it and announce it onwards.
@@ -60,6 +61,17 @@ pub struct Spread {
     uploads: Box<[AtomicU32]>,
     /// Notified on every fetch: a stream waiting for its child to fetch its claims looks again.
     pub changed: tokio::sync::Notify,
+    /// SyncPieces streams of this task open now (`Spread::join`).
+    streams: AtomicUsize,
+}
+
+/// One open stream of a task, counted while it lives.
+pub struct Joined<'a>(&'a AtomicUsize);
+
+impl Drop for Joined<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Spread {
@@ -68,7 +80,20 @@ impl Spread {
             told_ms: (0..n_pieces).map(|_| AtomicU64::new(0)).collect(),
             uploads: (0..n_pieces).map(|_| AtomicU32::new(0)).collect(),
             changed: tokio::sync::Notify::new(),
+            streams: AtomicUsize::new(0),
         }
+    }
+
+    /// Counts a stream as open until the guard drops.
+    pub fn join(&self) -> Joined<'_> {
+        self.streams.fetch_add(1, Ordering::AcqRel);
+        Joined(&self.streams)
+    }
+
+    /// Whether one stream at most is open: with no sibling to hear a piece first, nothing is
+    /// staged (a lone child sees every piece at once, as from a finished parent).
+    pub fn alone(&self) -> bool {
+        self.streams.load(Ordering::Acquire) <= 1
     }
 
     pub fn told_ms(&self, piece: u64) -> u64 {
@@ -101,6 +126,20 @@ impl Spread {
 mod tests {
     use super::*;
     use Decision::{Claim, Tell, Wait};
+
+    #[test]
+    fn a_lone_stream_is_alone_until_a_second_joins_and_again_when_it_leaves() {
+        let s = Spread::new(4);
+        assert!(s.alone());
+        let first = s.join();
+        assert!(s.alone());
+        let second = s.join();
+        assert!(!s.alone());
+        drop(first);
+        assert!(s.alone());
+        drop(second);
+        assert!(s.alone());
+    }
 
     #[test]
     fn a_new_piece_goes_to_one_child_first_and_to_the_others_after_the_hold() {
