@@ -485,6 +485,83 @@ fn grpc_health_answers_serving_for_the_upload_service() {
     });
 }
 
+/// A parent still downloading tells each new piece to one SyncPieces stream first and to the
+/// others `p2p::spread::HOLD_MS` (500 ms) later, so its children fetch different pieces of it and
+/// trade them; every piece still reaches every stream. Two streams of this test, which never fetch
+/// what they are told, so each claim holds for the whole hold.
+#[test]
+fn a_downloading_parent_tells_each_new_piece_to_one_stream_first() {
+    use dfget::p2p::pb::dfdaemon::v2::{
+        dfdaemon_upload_client::DfdaemonUploadClient, SyncPiecesRequest, SyncPiecesResponse,
+    };
+    use std::time::Instant;
+    let root = common::temp_dir("dfget-p2p-origin-");
+    let nginx = Nginx::start(root.path());
+    let sched = Scheduler::start();
+    let len = 40 * MIB; // ten 4 MiB pieces, landing over about five seconds at 8 MiB/s
+    let bytes = serve(root.path(), "s.bin", len, 30);
+    let p = peer(&sched.addr(), 1, "download:\n  totalRateLimit: 8Mi\n");
+    let url = nginx.url("/s.bin");
+    let id = dfget::p2p::task_id::cluster_task_id(&url, &[], "", "").unwrap();
+    let out = out_dir();
+    let client = p.daemon.download_command(&url, &out.path().join("s")).spawn().expect("spawn dfget");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let heard = rt.block_on(async {
+        let addr = format!("http://{}:{}", p.ip, p.grpc_port);
+        let channel = tonic::transport::Endpoint::from_shared(addr).expect("endpoint").connect().await;
+        let upload = DfdaemonUploadClient::new(channel.expect("connect to the upload gRPC port"));
+        let req = SyncPiecesRequest {
+            host_id: "test-child".into(),
+            task_id: id.clone(),
+            interested_piece_numbers: (0..10).collect(),
+        };
+        let t0 = Instant::now();
+        let mut streams = Vec::new();
+        while streams.len() < 2 {
+            match upload.clone().sync_pieces(req.clone()).await {
+                Ok(s) => streams.push(s.into_inner()),
+                // Not laid out on the parent yet.
+                Err(_) if t0.elapsed() < Duration::from_secs(10) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(e) => panic!("SyncPieces never opened: {e}"),
+            }
+        }
+        let read = |mut s: tonic::Streaming<SyncPiecesResponse>| async move {
+            let mut heard: Vec<(u32, Instant)> = Vec::new();
+            while let Ok(Ok(Some(piece))) = tokio::time::timeout(Duration::from_secs(30), s.message()).await {
+                heard.push((piece.number, Instant::now()));
+            }
+            heard
+        };
+        let b = streams.pop().unwrap();
+        let a = streams.pop().unwrap();
+        let (ha, hb) = tokio::join!(read(a), read(b));
+        [ha, hb]
+    });
+    assert_success(&client.wait_with_output().expect("dfget"), "parent download");
+    assert_file_is(&out.path().join("s"), &bytes);
+    let (a, b) = (&heard[0], &heard[1]);
+    let when = |h: &[(u32, Instant)], n: u32| h.iter().find(|(p, _)| *p == n).map(|(_, t)| *t);
+    let mut staged = 0;
+    for n in 0..10u32 {
+        let (Some(ta), Some(tb)) = (when(a, n), when(b, n)) else {
+            panic!("piece {n} did not reach both streams: {a:?} / {b:?}");
+        };
+        let (first, second) = if ta <= tb { (ta, tb) } else { (tb, ta) };
+        let gap = second - first;
+        // A piece first told within the hold of the task's end may reach the other at the end.
+        if gap >= Duration::from_millis(450) {
+            staged += 1;
+        } else {
+            let last = a.iter().chain(b.iter()).map(|(_, t)| *t).max().unwrap();
+            assert!(
+                last - first < Duration::from_millis(600),
+                "piece {n} reached both streams {gap:?} apart while the parent was still downloading"
+            );
+        }
+    }
+    assert!(staged >= 3, "only {staged} of 10 pieces reached one stream first by a hold: {a:?} / {b:?}");
+}
+
 fn upload_bytes(metrics_port: u16, path: &str) -> u64 {
     let mut s = TcpStream::connect(("127.0.0.1", metrics_port)).expect("connect metrics");
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");

@@ -9,9 +9,10 @@ pub(crate) mod fetch;
 pub(crate) mod grpc;
 pub(crate) mod manager;
 pub(crate) mod node;
-// Generated: the subset of the API this daemon speaks, with the stubs it does not call.
+// Generated: the subset of the API this daemon speaks, with the stubs it does not call; public so
+// tests can speak to a daemon as a Dragonfly peer does.
 #[allow(dead_code, unused_imports)]
-pub(crate) mod pb;
+pub mod pb;
 pub(crate) mod peer;
 pub(crate) mod pick;
 pub(crate) mod spread;
