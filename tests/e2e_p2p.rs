@@ -548,13 +548,14 @@ fn a_downloading_parent_tells_each_new_piece_to_one_stream_first() {
         };
         let (first, second) = if ta <= tb { (ta, tb) } else { (tb, ta) };
         let gap = second - first;
-        // A piece first told within the hold of the task's end may reach the other at the end.
+        // A piece first told within the hold of the task's end may reach the other at the end
+        // (a second of slack for a loaded machine: unstaged pieces reach both at once).
         if gap >= Duration::from_millis(450) {
             staged += 1;
         } else {
             let last = a.iter().chain(b.iter()).map(|(_, t)| *t).max().unwrap();
             assert!(
-                last - first < Duration::from_millis(600),
+                last - first < Duration::from_millis(1000),
                 "piece {n} reached both streams {gap:?} apart while the parent was still downloading"
             );
         }
