@@ -49,10 +49,20 @@ pub fn out_dir() -> tempfile::TempDir {
     temp_dir("dfget-out-")
 }
 
-/// A port that was free a moment ago (bind 127.0.0.1:0, read it, release it).
+/// A port that was free a moment ago (bind 127.0.0.1:0, read it, release it), and never handed
+/// out before in this test process: the kernel may give a just-released port to the next
+/// `bind(0)`, so two tests running side by side could otherwise get the same one and the second
+/// daemon to bind it fails with "Address already in use" (seen once in CI).
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local_addr").port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local_addr").port();
+        if GIVEN.lock().unwrap_or_else(|e| e.into_inner()).insert(port) {
+            return port;
+        }
+    }
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
