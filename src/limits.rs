@@ -328,6 +328,11 @@ pub const UPLOAD_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::fro
 /// flood costs at most this many sockets per core.
 pub const MAX_WAITING_UPLOAD_REQUESTS_PER_CORE: usize = 64;
 
+/// SyncPieces streams open at once on one task of this parent: a child keeps one per parent, and
+/// every upload of a task wakes each of its streams on the control-plane thread, so a peer opening
+/// streams without end would starve the scheduler conversation of the others.
+pub const MAX_SYNC_STREAMS_PER_TASK: usize = 128;
+
 /// How long a child waits for one piece from a parent before trying elsewhere.
 pub const PARENT_PIECE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 

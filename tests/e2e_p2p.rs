@@ -563,6 +563,75 @@ fn a_downloading_parent_tells_each_new_piece_to_one_stream_first() {
     assert!(staged >= 3, "only {staged} of 10 pieces reached one stream first by a hold: {a:?} / {b:?}");
 }
 
+/// Every upload wakes each SyncPieces stream of its task on the control-plane thread, so a peer
+/// may hold only `MAX_SYNC_STREAMS_PER_TASK` of one task open; past that it is refused with
+/// RESOURCE_EXHAUSTED, and a stream that closes makes room again.
+#[test]
+fn sync_pieces_streams_of_one_task_are_bounded() {
+    use dfget::p2p::pb::dfdaemon::v2::{dfdaemon_upload_client::DfdaemonUploadClient, SyncPiecesRequest};
+    let root = common::temp_dir("dfget-p2p-origin-");
+    let nginx = Nginx::start(root.path());
+    let sched = Scheduler::start();
+    let bytes = serve(root.path(), "b.bin", 40 * MIB, 31);
+    // Slow, so the task is still downloading (and its streams open) while the test runs.
+    let p = peer(&sched.addr(), 1, "download:\n  totalRateLimit: 4Mi\n");
+    let url = nginx.url("/b.bin");
+    let id = dfget::p2p::task_id::cluster_task_id(&url, &[], "", "").unwrap();
+    let out = out_dir();
+    let client = p.daemon.download_command(&url, &out.path().join("b")).spawn().expect("spawn dfget");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let addr = format!("http://{}:{}", p.ip, p.grpc_port);
+        let channel = tonic::transport::Endpoint::from_shared(addr).expect("endpoint").connect().await;
+        let upload = DfdaemonUploadClient::new(channel.expect("connect to the upload gRPC port"));
+        // The last piece: it lands last, so no stream ends before the test is done with it.
+        let req =
+            SyncPiecesRequest { host_id: "test-child".into(), task_id: id.clone(), interested_piece_numbers: vec![9] };
+        let t0 = std::time::Instant::now();
+        let mut open = Vec::new();
+        while open.len() < dfget::limits::MAX_SYNC_STREAMS_PER_TASK {
+            match upload.clone().sync_pieces(req.clone()).await {
+                Ok(s) => open.push(s.into_inner()),
+                Err(e) if e.code() == tonic::Code::NotFound && t0.elapsed() < Duration::from_secs(10) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                Err(e) => {
+                    panic!("stream {} of {} refused: {e}", open.len() + 1, dfget::limits::MAX_SYNC_STREAMS_PER_TASK)
+                }
+            }
+        }
+        let refused = upload.clone().sync_pieces(req.clone()).await.err().expect("a stream past the bound was opened");
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+        drop(open.pop());
+        let again = poll_async(|| {
+            let mut upload = upload.clone();
+            let req = req.clone();
+            async move { upload.sync_pieces(req).await.is_ok() }
+        })
+        .await;
+        assert!(again, "no room again after a stream closed");
+        assert!(
+            t0.elapsed() < Duration::from_secs(9),
+            "the task finished before the test was done ({:?})",
+            t0.elapsed()
+        );
+    });
+    assert_success(&client.wait_with_output().expect("dfget"), "parent download");
+    assert_file_is(&out.path().join("b"), &bytes);
+}
+
+/// Polls an async check every 20 ms for up to 5 s.
+async fn poll_async<F: std::future::Future<Output = bool>>(mut check: impl FnMut() -> F) -> bool {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(5) {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 fn upload_bytes(metrics_port: u16, path: &str) -> u64 {
     let mut s = TcpStream::connect(("127.0.0.1", metrics_port)).expect("connect metrics");
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("send");

@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status};
 
 use crate::clock::mono_ms;
 use crate::daemon::task::{State, Task};
+use crate::limits;
 use crate::p2p::node::Node;
 use crate::p2p::pb::dfdaemon as d;
 use crate::p2p::pb::dfdaemon::dfdaemon_upload_server::{DfdaemonUpload, DfdaemonUploadServer};
@@ -53,7 +54,16 @@ impl DfdaemonUpload for Upload {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let addr = (self.node.ip.to_string(), i32::from(self.node.config.vortex_port));
         let spread = self.node.spreads.get(&req.task_id).map(|e| e.value().clone());
-        tokio::spawn(feed(task, spread, wanted, addr, tx));
+        let joined = match &spread {
+            Some(s) => Some(s.join(limits::MAX_SYNC_STREAMS_PER_TASK).ok_or_else(|| {
+                Status::resource_exhausted(format!(
+                    "{} SyncPieces streams of this task are open",
+                    limits::MAX_SYNC_STREAMS_PER_TASK
+                ))
+            })?),
+            None => None,
+        };
+        tokio::spawn(feed(task, spread, joined, wanted, addr, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -65,6 +75,7 @@ impl DfdaemonUpload for Upload {
 async fn feed(
     task: Arc<Task>,
     spread: Option<Arc<Spread>>,
+    _joined: Option<spread::Joined>,
     mut wanted: BTreeSet<u64>,
     (ip, tcp_port): (String, i32),
     tx: tokio::sync::mpsc::Sender<Result<d::SyncPiecesResponse, Status>>,
@@ -72,7 +83,6 @@ async fn feed(
     let Some(g) = task.geometry() else { return };
     // Subscribed before the first look at the bitmap: a piece recorded after that look wakes us.
     let mut watch = task.watchers.subscribe();
-    let _joined = spread.as_ref().map(|s| s.join());
     let mut claims = Vec::new();
     while !wanted.is_empty() {
         if task.state() == State::Failed {

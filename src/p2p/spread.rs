@@ -15,6 +15,7 @@
 //! the per-task atomics the streams and the upload server share.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// How long a new piece is told only to the child that claimed it: several piece times at 100
 /// MiB/s (a 4 MiB piece takes 40 ms), enough for that child to fetch it and announce it onwards.
@@ -66,11 +67,11 @@ pub struct Spread {
 }
 
 /// One open stream of a task, counted while it lives.
-pub struct Joined<'a>(&'a AtomicUsize);
+pub struct Joined(Arc<Spread>);
 
-impl Drop for Joined<'_> {
+impl Drop for Joined {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.streams.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -84,10 +85,11 @@ impl Spread {
         }
     }
 
-    /// Counts a stream as open until the guard drops.
-    pub fn join(&self) -> Joined<'_> {
-        self.streams.fetch_add(1, Ordering::AcqRel);
-        Joined(&self.streams)
+    /// Counts a stream as open until the guard drops; None when `max` are open already (every
+    /// upload wakes every stream of its task, so their number is bounded).
+    pub fn join(self: &Arc<Self>, max: usize) -> Option<Joined> {
+        self.streams.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1)).ok()?;
+        Some(Joined(self.clone()))
     }
 
     /// Whether one stream at most is open: with no sibling to hear a piece first, nothing is
@@ -129,12 +131,13 @@ mod tests {
 
     #[test]
     fn a_lone_stream_is_alone_until_a_second_joins_and_again_when_it_leaves() {
-        let s = Spread::new(4);
+        let s = Arc::new(Spread::new(4));
         assert!(s.alone());
-        let first = s.join();
+        let first = s.join(2).expect("first");
         assert!(s.alone());
-        let second = s.join();
+        let second = s.join(2).expect("second");
         assert!(!s.alone());
+        assert!(s.join(2).is_none(), "a third stream past the bound");
         drop(first);
         assert!(s.alone());
         drop(second);
