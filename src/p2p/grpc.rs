@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status};
 use crate::clock::mono_ms;
 use crate::daemon::task::{State, Task};
 use crate::limits;
-use crate::p2p::node::Node;
+use crate::p2p::node::{Node, Served};
 use crate::p2p::pb::dfdaemon as d;
 use crate::p2p::pb::dfdaemon::dfdaemon_upload_server::{DfdaemonUpload, DfdaemonUploadServer};
 use crate::p2p::peer::PeerTask;
@@ -43,8 +43,8 @@ impl DfdaemonUpload for Upload {
         if req.interested_piece_numbers.is_empty() {
             return Err(Status::invalid_argument("no interested piece numbers"));
         }
-        let task = self.node.tasks.get(&req.task_id).map(|e| e.value().clone());
-        let Some(task) = task.filter(|t| t.state() != State::Failed) else {
+        let served = self.node.tasks.get(&req.task_id).map(|e| e.value().clone());
+        let Some(Served { task, spread }) = served.filter(|s| s.task.state() != State::Failed) else {
             return Err(Status::not_found(format!("task {} not found", req.task_id)));
         };
         let Some(g) = task.geometry() else { return Err(Status::not_found("task not laid out yet")) };
@@ -53,16 +53,12 @@ impl DfdaemonUpload for Upload {
             req.interested_piece_numbers.iter().map(|n| u64::from(*n)).filter(|i| *i < n).collect();
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let addr = (self.node.ip.to_string(), i32::from(self.node.config.vortex_port));
-        let spread = self.node.spreads.get(&req.task_id).map(|e| e.value().clone());
-        let joined = match &spread {
-            Some(s) => Some(s.join(limits::MAX_SYNC_STREAMS_PER_TASK).ok_or_else(|| {
-                Status::resource_exhausted(format!(
-                    "{} SyncPieces streams of this task are open",
-                    limits::MAX_SYNC_STREAMS_PER_TASK
-                ))
-            })?),
-            None => None,
-        };
+        let joined = spread.join(limits::MAX_SYNC_STREAMS_PER_TASK).ok_or_else(|| {
+            Status::resource_exhausted(format!(
+                "{} SyncPieces streams of this task are open",
+                limits::MAX_SYNC_STREAMS_PER_TASK
+            ))
+        })?;
         tokio::spawn(feed(task, spread, joined, wanted, addr, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -74,8 +70,8 @@ impl DfdaemonUpload for Upload {
 /// piece (`Spread::changed`), and when a held piece's hold ends; never polled.
 async fn feed(
     task: Arc<Task>,
-    spread: Option<Arc<Spread>>,
-    _joined: Option<spread::Joined>,
+    spread: Arc<Spread>,
+    _joined: spread::Joined,
     mut wanted: BTreeSet<u64>,
     (ip, tcp_port): (String, i32),
     tx: tokio::sync::mpsc::Sender<Result<d::SyncPiecesResponse, Status>>,
@@ -89,12 +85,10 @@ async fn feed(
             let _ = tx.send(Err(Status::aborted("the task failed on this peer"))).await;
             return;
         }
-        let fetched = spread.as_ref().map(|s| s.changed.notified());
+        let fetched = spread.changed.notified();
         tokio::pin!(fetched);
-        if let Some(f) = fetched.as_mut().as_pin_mut() {
-            f.enable();
-        }
-        let (tell, wake_at) = stage(&task, spread.as_deref(), &wanted, &mut claims);
+        fetched.as_mut().enable();
+        let (tell, wake_at) = stage(&task, &spread, &wanted, &mut claims);
         for idx in tell {
             let Some((start, end)) = g.layout.piece_range(idx) else { continue };
             let resp = d::SyncPiecesResponse {
@@ -117,7 +111,7 @@ async fn feed(
         tokio::select! {
             _ = watch.changed() => {}
             _ = tx.closed() => return,
-            Some(()) = async { match fetched.as_mut().as_pin_mut() { Some(f) => Some(f.await), None => None } } => {}
+            _ = fetched => {}
             _ = tokio::time::sleep(hold.unwrap_or(Duration::MAX)), if hold.is_some() => {}
         }
     }
@@ -125,18 +119,10 @@ async fn feed(
 
 /// Of the `wanted` pieces this peer holds, those to announce now (claiming new ones for this
 /// stream in `claims`), and when a held one's hold ends (`clock::mono_ms`).
-fn stage(
-    task: &Task,
-    spread: Option<&Spread>,
-    wanted: &BTreeSet<u64>,
-    claims: &mut Vec<u64>,
-) -> (Vec<u64>, Option<u64>) {
+fn stage(task: &Task, spread: &Spread, wanted: &BTreeSet<u64>, claims: &mut Vec<u64>) -> (Vec<u64>, Option<u64>) {
     let done = task.pieces_done();
     let now = mono_ms();
-    let tell_all = task.state() == State::Done || spread.is_some_and(Spread::alone);
-    let Some(spread) = spread else {
-        return (wanted.iter().copied().filter(|i| done.get(*i as usize).copied().unwrap_or(false)).collect(), None);
-    };
+    let tell_all = task.state() == State::Done || spread.alone();
     claims.retain(|p| spread.open(*p, now));
     let mut wake_at = claims.iter().map(|p| spread.told_ms(*p) + spread::HOLD_MS).min();
     let mut tell = Vec::new();

@@ -46,16 +46,23 @@ pub enum Outcome {
     Unreachable(String),
 }
 
+/// A task other peers may fetch from this daemon, and its staging state (which child heard of
+/// which new piece first, `p2p::spread`): one entry, so the SyncPieces server and the upload server
+/// find both with one lookup and they leave together.
+#[derive(Clone)]
+pub struct Served {
+    pub task: Arc<Task>,
+    pub spread: Arc<crate::p2p::spread::Spread>,
+}
+
 pub struct Node {
     pub config: P2pConfig,
     pub host_id: String,
     pub ip: IpAddr,
     pub hostname: String,
-    /// Tasks other peers may fetch from this daemon, by cluster task id.
-    pub tasks: SkipMap<String, Arc<Task>>,
-    /// Per task this daemon downloads in the cluster, by cluster task id: which child heard of
-    /// which new piece first (`spread`); from registration until the task leaves the cache.
-    pub spreads: SkipMap<String, Arc<crate::p2p::spread::Spread>>,
+    /// Tasks other peers may fetch from this daemon, by cluster task id, from registration until
+    /// the task leaves the cache.
+    pub tasks: SkipMap<String, Served>,
     /// Vortex exchanges being served right now (bounded by `MAX_CONCURRENT_UPLOADS`).
     pub uploads_in_flight: AtomicUsize,
     /// `upload.rateLimit`, daemon-wide.
@@ -93,7 +100,6 @@ impl Node {
             ip,
             hostname,
             tasks: SkipMap::new(),
-            spreads: SkipMap::new(),
             uploads_in_flight: AtomicUsize::new(0),
             upload_rate: config.upload_rate_limit_bytes_per_sec.map(RateLimiter::new),
             vortex_listener: vortex,
@@ -121,8 +127,8 @@ impl Node {
     /// The task becomes servable to other peers at once. None = no cluster id (ORAS, restored).
     pub async fn register(&self, task: &Arc<Task>, layout: Layout) -> Option<Arc<PeerTask>> {
         let cluster_id = task.spec.cluster_id.clone()?;
-        self.spreads.insert(cluster_id.clone(), Arc::new(crate::p2p::spread::Spread::new(layout.n_pieces())));
-        self.tasks.insert(cluster_id.clone(), task.clone());
+        let spread = Arc::new(crate::p2p::spread::Spread::new(layout.n_pieces()));
+        self.tasks.insert(cluster_id.clone(), Served { task: task.clone(), spread });
         let (report_tx, reports) = mpsc::channel(limits::CONTROL_QUEUE_DEPTH);
         let peer = Arc::new(PeerTask::new(cluster_id.clone(), task.peer_id.clone(), layout, report_tx));
         let (reply, answer) = flume::bounded(1);
@@ -154,10 +160,9 @@ impl Node {
     /// The task left the cache (GC, `tasks rm`): stop serving it and tell the scheduler.
     pub fn forget(&self, task: &Task) {
         let Some(id) = task.spec.cluster_id.as_deref() else { return };
-        let same = self.tasks.get(id).is_some_and(|e| std::ptr::eq(Arc::as_ptr(e.value()), task));
+        let same = self.tasks.get(id).is_some_and(|e| std::ptr::eq(Arc::as_ptr(&e.value().task), task));
         if same {
             self.tasks.remove(id);
-            self.spreads.remove(id);
             let _ = self.ctl.try_send(Ctl::DeleteTask(id.to_string()));
         }
     }

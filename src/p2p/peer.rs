@@ -496,12 +496,24 @@ mod tests {
         assert_eq!(t.rate_kib_s[slow].load(Ordering::Acquire), (2048 * 3 + 102_400) / 4, "a moving average");
     }
 
-    #[test]
-    fn a_source_parent_is_asked_only_for_what_no_other_parent_has_had_for_a_while() {
+    /// A 4-piece task with a source parent ("seed") and another parent: (task, seed, sibling).
+    fn seed_and_sibling() -> (PeerTask, usize, usize) {
         let (tx, _rx) = tokio::sync::mpsc::channel(4);
         let t = PeerTask::new("t".into(), "p".into(), crate::piece::Layout::for_len(16 << 20), tx);
         let seed = t.add_parent(Parent { source: true, ..parent("seed") }).unwrap();
         let sibling = t.add_parent(parent("sibling")).unwrap();
+        (t, seed, sibling)
+    }
+
+    /// Marks `piece` as first announced just over `SOURCE_PARENT_HOLD` ago.
+    fn held_long(t: &PeerTask, piece: usize) {
+        let since = mono_ms() - limits::SOURCE_PARENT_HOLD.as_millis() as u64 - 1;
+        t.first_announced_ms[piece].store(since, Ordering::Release);
+    }
+
+    #[test]
+    fn a_source_parent_is_asked_only_for_what_no_other_parent_has_had_for_a_while() {
+        let (t, seed, sibling) = seed_and_sibling();
         t.start_trading(1, 8);
         let nobody = |_| false;
         // Piece 1: only the seed, just announced: left to the children that have no other parent.
@@ -514,8 +526,7 @@ mod tests {
         assert_eq!(t.holders(2), vec![sibling]);
         assert_eq!(t.take_held(nobody), Some(2));
         // Piece 1 once the seed has held it alone for SOURCE_PARENT_HOLD: asked of the seed.
-        let held_since = mono_ms() - limits::SOURCE_PARENT_HOLD.as_millis() as u64 - 1;
-        t.first_announced_ms[1].store(held_since, Ordering::Release);
+        held_long(&t, 1);
         assert_eq!(t.holders(1), vec![seed]);
         assert_eq!(t.take_held(nobody), Some(1));
         // With the sibling given up on, the seed is asked for a new piece at once.
@@ -529,15 +540,11 @@ mod tests {
     /// source rule, so a busy sibling holding an old piece sent this child to the seed for it.
     #[test]
     fn a_busy_sibling_holding_a_piece_still_keeps_the_child_off_the_source_parent() {
-        let (tx, _rx) = tokio::sync::mpsc::channel(4);
-        let t = PeerTask::new("t".into(), "p".into(), crate::piece::Layout::for_len(16 << 20), tx);
-        let seed = t.add_parent(Parent { source: true, ..parent("seed") }).unwrap();
-        let sibling = t.add_parent(parent("sibling")).unwrap();
+        let (t, seed, sibling) = seed_and_sibling();
         t.start_trading(1, 2); // one fetch per parent is its share
         t.announce(seed, 1);
         t.announce(sibling, 1);
-        let old = mono_ms() - limits::SOURCE_PARENT_HOLD.as_millis() as u64 - 1;
-        t.first_announced_ms[1].store(old, Ordering::Release);
+        held_long(&t, 1);
         let _busy = t.begin_fetch(sibling);
         assert_eq!(t.take_held(|_| false), None, "the seed was asked for a piece the busy sibling has");
         drop(_busy);

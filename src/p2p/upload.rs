@@ -21,7 +21,7 @@ use compio::io::{AsyncReadAtExt, AsyncReadExt, AsyncWriteExt};
 use crate::daemon::counters;
 use crate::daemon::task::State;
 use crate::limits;
-use crate::p2p::node::Node;
+use crate::p2p::node::{Node, Served};
 use crate::p2p::vortex::{self, PieceHead, Refusal, RefusalCode, HEADER_SIZE};
 
 /// Every core accepts on its own copy of the Vortex listener (the kernel hands each connection to
@@ -215,8 +215,8 @@ mod waiting {
 /// Answers a valid request: the piece's metadata and bytes, or a refusal naming what is missing.
 async fn answer(node: &Node, conn: &mut compio::net::TcpStream, asked: (String, u32)) -> Result<(), String> {
     let (task_id, number) = asked;
-    let task = node.tasks.get(&task_id).map(|e| e.value().clone());
-    let Some(task) = task.filter(|t| t.state() != State::Failed) else {
+    let served = node.tasks.get(&task_id).map(|e| e.value().clone());
+    let Some(Served { task, spread }) = served.filter(|s| s.task.state() != State::Failed) else {
         return refuse(conn, Refusal::new(RefusalCode::NotFound, format!("task {task_id} not found"))).await;
     };
     // Pinned until the last byte is written: GC and `tasks rm` skip a pinned task.
@@ -247,9 +247,7 @@ async fn answer(node: &Node, conn: &mut compio::net::TcpStream, asked: (String, 
     let BufResult(res, _) = conn.write_all(vortex::encode_piece_head(&head)).await;
     res.map_err(|e| format!("write head: {e}"))?;
     send_range(node, conn, &task.data_path, start, end).await?;
-    if let Some(spread) = node.spreads.get(&task_id) {
-        spread.value().uploaded(u64::from(number));
-    }
+    spread.uploaded(u64::from(number));
     tracing::debug!(task = %task.id, piece = number, ms = t0.elapsed().as_millis() as u64, "piece uploaded");
     Ok(())
 }
