@@ -14,6 +14,9 @@ use std::time::Duration;
 use common::cluster::{peer, peer_with_env, serve, settled_origin_bytes, Peer};
 use common::scheduler::Scheduler;
 use common::{assert_file_is, assert_success, free_port, out_dir, poll_until, Daemon, Nginx, MIB};
+use dfget::p2p::pb::dfdaemon::v2::{
+    dfdaemon_upload_client::DfdaemonUploadClient, SyncPiecesRequest, SyncPiecesResponse,
+};
 
 #[test]
 fn three_peers_share_one_file_sequentially_and_concurrently_with_little_origin_traffic() {
@@ -485,46 +488,84 @@ fn grpc_health_answers_serving_for_the_upload_service() {
     });
 }
 
+/// Peer 1 downloading a 40 MiB file (ten 4 MiB pieces) from nginx under `download.totalRateLimit`
+/// `rate`, its `dfget` still running, so the task stays a downloading one while a test talks to
+/// the peer's SyncPieces server.
+struct DownloadingParent {
+    p: Peer,
+    id: String,
+    bytes: Vec<u8>,
+    out: tempfile::TempDir,
+    client: std::process::Child,
+    _sched: Scheduler,
+    _nginx: Nginx,
+    _root: tempfile::TempDir,
+}
+
+impl DownloadingParent {
+    fn start(rate: &str, seed: u64) -> DownloadingParent {
+        let root = common::temp_dir("dfget-p2p-origin-");
+        let nginx = Nginx::start(root.path());
+        let sched = Scheduler::start();
+        let bytes = serve(root.path(), "d.bin", 40 * MIB, seed);
+        let p = peer(&sched.addr(), 1, &format!("download:\n  totalRateLimit: {rate}\n"));
+        let url = nginx.url("/d.bin");
+        let id = dfget::p2p::task_id::cluster_task_id(&url, &[], "", "").unwrap();
+        let out = out_dir();
+        let client = p.daemon.download_command(&url, &out.path().join("d")).spawn().expect("spawn dfget");
+        DownloadingParent { p, id, bytes, out, client, _sched: sched, _nginx: nginx, _root: root }
+    }
+
+    /// A client of the peer's upload gRPC server.
+    async fn upload(&self) -> DfdaemonUploadClient<tonic::transport::Channel> {
+        let addr = format!("http://{}:{}", self.p.ip, self.p.grpc_port);
+        let channel = tonic::transport::Endpoint::from_shared(addr).expect("endpoint").connect().await;
+        DfdaemonUploadClient::new(channel.expect("connect to the upload gRPC port"))
+    }
+
+    /// A SyncPieces stream for `pieces` of the task, retried while the task is not laid out yet.
+    async fn sync(
+        &self,
+        upload: &DfdaemonUploadClient<tonic::transport::Channel>,
+        pieces: Vec<u32>,
+    ) -> Result<tonic::Streaming<SyncPiecesResponse>, tonic::Status> {
+        let req = SyncPiecesRequest {
+            host_id: "test-child".into(),
+            task_id: self.id.clone(),
+            interested_piece_numbers: pieces,
+        };
+        let t0 = std::time::Instant::now();
+        loop {
+            match upload.clone().sync_pieces(req.clone()).await {
+                Err(e) if e.code() == tonic::Code::NotFound && t0.elapsed() < Duration::from_secs(10) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                other => return other.map(|s| s.into_inner()),
+            }
+        }
+    }
+
+    /// The download completes with the origin's bytes.
+    fn finish(self) {
+        assert_success(&self.client.wait_with_output().expect("dfget"), "parent download");
+        assert_file_is(&self.out.path().join("d"), &self.bytes);
+    }
+}
+
 /// A parent still downloading tells each new piece to one SyncPieces stream first and to the
 /// others `p2p::spread::HOLD_MS` (500 ms) later, so its children fetch different pieces of it and
 /// trade them; every piece still reaches every stream. Two streams of this test, which never fetch
 /// what they are told, so each claim holds for the whole hold.
 #[test]
 fn a_downloading_parent_tells_each_new_piece_to_one_stream_first() {
-    use dfget::p2p::pb::dfdaemon::v2::{
-        dfdaemon_upload_client::DfdaemonUploadClient, SyncPiecesRequest, SyncPiecesResponse,
-    };
     use std::time::Instant;
-    let root = common::temp_dir("dfget-p2p-origin-");
-    let nginx = Nginx::start(root.path());
-    let sched = Scheduler::start();
-    let len = 40 * MIB; // ten 4 MiB pieces, landing over about five seconds at 8 MiB/s
-    let bytes = serve(root.path(), "s.bin", len, 30);
-    let p = peer(&sched.addr(), 1, "download:\n  totalRateLimit: 8Mi\n");
-    let url = nginx.url("/s.bin");
-    let id = dfget::p2p::task_id::cluster_task_id(&url, &[], "", "").unwrap();
-    let out = out_dir();
-    let client = p.daemon.download_command(&url, &out.path().join("s")).spawn().expect("spawn dfget");
+    // Ten pieces landing over about five seconds.
+    let parent = DownloadingParent::start("8Mi", 30);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let heard = rt.block_on(async {
-        let addr = format!("http://{}:{}", p.ip, p.grpc_port);
-        let channel = tonic::transport::Endpoint::from_shared(addr).expect("endpoint").connect().await;
-        let upload = DfdaemonUploadClient::new(channel.expect("connect to the upload gRPC port"));
-        let req = SyncPiecesRequest {
-            host_id: "test-child".into(),
-            task_id: id.clone(),
-            interested_piece_numbers: (0..10).collect(),
-        };
-        let t0 = Instant::now();
-        let mut streams = Vec::new();
-        while streams.len() < 2 {
-            match upload.clone().sync_pieces(req.clone()).await {
-                Ok(s) => streams.push(s.into_inner()),
-                // Not laid out on the parent yet.
-                Err(_) if t0.elapsed() < Duration::from_secs(10) => tokio::time::sleep(Duration::from_millis(10)).await,
-                Err(e) => panic!("SyncPieces never opened: {e}"),
-            }
-        }
+        let upload = parent.upload().await;
+        let a = parent.sync(&upload, (0..10).collect()).await.expect("first stream");
+        let b = parent.sync(&upload, (0..10).collect()).await.expect("second stream");
         let read = |mut s: tonic::Streaming<SyncPiecesResponse>| async move {
             let mut heard: Vec<(u32, Instant)> = Vec::new();
             while let Ok(Ok(Some(piece))) = tokio::time::timeout(Duration::from_secs(30), s.message()).await {
@@ -532,13 +573,10 @@ fn a_downloading_parent_tells_each_new_piece_to_one_stream_first() {
             }
             heard
         };
-        let b = streams.pop().unwrap();
-        let a = streams.pop().unwrap();
         let (ha, hb) = tokio::join!(read(a), read(b));
         [ha, hb]
     });
-    assert_success(&client.wait_with_output().expect("dfget"), "parent download");
-    assert_file_is(&out.path().join("s"), &bytes);
+    parent.finish();
     let (a, b) = (&heard[0], &heard[1]);
     let when = |h: &[(u32, Instant)], n: u32| h.iter().find(|(p, _)| *p == n).map(|(_, t)| *t);
     let mut staged = 0;
@@ -568,47 +606,27 @@ fn a_downloading_parent_tells_each_new_piece_to_one_stream_first() {
 /// RESOURCE_EXHAUSTED, and a stream that closes makes room again.
 #[test]
 fn sync_pieces_streams_of_one_task_are_bounded() {
-    use dfget::p2p::pb::dfdaemon::v2::{dfdaemon_upload_client::DfdaemonUploadClient, SyncPiecesRequest};
-    let root = common::temp_dir("dfget-p2p-origin-");
-    let nginx = Nginx::start(root.path());
-    let sched = Scheduler::start();
-    let bytes = serve(root.path(), "b.bin", 40 * MIB, 31);
     // Slow, so the task is still downloading (and its streams open) while the test runs.
-    let p = peer(&sched.addr(), 1, "download:\n  totalRateLimit: 4Mi\n");
-    let url = nginx.url("/b.bin");
-    let id = dfget::p2p::task_id::cluster_task_id(&url, &[], "", "").unwrap();
-    let out = out_dir();
-    let client = p.daemon.download_command(&url, &out.path().join("b")).spawn().expect("spawn dfget");
+    let parent = DownloadingParent::start("4Mi", 31);
+    let max = dfget::limits::MAX_SYNC_STREAMS_PER_TASK;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
-        let addr = format!("http://{}:{}", p.ip, p.grpc_port);
-        let channel = tonic::transport::Endpoint::from_shared(addr).expect("endpoint").connect().await;
-        let upload = DfdaemonUploadClient::new(channel.expect("connect to the upload gRPC port"));
-        // The last piece: it lands last, so no stream ends before the test is done with it.
-        let req =
-            SyncPiecesRequest { host_id: "test-child".into(), task_id: id.clone(), interested_piece_numbers: vec![9] };
+        let upload = parent.upload().await;
         let t0 = std::time::Instant::now();
+        // The last piece: it lands last, so no stream ends before the test is done with it.
         let mut open = Vec::new();
-        while open.len() < dfget::limits::MAX_SYNC_STREAMS_PER_TASK {
-            match upload.clone().sync_pieces(req.clone()).await {
-                Ok(s) => open.push(s.into_inner()),
-                Err(e) if e.code() == tonic::Code::NotFound && t0.elapsed() < Duration::from_secs(10) => {
-                    tokio::time::sleep(Duration::from_millis(10)).await
-                }
-                Err(e) => {
-                    panic!("stream {} of {} refused: {e}", open.len() + 1, dfget::limits::MAX_SYNC_STREAMS_PER_TASK)
-                }
-            }
+        while open.len() < max {
+            let stream = parent.sync(&upload, vec![9]).await;
+            open.push(stream.unwrap_or_else(|e| panic!("stream {} of {max} refused: {e}", open.len() + 1)));
         }
-        let refused = upload.clone().sync_pieces(req.clone()).await.err().expect("a stream past the bound was opened");
+        let refused = parent.sync(&upload, vec![9]).await.err().expect("a stream past the bound was opened");
         assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
         drop(open.pop());
-        let again = poll_async(|| {
-            let mut upload = upload.clone();
-            let req = req.clone();
-            async move { upload.sync_pieces(req).await.is_ok() }
-        })
-        .await;
+        let mut again = false;
+        while !again && t0.elapsed() < Duration::from_secs(9) {
+            again = parent.sync(&upload, vec![9]).await.is_ok();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         assert!(again, "no room again after a stream closed");
         assert!(
             t0.elapsed() < Duration::from_secs(9),
@@ -616,20 +634,7 @@ fn sync_pieces_streams_of_one_task_are_bounded() {
             t0.elapsed()
         );
     });
-    assert_success(&client.wait_with_output().expect("dfget"), "parent download");
-    assert_file_is(&out.path().join("b"), &bytes);
-}
-
-/// Polls an async check every 20 ms for up to 5 s.
-async fn poll_async<F: std::future::Future<Output = bool>>(mut check: impl FnMut() -> F) -> bool {
-    let t0 = std::time::Instant::now();
-    while t0.elapsed() < Duration::from_secs(5) {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
+    parent.finish();
 }
 
 fn upload_bytes(metrics_port: u16, path: &str) -> u64 {
