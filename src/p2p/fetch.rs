@@ -111,6 +111,7 @@ pub async fn from_holders(
         match fetched {
             Ok(crc) => {
                 peer.note_rate(slot, end - start, t0.elapsed());
+                tracing::debug!(task = %task.id, piece = piece_idx, parent = %parent.peer_id, source = parent.source, ms = t0.elapsed().as_millis() as u64, "piece from parent");
                 task.record_fetched_piece(piece_idx, crc, end - start);
                 if !peer.got_from_parent.swap(true, std::sync::atomic::Ordering::AcqRel) {
                     tracing::info!(task = %task.id, parent = %parent.peer_id, "first piece from a parent arrived");
@@ -190,7 +191,11 @@ async fn read_answer(conn: &mut compio::net::TcpStream) -> std::result::Result<v
     }
 }
 
-/// Streams exactly `len` bytes from `conn` into `file` at `offset`, returning their crc32.
+/// Streams exactly `len` bytes from `conn` into `file` at `offset`, returning their crc32. Reads
+/// are gathered into whole `WRITE_CHUNK_BYTES` writes (a socket read returns what one segment or
+/// two brought, often 64 KiB, and every write is a trip through io_uring's worker threads: a
+/// write per read cost the swarm most of its CPU, PERF.md). Nothing is lost by holding them: a
+/// parent's piece is recorded only whole.
 async fn copy_into(
     task: &Task,
     conn: &mut compio::net::TcpStream,
@@ -202,27 +207,31 @@ async fn copy_into(
     let mut written = 0u64;
     let mut buf: Vec<u8> = Vec::with_capacity(limits::WRITE_CHUNK_BYTES);
     while written < len {
-        if task.state() == State::Failed {
-            return Err("task failed elsewhere".into());
-        }
         let want = (len - written).min(limits::WRITE_CHUNK_BYTES as u64) as usize;
         buf.clear();
         buf.reserve(want);
-        let BufResult(res, b) = conn.read(buf.slice(..want)).await;
-        buf = b.into_inner();
-        let n = res.map_err(|e| format!("read piece: {e}"))?;
-        if n == 0 {
-            return Err(format!("parent closed after {written} of {len} bytes"));
+        while buf.len() < want {
+            if task.state() == State::Failed {
+                return Err("task failed elsewhere".into());
+            }
+            let filled = buf.len();
+            let BufResult(res, b) = conn.read(buf.slice(filled..want)).await;
+            buf = b.into_inner();
+            let n = res.map_err(|e| format!("read piece: {e}"))?;
+            if n == 0 {
+                return Err(format!("parent closed after {} of {len} bytes", written + filled as u64));
+            }
+            crate::daemon::rate::take(n).await;
+            crc.update(&buf[filled..filled + n]);
         }
-        crate::daemon::rate::take(n).await;
-        crc.update(&buf[..n]);
+        let n = buf.len() as u64;
         let mut f = file;
         let BufResult(res, b) = f.write_all_at(buf, offset + written).await;
         res.map_err(|e| crate::storage::disk_err(e, &task.data_path, "write task file").to_string())?;
         buf = b;
-        written += n as u64;
+        written += n;
         // Counted like origin bytes, so the progress saver sees parents' pieces land too.
-        task.add_written(n as u64);
+        task.add_written(n);
     }
     Ok(crc.finalize())
 }
