@@ -109,12 +109,11 @@ impl Spread {
             .is_some_and(|t| t.compare_exchange(0, now_ms.max(1), Ordering::AcqRel, Ordering::Acquire).is_ok())
     }
 
-    /// A child fetched `piece` from this peer.
-    pub fn uploaded(&self, piece: u64) {
-        if let Some(u) = self.uploads.get(piece as usize) {
-            u.fetch_add(1, Ordering::AcqRel);
-        }
+    /// A child fetched `piece` from this peer: how many times it has been, this one included.
+    pub fn uploaded(&self, piece: u64) -> u32 {
+        let n = self.uploads.get(piece as usize).map_or(0, |u| u.fetch_add(1, Ordering::AcqRel) + 1);
         self.changed.notify_waiters();
+        n
     }
 
     /// Whether a claim of `piece` still holds the stream back: unfetched and within its hold.
@@ -169,8 +168,9 @@ mod tests {
         assert_eq!(s.told_ms(1), 5_000);
         assert!(!s.claim(9, 5_000), "out of range");
         assert!(s.open(1, 5_100));
-        s.uploaded(1);
+        assert_eq!(s.uploaded(1), 1);
         assert!(!s.open(1, 5_100), "fetched: the claim no longer holds the stream back");
+        assert_eq!(s.uploaded(1), 2, "the second fetch of the piece");
         assert!(s.claim(2, 5_000));
         assert!(!s.open(2, 5_000 + HOLD_MS), "past its hold");
         assert!(!s.open(3, 5_000), "never claimed: told at 0, its hold long over");

@@ -247,8 +247,11 @@ async fn answer(node: &Node, conn: &mut compio::net::TcpStream, asked: (String, 
     let BufResult(res, _) = conn.write_all(vortex::encode_piece_head(&head)).await;
     res.map_err(|e| format!("write head: {e}"))?;
     send_range(node, conn, &task.data_path, start, end).await?;
-    spread.uploaded(u64::from(number));
-    tracing::debug!(task = %task.id, piece = number, ms = t0.elapsed().as_millis() as u64, "piece uploaded");
+    let copy = spread.uploaded(u64::from(number));
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let to = conn.peer_addr().map_or_else(|_| "?".to_string(), |a| a.to_string());
+        tracing::debug!(task = %task.id, piece = number, copy, %to, ms = t0.elapsed().as_millis() as u64, "piece uploaded");
+    }
     Ok(())
 }
 
