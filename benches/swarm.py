@@ -32,7 +32,11 @@ Reported per N (medians over runs):
   - time for all N to finish, and its ratio to one host alone;
   - each host's rate (file size / its own wall time) as a fraction of its link;
   - where each host's bytes came from (origin bytes per client address in nginx's log) and what
-    each host uploaded (tc bytes on its egress).
+    each host uploaded (tc bytes on its egress);
+  - the machine's own limit at N, measured in the same rounds (`mesh_once`, skip with --no-mesh):
+    every host's links carry one file at once with curl and nginx alone (host k downloads it from
+    host k+1), and the fraction of the machine's CPU busy during each run, swarm and mesh: on a
+    2-core VM the kernel's veth, bridge and tbf work is much of what a run costs.
 The load average is printed at start and end: the machine is shared.
 """
 
@@ -89,9 +93,11 @@ def loadavg():
 class Net:
     """The namespaces, bridge, veths and tc shaping. Everything made is remembered and removed."""
 
-    def __init__(self, n_hosts, rate_bits):
+    def __init__(self, n_hosts, rate_bits, queue):
         self.made = []
+        self.n_hosts = n_hosts
         self.rate_bits = rate_bits
+        self.queue = queue
         sh("ip", "netns", "add", SWITCH)
         self.made.append(SWITCH)
         sw = ["ip", "netns", "exec", SWITCH]
@@ -120,8 +126,15 @@ class Net:
     def shape(self, prefix, dev):
         # tbf: one token bucket per direction. The burst must hold a GSO super-packet (64 KiB);
         # 1 MiB at 100 MiB/s is 10 ms of line rate.
-        sh(*prefix, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", "%dbit" % self.rate_bits,
-           "burst", "1048576", "latency", "50ms")
+        # Under it, the queue: `fifo`, tbf's own byte FIFO of 50 ms (every packet waits behind the
+        # others, the ACKs of the host's own download behind its uploads, and packets past 50 ms
+        # are dropped), or `pfifo_fast`, the kernel's default qdisc (three bands by socket
+        # priority, 1000 packets: bulk-marked traffic waits behind the rest). fq_codel, the default
+        # of systemd hosts, is not in this kernel.
+        sh(*prefix, "tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "tbf", "rate",
+           "%dbit" % self.rate_bits, "burst", "1048576", "latency", "50ms")
+        if self.queue == "pfifo_fast":
+            sh(*prefix, "tc", "qdisc", "add", "dev", dev, "parent", "1:1", "handle", "10:", "pfifo_fast")
 
     @staticmethod
     def tx_bytes(ns, dev):
@@ -151,7 +164,7 @@ class Bench:
     # ---- fixed parts: network, origin ----
 
     def setup(self, n_hosts):
-        self.net = Net(n_hosts, self.rate_bytes * 8)
+        self.net = Net(n_hosts, self.rate_bytes * 8, self.args.queue)
         www = os.path.join(self.work, "www")
         os.makedirs(www)
         self.origin_file = os.path.join(www, "blob.bin")
@@ -167,9 +180,16 @@ class Bench:
         self.start_nginx(www)
 
     def start_nginx(self, www):
-        d = os.path.join(self.work, "nginx")
+        self.access_log = self.nginx(PREFIX + "origin", ORIGIN_IP, os.path.join(self.work, "nginx"), www)
+        # One more on every host, serving the same file, for the all-links-at-once runs (`mesh_once`).
+        for k in range(1, self.net.n_hosts + 1):
+            self.nginx(host_ns(k), host_ip(k), os.path.join(self.work, "nginx-h%d" % k), www)
+
+    def nginx(self, ns, ip, d, www):
+        """nginx (sendfile) in namespace `ns` on ip:ORIGIN_PORT serving `www`; returns its access
+        log (client address, URI, status, body bytes)."""
         os.makedirs(d)
-        self.access_log = os.path.join(d, "access.log")
+        access_log = os.path.join(d, "access.log")
         conf = os.path.join(d, "nginx.conf")
         temps = " ".join("%s %s/%s;" % (k, d, k) for k in
                          ("client_body_temp_path", "proxy_temp_path", "fastcgi_temp_path",
@@ -181,10 +201,10 @@ class Bench:
                     "  log_format bytes '$remote_addr $request_uri $status $body_bytes_sent';\n"
                     "  access_log %s bytes;\n"
                     "  server { listen %s:%d; root %s; } }\n"
-                    % (d, d, temps, self.access_log, ORIGIN_IP, ORIGIN_PORT, www))
-        self.procs.append(Proc(nsx(PREFIX + "origin", "nginx", "-p", d, "-c", conf),
-                               os.path.join(d, "stdout.log")))
-        wait_for(lambda: tcp_open(PREFIX + "origin", ORIGIN_IP, ORIGIN_PORT), 10, "nginx")
+                    % (d, d, temps, access_log, ip, ORIGIN_PORT, www))
+        self.procs.append(Proc(nsx(ns, "nginx", "-p", d, "-c", conf), os.path.join(d, "stdout.log")))
+        wait_for(lambda: tcp_open(ns, ip, ORIGIN_PORT), 10, "nginx in " + ns)
+        return access_log
 
     # ---- per run: scheduler, daemons ----
 
@@ -276,6 +296,7 @@ class Bench:
         url = "http://%s:%d%s" % (ORIGIN_IP, ORIGIN_PORT, uri)
         tx0 = {k: Net.tx_bytes(host_ns(k), "eth0") for k in range(1, n + 1)}
         origin_tx0 = Net.tx_bytes(PREFIX + "origin", "eth0")
+        cpu0 = cpu_busy()
         t0 = time.monotonic()
         clients = []
         for k, (_, d) in enumerate(daemons, 1):
@@ -291,6 +312,7 @@ class Bench:
             if time.monotonic() - t0 > CLIENT_LIMIT_S:
                 raise RuntimeError("clients still running after %d s" % CLIENT_LIMIT_S)
             time.sleep(0.005)
+        busy = cpu_busy_since(cpu0)
         for k, out, c in clients:
             if c.returncode != 0:
                 raise RuntimeError("host %d: dfget failed (%d): %s" % (k, c.returncode, c.stderr.read()))
@@ -311,8 +333,46 @@ class Bench:
             "parents": {k: parents_of(logs[k], n) for k in range(1, n + 1)},
             "parent_failures": [logs[k].count("piece from parent failed") for k in range(1, n + 1)],
             "daemon_cpu_s": [round(cpu_seconds(p.p.pid), 2) for p, _ in daemons],
+            "cpu_busy": busy,
             "load": loadavg(),
         }
+
+    def mesh_once(self, n, tag):
+        """The machine's own limit for N hosts: every host's links carrying one file at once with
+        no dfget at all — host k downloads the file with curl from host k+1's nginx (host N from
+        host 1's; N = 1: from the origin), outputs on the same tmpfs. The same bytes cross the
+        same veths, bridge and tbf queues as a swarm that takes one copy from the origin, so the
+        swarm cannot finish sooner than this on this machine; the CPU busy fraction says whether
+        the links or the cores are what limits it."""
+        run_dir = os.path.join(self.work, tag)
+        os.makedirs(run_dir)
+        cpu0 = cpu_busy()
+        t0 = time.monotonic()
+        clients = []
+        for k in range(1, n + 1):
+            src = "%s:%d" % ((ORIGIN_IP, ORIGIN_PORT) if n == 1 else (host_ip(k % n + 1), ORIGIN_PORT))
+            out = os.path.join(run_dir, "h%d.bin" % k)
+            cmd = nsx(host_ns(k), "curl", "-sSf", "-o", out, "http://%s/blob.bin" % src)
+            clients.append((k, out, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
+        times = {}
+        while len(times) < n:
+            for k, _, c in clients:
+                if k not in times and c.poll() is not None:
+                    times[k] = time.monotonic() - t0
+            if time.monotonic() - t0 > CLIENT_LIMIT_S:
+                raise RuntimeError("curl mesh still running after %d s" % CLIENT_LIMIT_S)
+            time.sleep(0.005)
+        busy = cpu_busy_since(cpu0)
+        try:
+            for k, out, c in clients:
+                if c.returncode != 0:
+                    raise RuntimeError("mesh host %d: curl failed (%d): %s" % (k, c.returncode, c.stderr.read()))
+                if sha256_file(out) != self.digest:
+                    raise RuntimeError("mesh host %d: output differs from the file" % k)
+        finally:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        return {"n": n, "kind": "mesh", "times_s": [round(times[k], 3) for k in range(1, n + 1)],
+                "all_s": round(max(times.values()), 3), "cpu_busy": busy, "load": loadavg()}
 
     def stop(self):
         for p in reversed(self.procs):
@@ -333,6 +393,20 @@ def cpu_seconds(pid):
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (FileNotFoundError, IndexError, ValueError):
         return float("nan")
+
+
+def cpu_busy():
+    """(busy, total) jiffies of the whole machine, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]
+    return sum(v) - idle, sum(v)
+
+
+def cpu_busy_since(start):
+    """The fraction of the machine's CPU time busy since `start` (`cpu_busy`)."""
+    b, t = cpu_busy()
+    return round((b - start[0]) / max(1, t - start[1]), 3)
 
 
 def parents_of(core_log, n):
@@ -374,19 +448,20 @@ def median(xs):
 def report(results, args, load_start, load_end):
     size = args.size_mib * 1024 * 1024
     link = args.rate_mibps * 1024 * 1024
-    by_n = {}
+    by_n, mesh = {}, {}
     for r in results:
-        by_n.setdefault(r["n"], []).append(r)
+        (mesh if r.get("kind") == "mesh" else by_n).setdefault(r["n"], []).append(r)
     alone = median([r["all_s"] for r in by_n.get(1, [])])
     print()
-    print("File %d MiB, every link (hosts and origin) %d MiB/s each way, %d run(s) per N."
-          % (args.size_mib, args.rate_mibps, args.runs))
+    print("File %d MiB, every link (hosts and origin) %d MiB/s each way (tbf, %s queue), %d run(s) per N."
+          % (args.size_mib, args.rate_mibps, args.queue, args.runs))
     print("Load average at start %s, at end %s." % (load_start, load_end))
     print()
     print("| hosts | all finished (median) | vs one host alone | origin egress / file (body; link) "
           "| slowest host rate / link | median host rate / link | runs (all finished, s) "
-          "| bound from the scheduler's parents (s, per run) |")
-    print("|---:|---:|---:|---:|---:|---:|---|---|")
+          "| bound from the scheduler's parents (s, per run) | curl mesh, all links at once (median; runs) "
+          "| swarm vs mesh | CPU busy, swarm / mesh |")
+    print("|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|")
     for n in sorted(by_n):
         rs = by_n[n]
         all_s = median([r["all_s"] for r in rs])
@@ -396,11 +471,15 @@ def report(results, args, load_start, load_end):
         typical = median([median([size / t / link for t in r["times_s"]]) for r in rs])
         bounds = " ".join("%.2f" % dag_bound_s({int(k): v for k, v in r["parents"].items()}, size, link)
                           for r in rs)
-        print("| %d | %.2f s | %.2f× | %.3f; %.3f | %.0f %% | %.0f %% | %s | %s |"
+        ms = mesh.get(n, [])
+        mesh_s = median([r["all_s"] for r in ms])
+        print("| %d | %.2f s | %.2f× | %.3f; %.3f | %.0f %% | %.0f %% | %s | %s | %.2f s; %s | %.2f× | %.0f %% / %.0f %% |"
               % (n, all_s, all_s / alone, egress, egress_link, 100 * slowest, 100 * typical,
-                 " ".join("%.2f" % r["all_s"] for r in rs), bounds))
+                 " ".join("%.2f" % r["all_s"] for r in rs), bounds, mesh_s,
+                 " ".join("%.2f" % r["all_s"] for r in ms), all_s / mesh_s,
+                 100 * median([r["cpu_busy"] for r in rs]), 100 * median([r["cpu_busy"] for r in ms])))
     print()
-    for r in results:
+    for r in (r for r in results if r.get("kind") != "mesh"):
         print("N=%d: times %s; origin MiB per host %s; uploaded MiB per host %s; given parents %s; "
               "parent failures %s; daemon CPU s %s; load %s; parents %s"
               % (r["n"], r["times_s"], [round(b / 2**20) for b in r["origin_bytes_per_host"]],
@@ -413,12 +492,15 @@ def main():
     ap.add_argument("--hosts", default="2,4,8")
     ap.add_argument("--size-mib", type=int, default=512)
     ap.add_argument("--rate-mibps", type=int, default=100)
+    ap.add_argument("--queue", choices=["fifo", "pfifo_fast"], default="fifo",
+                    help="each shaped link's queue under its tbf (see Net.shape)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--dfget", default=os.path.join(ROOT, "target", "release", "dfget"))
     tools = os.environ.get("DFGET_TOOLS", os.path.expanduser("~/.cache/dfget-tools"))
     ap.add_argument("--scheduler", default=os.path.join(tools, "scheduler-" + SCHEDULER_VERSION, "scheduler"))
     ap.add_argument("--work", default="/dev/shm" if os.path.isdir("/dev/shm") else None)
     ap.add_argument("--json", help="append every run's raw result here (JSON lines)")
+    ap.add_argument("--no-mesh", action="store_true", help="skip the curl mesh runs (the machine's own limit)")
     ap.add_argument("--log-level", help="the daemons' log level (e.g. debug, with --keep-logs)")
     ap.add_argument("--keep-logs", help="copy each run's logs and configs (not its data) into this directory")
     args = ap.parse_args()
@@ -437,13 +519,22 @@ def main():
         bench.setup(max(order))
         for rnd in range(args.runs):
             for n in (order if rnd % 2 == 0 else [order[0]] + order[:0:-1]):
-                r = bench.run_once(n, "r%dn%d" % (rnd, n))
-                print("round %d, N=%d: all finished in %.2f s, origin %.3f × file, load %s"
-                      % (rnd, n, r["all_s"], r["origin_body_bytes"] / bench.size, r["load"]), flush=True)
-                results.append(r)
-                if args.json:
-                    with open(args.json, "a") as f:
-                        f.write(json.dumps(r) + "\n")
+                runs = [("swarm", lambda: bench.run_once(n, "r%dn%d" % (rnd, n)))]
+                if not args.no_mesh:
+                    runs.append(("mesh", lambda: bench.mesh_once(n, "m%dn%d" % (rnd, n))))
+                for kind, run in (runs if rnd % 2 == 0 else runs[::-1]):
+                    r = run()
+                    if kind == "swarm":
+                        print("round %d, N=%d: all finished in %.2f s, origin %.3f × file, CPU busy %.0f %%, load %s"
+                              % (rnd, n, r["all_s"], r["origin_body_bytes"] / bench.size, 100 * r["cpu_busy"],
+                                 r["load"]), flush=True)
+                    else:
+                        print("round %d, N=%d: curl mesh (no dfget) all finished in %.2f s, CPU busy %.0f %%"
+                              % (rnd, n, r["all_s"], 100 * r["cpu_busy"]), flush=True)
+                    results.append(r)
+                    if args.json:
+                        with open(args.json, "a") as f:
+                            f.write(json.dumps(r) + "\n")
     finally:
         bench.stop()
     report(results, args, load_start, loadavg())
