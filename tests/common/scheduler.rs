@@ -62,7 +62,7 @@ impl Scheduler {
         let config = format!(
             "server:\n  advertiseIP: 127.0.0.1\n  advertisePort: {port}\n  listenIP: 127.0.0.1\n  port: {port}\n  \
              host: localhost\n  logDir: {logs}\n  pluginDir: {plugins}\n\
-             scheduler:\n  algorithm: default\n  backToSourceCount: 200\n  retryBackToSourceLimit: 3\n  \
+             scheduler:\n  algorithm: default\n  backToSourceCount: 1\n  retryBackToSourceLimit: 3\n  \
              retryLimit: 10\n  retryInterval: 200ms\n\
              seedPeer:\n  enable: false\n\
              job:\n  enable: false\n\
