@@ -296,28 +296,12 @@ class Bench:
         url = "http://%s:%d%s" % (ORIGIN_IP, ORIGIN_PORT, uri)
         tx0 = {k: Net.tx_bytes(host_ns(k), "eth0") for k in range(1, n + 1)}
         origin_tx0 = Net.tx_bytes(PREFIX + "origin", "eth0")
-        cpu0 = cpu_busy()
-        t0 = time.monotonic()
-        clients = []
+        jobs = []
         for k, (_, d) in enumerate(daemons, 1):
             out = os.path.join(d, "out", "f.bin")
-            cmd = [self.args.dfget, "-u", url, "-O", out, "--daemon-sock", os.path.join(d, "dfdaemon.sock"),
-                   "--no-spawn"]
-            clients.append((k, out, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
-        times = {}
-        while len(times) < n:
-            for k, _, c in clients:
-                if k not in times and c.poll() is not None:
-                    times[k] = time.monotonic() - t0
-            if time.monotonic() - t0 > CLIENT_LIMIT_S:
-                raise RuntimeError("clients still running after %d s" % CLIENT_LIMIT_S)
-            time.sleep(0.005)
-        busy = cpu_busy_since(cpu0)
-        for k, out, c in clients:
-            if c.returncode != 0:
-                raise RuntimeError("host %d: dfget failed (%d): %s" % (k, c.returncode, c.stderr.read()))
-            if sha256_file(out) != self.digest:
-                raise RuntimeError("host %d: output differs from the origin file" % k)
+            jobs.append((k, out, [self.args.dfget, "-u", url, "-O", out, "--daemon-sock",
+                                  os.path.join(d, "dfdaemon.sock"), "--no-spawn"]))
+        times, busy = self.all_at_once(jobs, "dfget")
         per_origin = self.origin_bytes(uri)
         logs = {k: self.core_log(d) for k, (_, d) in enumerate(daemons, 1)}
         return {
@@ -337,6 +321,30 @@ class Bench:
             "load": loadavg(),
         }
 
+    def all_at_once(self, jobs, what):
+        """Starts every (host, output, command) of `jobs` at the same instant and waits for all:
+        each host's wall time and the fraction of the machine's CPU busy meanwhile. A command that
+        fails or an output that is not the file ends the benchmark."""
+        cpu0 = cpu_busy()
+        t0 = time.monotonic()
+        clients = [(k, out, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+                   for k, out, cmd in jobs]
+        times = {}
+        while len(times) < len(clients):
+            for k, _, c in clients:
+                if k not in times and c.poll() is not None:
+                    times[k] = time.monotonic() - t0
+            if time.monotonic() - t0 > CLIENT_LIMIT_S:
+                raise RuntimeError("%s clients still running after %d s" % (what, CLIENT_LIMIT_S))
+            time.sleep(0.005)
+        busy = cpu_busy_since(cpu0)
+        for k, out, c in clients:
+            if c.returncode != 0:
+                raise RuntimeError("host %d: %s failed (%d): %s" % (k, what, c.returncode, c.stderr.read()))
+            if sha256_file(out) != self.digest:
+                raise RuntimeError("host %d: %s output differs from the origin file" % (k, what))
+        return times, busy
+
     def mesh_once(self, n, tag):
         """The machine's own limit for N hosts: every host's links carrying one file at once with
         no dfget at all — host k downloads the file with curl from host k+1's nginx (host N from
@@ -346,29 +354,13 @@ class Bench:
         the links or the cores are what limits it."""
         run_dir = os.path.join(self.work, tag)
         os.makedirs(run_dir)
-        cpu0 = cpu_busy()
-        t0 = time.monotonic()
-        clients = []
+        jobs = []
         for k in range(1, n + 1):
             src = "%s:%d" % ((ORIGIN_IP, ORIGIN_PORT) if n == 1 else (host_ip(k % n + 1), ORIGIN_PORT))
             out = os.path.join(run_dir, "h%d.bin" % k)
-            cmd = nsx(host_ns(k), "curl", "-sSf", "-o", out, "http://%s/blob.bin" % src)
-            clients.append((k, out, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)))
-        times = {}
-        while len(times) < n:
-            for k, _, c in clients:
-                if k not in times and c.poll() is not None:
-                    times[k] = time.monotonic() - t0
-            if time.monotonic() - t0 > CLIENT_LIMIT_S:
-                raise RuntimeError("curl mesh still running after %d s" % CLIENT_LIMIT_S)
-            time.sleep(0.005)
-        busy = cpu_busy_since(cpu0)
+            jobs.append((k, out, nsx(host_ns(k), "curl", "-sSf", "-o", out, "http://%s/blob.bin" % src)))
         try:
-            for k, out, c in clients:
-                if c.returncode != 0:
-                    raise RuntimeError("mesh host %d: curl failed (%d): %s" % (k, c.returncode, c.stderr.read()))
-                if sha256_file(out) != self.digest:
-                    raise RuntimeError("mesh host %d: output differs from the file" % k)
+            times, busy = self.all_at_once(jobs, "curl")
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
         return {"n": n, "kind": "mesh", "times_s": [round(times[k], 3) for k in range(1, n + 1)],
